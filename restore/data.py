@@ -1,0 +1,540 @@
+"""Datasets: IDX files (MNIST / Fashion-MNIST), random patches from photo folders,
+and on-the-fly paired corruption.
+
+Design notes (why, not what):
+
+* IDX files are validated byte-exactly (magic, type code, dims, payload length):
+  a half-downloaded ``.gz`` must fail with the file name and the reason, not
+  train a model on 59,342 images and garbage.
+* Randomness never comes from a global RNG that forked DataLoader workers would
+  share. Each item builds its own generator from ``(seed, epoch, index)`` when a
+  seed is given (fully reproducible whatever ``num_workers``), or from torch's
+  per-worker RNG otherwise (which DataLoader already seeds differently in every
+  worker). :func:`seed_worker` additionally seeds ``numpy``/``random`` for any
+  user code that relies on them.
+* Optional modules (``restore.io``, ``restore.corrupt``) are imported where they
+  are needed, so reading IDX files does not depend on them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import random
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "IdxError",
+    "read_idx",
+    "write_idx",
+    "load_idx_split",
+    "FASHION_MNIST_CLASSES",
+    "DEFAULT_IDX_ROOT",
+    "IDX_ROOT_ENV",
+    "default_idx_root",
+    "IdxDataset",
+    "ImageFolderPatches",
+    "PairedDataset",
+    "seed_worker",
+    "item_seed",
+]
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- IDX
+
+#: IDX type code -> big-endian numpy dtype (LeCun's format description).
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_DTYPE_TO_CODE: dict[str, int] = {dt.kind + str(dt.itemsize): code for code, dt in _IDX_DTYPES.items()}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+#: Where the Debian package ``dataset-fashion-mnist`` installs the data.
+DEFAULT_IDX_ROOT = Path("/usr/share/datasets/fashion-mnist")
+#: Environment variable that overrides :data:`DEFAULT_IDX_ROOT`.
+IDX_ROOT_ENV = "RESTORE_FASHION_MNIST"
+
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+_SPLIT_PREFIX = {"train": "train", "test": "t10k", "t10k": "t10k"}
+
+
+class IdxError(ValueError):
+    """An IDX file or folder is missing, corrupt or inconsistent; the message names it."""
+
+
+def default_idx_root() -> Path:
+    """``$RESTORE_FASHION_MNIST`` if set, else the Debian package's folder."""
+    env = os.environ.get(IDX_ROOT_ENV)
+    return Path(env).expanduser() if env else DEFAULT_IDX_ROOT
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file, raw or gzip-compressed (detected by magic bytes, not suffix).
+
+    Returns a native-endian, writable array with the file's shape and dtype
+    (uint8 for MNIST-style files). Raises :class:`IdxError` naming the file if it
+    is missing, truncated, has an unknown type code, or carries extra bytes.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise IdxError(f"{path}: no such IDX file") from None
+    except IsADirectoryError:
+        raise IdxError(f"{path}: is a directory, expected an IDX file") from None
+    except OSError as e:
+        raise IdxError(f"{path}: cannot read ({e.strerror or e})") from e
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+            raise IdxError(f"{path}: corrupt or truncated gzip stream ({e})") from e
+    if len(raw) < 4:
+        raise IdxError(f"{path}: {len(raw)} bytes, too short for an IDX header (4-byte magic number)")
+    if raw[0] != 0 or raw[1] != 0:
+        raise IdxError(
+            f"{path}: not an IDX file (magic number starts with {raw[:2].hex()}, expected 0000)"
+        )
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise IdxError(
+            f"{path}: unknown IDX type code 0x{code:02X} (expected one of "
+            + ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+            + ")"
+        )
+    if ndim == 0:
+        raise IdxError(f"{path}: IDX header declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IdxError(f"{path}: truncated header ({len(raw)} bytes, {ndim} dimensions need {header})")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    payload = len(raw) - header
+    if payload < expected:
+        raise IdxError(
+            f"{path}: truncated: dims {dims} of {dtype.name} need {expected} data bytes, file has {payload}"
+        )
+    if payload > expected:
+        raise IdxError(
+            f"{path}: {payload - expected} unexpected extra bytes after the data "
+            f"(dims {dims} need {expected} data bytes, file has {payload})"
+        )
+    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray | Tensor) -> Path:
+    """Write ``array`` as an IDX file (gzip-compressed if ``path`` ends in ``.gz``).
+
+    Supported dtypes: uint8, int8, int16, int32, float32, float64. The write is
+    atomic (temporary file in the same folder, then rename).
+    """
+    path = Path(path)
+    if isinstance(array, Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    key = array.dtype.kind + str(array.dtype.itemsize)
+    if key not in _DTYPE_TO_CODE or array.dtype.kind not in "uif":
+        raise IdxError(
+            f"{path}: IDX cannot store dtype {array.dtype} (use uint8, int8, int16, int32, float32 or float64)"
+        )
+    if array.ndim == 0 or array.ndim > 255:
+        raise IdxError(f"{path}: IDX needs 1 to 255 dimensions, got {array.ndim}")
+    if any(d >= 2**32 for d in array.shape):
+        raise IdxError(f"{path}: dimension too large for IDX: {array.shape}")
+    code = _DTYPE_TO_CODE[key]
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    data = header + np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _find_idx(root: Path, prefix: str, kind: str, ndim: int) -> Path | None:
+    """First existing name among the spellings people use (raw preferred over .gz)."""
+    for sep in ("-", "."):
+        for ext in ("", ".gz"):
+            p = root / f"{prefix}-{kind}{sep}idx{ndim}-ubyte{ext}"
+            if p.is_file():
+                return p
+    return None
+
+
+def load_idx_split(root: str | os.PathLike | None = None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Load one MNIST-style split from a folder: ``(images (N,H,W) uint8, labels (N,) int64)``.
+
+    ``root`` defaults to :func:`default_idx_root` (Fashion-MNIST from the Debian
+    package ``dataset-fashion-mnist``). ``split`` is ``"train"`` or ``"test"``
+    (files ``train-*`` / ``t10k-*``; raw or ``.gz``).
+    """
+    root = default_idx_root() if root is None else Path(root).expanduser()
+    if split not in _SPLIT_PREFIX:
+        raise IdxError(f"{root}: unknown split {split!r} (expected 'train' or 'test')")
+    prefix = _SPLIT_PREFIX[split]
+    img_path = _find_idx(root, prefix, "images", 3)
+    lbl_path = _find_idx(root, prefix, "labels", 1)
+    if img_path is None or lbl_path is None:
+        missing = [n for n, p in (("images", img_path), ("labels", lbl_path)) if p is None]
+        hint = (
+            " (install the Debian package 'dataset-fashion-mnist', or pass another folder / set "
+            f"${IDX_ROOT_ENV})"
+            if root == DEFAULT_IDX_ROOT
+            else ""
+        )
+        where = f"folder {root}" if root.is_dir() else f"{root}, which is not a folder"
+        raise IdxError(
+            f"{where}: missing the {split} {' and '.join(missing)}; expected "
+            f"{prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]{hint}"
+        )
+    images = read_idx(img_path)
+    labels = read_idx(lbl_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise IdxError(f"{img_path}: expected (N, H, W) uint8 images, got {images.shape} {images.dtype}")
+    if labels.ndim != 1 or labels.dtype.kind not in "ui":
+        raise IdxError(f"{lbl_path}: expected (N,) integer labels, got {labels.shape} {labels.dtype}")
+    if len(images) != len(labels):
+        raise IdxError(
+            f"{root}: {img_path.name} has {len(images)} images but {lbl_path.name} has {len(labels)} labels"
+        )
+    return images, labels.astype(np.int64)
+
+
+class IdxDataset(Dataset):
+    """MNIST / Fashion-MNIST split held in memory as uint8.
+
+    Items: ``{"target": 1xHxW float32 in [0, 1], "label": int64 scalar tensor}``.
+    ``limit`` keeps the first ``limit`` images (quick experiments, tests).
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", limit: int | None = None) -> None:
+        images, labels = load_idx_split(root, split)
+        if limit is not None:
+            if int(limit) < 1:
+                raise ValueError(f"IdxDataset: limit must be >= 1, got {limit}")
+            images, labels = images[: int(limit)], labels[: int(limit)]
+        self.root = default_idx_root() if root is None else Path(root)
+        self.split = split
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.labels = torch.from_numpy(labels)
+        self.classes = FASHION_MNIST_CLASSES
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        img = self.images[index].unsqueeze(0).float().div_(255.0)
+        return {"target": img, "label": self.labels[index].clone()}
+
+
+# ----------------------------------------------------------------------------- seeding
+
+
+def item_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
+    """A well-mixed 63-bit seed for one item, independent across (seed, epoch, index, stream)."""
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index), int(stream)])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` for DataLoader: seed numpy and ``random`` from torch's worker seed.
+
+    DataLoader seeds torch differently in each worker but leaves numpy's global
+    RNG as forked, so every worker would draw the same "random" numbers. The
+    datasets here do not rely on global RNGs, but user transforms often do.
+    """
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def _fresh_seed() -> int:
+    """Random seed from torch's RNG (distinct per DataLoader worker by construction)."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def _to_gray(img: np.ndarray) -> np.ndarray:
+    """RGB HxWx3 -> HxWx1 luma (ITU-R BT.601, as PIL's "L"), same dtype family."""
+    w = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    y = img.astype(np.float32) @ w
+    if img.dtype.kind in "ui":
+        y = np.clip(np.rint(y), 0, np.iinfo(img.dtype).max).astype(img.dtype)
+    return y[..., None]
+
+
+def _reflect_pad(img: np.ndarray, size: int) -> np.ndarray:
+    """Reflect-pad (centered) so both sides are >= size; handles any deficit, even 1x1 images."""
+    h, w = img.shape[:2]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph == 0 and pw == 0:
+        return img
+    return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect")
+
+
+class ImageFolderPatches(Dataset):
+    """Random square patches from a folder of photos (recursive), for training restorers.
+
+    Args:
+        root: folder (or single file) of images, walked by ``restore.io.list_images``.
+        patch_size: side of the square patches.
+        patches_per_image: dataset length = this x number of images (default 1 if
+            ``length`` is not given). Item ``i`` uses image ``i % n_images``.
+        length: explicit dataset length instead of ``patches_per_image``.
+        augment: random horizontal/vertical flips and 90-degree rotations (the
+            crop position is always random).
+        grayscale: return 1-channel patches (RGB converted to BT.601 luma);
+            otherwise gray images are repeated to 3 channels. Alpha is dropped.
+        small: what to do with images smaller than ``patch_size`` on a side:
+            ``"pad"`` (reflect-pad them up) or ``"skip"`` (exclude them).
+        cache: decode every image once up front and keep it in memory (as
+            uint8/uint16, shared copy-on-write with forked workers). This also
+            finds unreadable files before training starts.
+        seed: if given, patch ``i`` in epoch ``e`` is a pure function of
+            ``(seed, e, i)`` (see :meth:`set_epoch`), whatever ``num_workers``.
+
+    Unreadable files are logged once (per process) with the reason and excluded;
+    an item that lands on one is served from the next readable image instead.
+    Items: ``{"target": C x P x P float32 in [0, 1]}``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        patch_size: int,
+        patches_per_image: int | None = None,
+        length: int | None = None,
+        augment: bool = True,
+        grayscale: bool = False,
+        small: str = "pad",
+        cache: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        from restore.io import list_images
+
+        self.root = Path(root)
+        if not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"ImageFolderPatches: patch_size must be a positive int, got {patch_size!r}")
+        if small not in ("pad", "skip"):
+            raise ValueError(f"ImageFolderPatches: small must be 'pad' or 'skip', got {small!r}")
+        if patches_per_image is not None and length is not None:
+            raise ValueError("ImageFolderPatches: give patches_per_image or length, not both")
+        if patches_per_image is not None and patches_per_image < 1:
+            raise ValueError(f"ImageFolderPatches: patches_per_image must be >= 1, got {patches_per_image}")
+        if length is not None and length < 1:
+            raise ValueError(f"ImageFolderPatches: length must be >= 1, got {length}")
+        if not self.root.exists():
+            raise FileNotFoundError(f"{self.root}: image folder does not exist")
+        self.paths: list[Path] = list(list_images(self.root))
+        if not self.paths:
+            raise FileNotFoundError(
+                f"{self.root}: no images found (looked recursively for .png .jpg .jpeg .bmp .tif .tiff .webp)"
+            )
+        self.patch_size = patch_size
+        self.augment = augment
+        self.grayscale = grayscale
+        self.small = small
+        self.seed = seed
+        self.epoch = 0
+        self._patches_per_image = patches_per_image
+        self._length = length
+        self._bad: dict[Path, str] = {}
+        self._cache: dict[int, tuple[np.ndarray, float]] | None = None
+        self._transform = self._build_transform()
+        if cache:
+            self._cache = {}
+            for i in range(len(self.paths)):
+                loaded = self._decode(i)
+                if loaded is not None:
+                    self._cache[i] = loaded
+            if not self._cache:
+                raise FileNotFoundError(f"{self.root}: none of the {len(self.paths)} images could be used")
+
+    # -- sizing -----------------------------------------------------------------
+    def __len__(self) -> int:
+        if self._length is not None:
+            return self._length
+        return len(self.paths) * (self._patches_per_image or 1)
+
+    @property
+    def bad_files(self) -> dict[Path, str]:
+        """Files excluded so far in this process, with the reason."""
+        return dict(self._bad)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch used in per-item seeding (call before each epoch)."""
+        self.epoch = int(epoch)
+
+    # -- loading ----------------------------------------------------------------
+    def _build_transform(self) -> Any:
+        import albumentations as A
+
+        ops: list[Any] = [A.RandomCrop(self.patch_size, self.patch_size)]
+        if self.augment:
+            ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+        return A.Compose(ops)
+
+    def _exclude(self, i: int, reason: str) -> None:
+        path = self.paths[i]
+        if path not in self._bad:
+            self._bad[path] = reason
+            log.warning("ImageFolderPatches: skipping %s: %s", path, reason)
+
+    def _decode(self, i: int) -> tuple[np.ndarray, float] | None:
+        """Read image i as an HxWxC integer array + its max value, or None if unusable."""
+        from restore.io import ImageReadError, read_image
+
+        path = self.paths[i]
+        if path in self._bad:
+            return None
+        try:
+            loaded = read_image(path)
+        except ImageReadError as e:
+            self._exclude(i, getattr(e, "reason", str(e)))
+            return None
+        except (OSError, ValueError) as e:  # defensive: a decoder error io did not wrap
+            self._exclude(i, f"{type(e).__name__}: {e}")
+            return None
+        img = loaded.image
+        if img.dim() != 3 or img.shape[0] not in (1, 3, 4):
+            self._exclude(i, f"unexpected decoded shape {tuple(img.shape)}")
+            return None
+        img = img[:3]  # drop alpha if a reader ever hands it over
+        h, w = img.shape[1:]
+        if min(h, w) < self.patch_size and self.small == "skip":
+            self._exclude(i, f"{h}x{w} is smaller than patch_size {self.patch_size}")
+            return None
+        # Keep the source precision but not float32's 4x memory.
+        maxval = 65535.0 if getattr(loaded, "bit_depth", 8) > 8 else 255.0
+        dtype = np.uint16 if maxval > 255 else np.uint8
+        arr = (img.permute(1, 2, 0).numpy() * maxval).round().clip(0, maxval).astype(dtype)
+        return arr, maxval
+
+    def _load(self, i: int) -> tuple[np.ndarray, float] | None:
+        if self._cache is not None:
+            return self._cache.get(i)
+        return self._decode(i)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} patches")
+        n = len(self.paths)
+        start = index % n
+        for k in range(n):
+            loaded = self._load((start + k) % n)
+            if loaded is not None:
+                break
+        else:
+            raise RuntimeError(f"{self.root}: none of the {n} images could be used: {self._bad}")
+        arr, maxval = loaded
+        if arr.shape[2] == 1 and not self.grayscale:
+            arr = np.repeat(arr, 3, axis=2)
+        elif arr.shape[2] == 3 and self.grayscale:
+            arr = _to_gray(arr)
+        arr = _reflect_pad(arr, self.patch_size)
+        seed = item_seed(self.seed, self.epoch, index) if self.seed is not None else _fresh_seed()
+        # One shared generator pair for the whole pipeline: Compose.set_random_seed
+        # would give every child transform the *same* seed, so the horizontal and
+        # vertical flips would always fire together (a rotation, never a mirror).
+        self._transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        patch = self._transform(image=arr)["image"]
+        if patch.ndim == 2:  # albumentations may squeeze a single channel
+            patch = patch[..., None]
+        target = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))).float().div_(maxval)
+        return {"target": target}
+
+
+# ----------------------------------------------------------------------------- paired
+
+
+class PairedDataset(Dataset):
+    """Wraps a dataset of ``{"target": CHW}`` items and adds a degraded ``input``.
+
+    ``spec`` is a ``restore.corrupt`` spec string (``"gaussian:sigma=5-50"``) or
+    any callable ``(clean NCHW, generator) -> Degraded``. The corruption of item
+    ``i`` in epoch ``e`` is drawn from a generator seeded by ``(seed, e, i)``, so
+    a validation set is fixed and a training set changes each epoch only when
+    :meth:`set_epoch` is called (it is forwarded to the base dataset). Adds
+    ``mask`` (1xHxW, 1 = hole) and ``sigma`` (scalar, 0-255 scale) when the
+    corruption produces them. Other keys of the base item (``label``) pass through.
+    """
+
+    def __init__(self, base: Dataset, spec: str | Callable[..., Any], seed: int = 0) -> None:
+        self.base = base
+        self.spec = spec if isinstance(spec, str) else getattr(spec, "spec", repr(spec))
+        if isinstance(spec, str):
+            from restore.corrupt import parse_spec
+
+            self.corruption = parse_spec(spec)
+        elif callable(spec):
+            self.corruption = spec
+        else:
+            raise TypeError(f"PairedDataset: spec must be a spec string or a callable, got {type(spec).__name__}")
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch for per-item seeding; forwarded to the base dataset if it has one."""
+        self.epoch = int(epoch)
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        item = self.base[index]
+        if not isinstance(item, Mapping) or "target" not in item:
+            raise TypeError(f"PairedDataset: base items must be dicts with a 'target' tensor, got {type(item).__name__}")
+        item = dict(item)
+        clean = item["target"]
+        if not isinstance(clean, Tensor) or clean.dim() != 3:
+            raise ValueError(f"PairedDataset: base 'target' must be a CHW tensor, got {getattr(clean, 'shape', clean)}")
+        gen = torch.Generator(device=clean.device)
+        gen.manual_seed(item_seed(self.seed, self.epoch, index, stream=1))
+        deg = self.corruption(clean.unsqueeze(0), gen)
+        item["input"] = deg.input[0]
+        if getattr(deg, "mask", None) is not None:
+            item["mask"] = deg.mask[0]
+        if getattr(deg, "sigma", None) is not None:
+            sigma = torch.as_tensor(deg.sigma, dtype=torch.float32).reshape(-1)
+            item["sigma"] = sigma[0]
+        return item
