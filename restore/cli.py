@@ -1,0 +1,479 @@
+"""The ``restore`` command (DESIGN section 4).
+
+Subcommands: ``corrupt`` (degraded copies), ``weights`` (list shipped
+weights), ``demo`` (bundled photos through every shipped model) and one
+restoring subcommand per task (``denoise``, ``colorize``, ``inpaint``). The
+restoring subcommands are generic: they load weights with
+`restore.weights.load`, feed images to the task module's ``restore_batch``
+through `restore.infer.process_folder`, and write results with `restore.io`,
+keeping each input's alpha and bit depth. The task API they rely on is
+documented in docs/internals.md ("Task restoring API").
+
+Exit status: 0 all done (or skipped), 1 some files failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+__all__ = ["TASK_COMMANDS", "TaskUnavailable", "build_parser", "file_seed", "main"]
+
+#: Restoring subcommands; each maps to ``restore.tasks.TASKS[name]``.
+TASK_COMMANDS: tuple[str, ...] = ("denoise", "colorize", "inpaint")
+
+#: Corruptions shown by ``restore demo`` when no weights ship yet (one per restoring task).
+DEMO_SPECS: dict[str, str] = {
+    "denoise": "gaussian:sigma=25",
+    "colorize": "gray",
+    "inpaint": "mask:freeform",
+}
+
+#: Photos bundled with scikit-image used by ``restore demo`` (no download needed).
+DEMO_PHOTOS: tuple[str, ...] = ("astronaut", "coffee", "chelsea")
+
+
+class TaskUnavailable(RuntimeError):
+    """The task module for a subcommand is not installed or fails to import."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _err(command: str, message: object) -> None:
+    print(f"restore {command}: error: {message}", file=sys.stderr)
+
+
+def file_seed(seed: int, rel: Path | str) -> int:
+    """Per-file seed from the run seed and the file's relative path.
+
+    Hashing the path (not the file's position in the folder) keeps each
+    output identical whatever else the folder holds or how it is ordered.
+    """
+    key = f"{int(seed)}\0{Path(rel).as_posix()}".encode("utf-8")
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+
+
+def _load_task(name: str) -> ModuleType:
+    from restore import tasks
+
+    try:
+        return tasks.get(name)
+    except KeyError as e:
+        raise TaskUnavailable(e.args[0] if e.args else str(e)) from None
+    except ImportError as e:
+        raise TaskUnavailable(f"task {name!r} is not available ({type(e).__name__}: {e})") from e
+
+
+def _device(choice: str) -> torch.device:
+    from restore.infer import UsageError
+
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(choice)
+
+
+def _match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """CHW -> same image with ``channels`` channels (gray broadcast, or ITU-R 601 luma)."""
+    if image.shape[0] == channels:
+        return image
+    if image.shape[0] == 1:
+        return image.expand(channels, -1, -1).contiguous()
+    if image.shape[0] == 3 and channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device)
+        return (image * w[:, None, None]).sum(0, keepdim=True)
+    raise ValueError(f"cannot convert {image.shape[0]} channels to {channels}")
+
+
+def _rel(src: Path, root: Path) -> Path:
+    return Path(src.name) if root.is_file() else src.relative_to(root)
+
+
+def _load_model(command: str, weights: str | None, task: ModuleType, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    from restore import weights as W
+
+    name = weights or getattr(task, "DEFAULT_WEIGHTS", None)
+    if not name:
+        raise W.WeightsError(f"task {command!r} names no DEFAULT_WEIGHTS; pass --weights NAME|FILE")
+    model, card = W.load(name, device=device)
+    if card.get("task") not in (None, command):
+        raise W.WeightsError(f"weights {name!r} are for task {card.get('task')!r}, not {command!r}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, card
+
+
+def _check_output(out: Any, n: int, height: int, width: int, who: str) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        raise RuntimeError(f"{who} returned {type(out).__name__} {getattr(out, 'shape', '')}, expected NCHW")
+    if out.shape[0] != n or tuple(out.shape[-2:]) != (height, width) or out.shape[1] not in (1, 3):
+        raise RuntimeError(
+            f"{who} returned shape {tuple(out.shape)}, expected ({n}, 1 or 3, {height}, {width})"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise RuntimeError(f"{who} produced NaN or infinite values")
+    return out.detach().to("cpu", torch.float32).clamp_(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- corrupt
+
+
+def cmd_corrupt(args: argparse.Namespace) -> int:
+    from restore import corrupt, io
+    from restore.infer import UsageError, plan_outputs, process_folder
+
+    try:
+        corruption = corrupt.parse_spec(args.spec)
+    except (corrupt.CorruptionSpecError, ValueError) as e:
+        raise UsageError(f"--spec {args.spec!r}: {e}") from e
+    inp, out = Path(args.input), Path(args.output)
+    pairs = plan_outputs(inp, out)
+    single = inp.is_file()
+    out_root = pairs[0][1].parent if single else out
+
+    def mask_path(src: Path) -> Path:
+        return out_root / "masks" / _rel(src, inp).with_suffix(".png")
+
+    outputs = {dst.resolve() for _, dst in pairs}
+    clash = next((src for src, _ in pairs if mask_path(src).resolve() in outputs), None)
+    if clash is not None:
+        raise UsageError(
+            f"{mask_path(clash)}: the mask of {clash} would overwrite an output image "
+            "(IN has a top-level 'masks' folder); choose another OUT layout"
+        )
+
+    def job(src: Path, dst: Path) -> None:
+        loaded = io.read_image(src)
+        generator = corrupt.make_generator(file_seed(args.seed, _rel(src, inp)), "cpu")
+        degraded = corruption(loaded.image[None], generator)
+        if degraded.mask is not None:  # written first: an existing image implies its mask exists
+            io.write_image(mask_path(src), degraded.mask[0].clamp(0, 1).ceil(), bit_depth=8)
+        image = _match_channels(degraded.input[0], loaded.image.shape[0]).clamp(0, 1)
+        io.write_image(dst, image, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
+
+    summary = process_folder(inp, out, job, overwrite=args.overwrite, desc=f"corrupt {args.spec}")
+    return 1 if summary.failed else 0
+
+
+# --------------------------------------------------------------------------- restoring tasks
+
+
+def _find_mask(masks: Path, rel: Path) -> Path:
+    from restore.io import IMAGE_EXTENSIONS
+
+    if masks.is_file():
+        return masks
+    base = masks / rel.parent
+    for ext in [".png"] + sorted(e for e in IMAGE_EXTENSIONS if e != ".png"):
+        for candidate in (base / (rel.stem + ext), base / (rel.stem + ext.upper())):
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(f"no mask {rel.with_suffix('.png')} (any image extension) in {masks}")
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    from restore import io
+    from restore.infer import BatchJob, UsageError, process_folder
+
+    command = args.command
+    task = _load_task(command)
+    if not hasattr(task, "restore_batch"):
+        raise TaskUnavailable(f"task module {task.__name__} has no restore_batch(); it cannot restore images yet")
+    device = _device(args.device)
+    if args.tile < 0:
+        raise UsageError(f"--tile must be >= 0 (0 = whole image), got {args.tile}")
+    batch_size = args.batch_size or (4 if device.type == "cuda" else 1)
+    inp = Path(args.input)
+    masks = Path(args.masks) if getattr(args, "masks", None) else None
+    if masks is not None and not masks.exists():
+        raise UsageError(f"--masks {masks}: no such file or folder")
+    model, card = _load_model(command, args.weights, task, device)
+
+    def load(src: Path) -> dict[str, Any]:
+        loaded = io.read_image(src)
+        item: dict[str, Any] = {"loaded": loaded, "mask": None}
+        if masks is not None:
+            mask_file = _find_mask(masks, _rel(src, inp))
+            mask = io.read_mask(mask_file)
+            if tuple(mask.shape[-2:]) != tuple(loaded.image.shape[-2:]):
+                raise ValueError(
+                    f"mask {mask_file} is {mask.shape[-1]}x{mask.shape[-2]}, image is "
+                    f"{loaded.image.shape[-1]}x{loaded.image.shape[-2]}"
+                )
+            item["mask"] = mask
+        return item
+
+    def key(item: dict[str, Any]) -> tuple:
+        return (tuple(item["loaded"].image.shape), item["mask"] is not None)
+
+    def run(items: list[dict[str, Any]]) -> list[torch.Tensor]:
+        images = torch.stack([it["loaded"].image for it in items])
+        batch = {"input": images}
+        if items[0]["mask"] is not None:
+            batch["mask"] = torch.stack([it["mask"] for it in items])
+        with torch.no_grad():
+            out = task.restore_batch(model, batch, card, tile=args.tile, device=device, options=args)
+        out = _check_output(out, len(items), images.shape[-2], images.shape[-1], f"{task.__name__}.restore_batch")
+        return list(out)
+
+    def save(item: dict[str, Any], result: torch.Tensor, dst: Path) -> None:
+        loaded = item["loaded"]
+        if command != "colorize":  # colorize writes RGB; the others keep the channel count
+            result = _match_channels(result, loaded.image.shape[0])
+        io.write_image(dst, result, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
+
+    job = BatchJob(load=load, run=run, save=save, key=key, batch_size=batch_size)
+    summary = process_folder(inp, args.output, job, overwrite=args.overwrite, desc=f"{command} ({card.get('name')})")
+    return 1 if summary.failed else 0
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _flat_metrics(metrics: Any, prefix: str = "") -> list[str]:
+    if not isinstance(metrics, dict):
+        return []
+    out = []
+    for k, v in metrics.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flat_metrics(v, name + ".")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append(f"{name}={v:.4g}")
+        elif isinstance(v, str):
+            out.append(f"{name}={v}")
+    return out
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from restore import weights as W
+
+    cards = W.available()
+    if args.json:
+        print(json.dumps(cards, indent=2))
+        return 0
+    if not cards:
+        print(f"no weights ship yet in {W.weights_dir()}")
+        return 0
+    rows = [("name", "task", "arch", "size", "corruption", "metrics")]
+    for c in cards:
+        size = c.get("size_bytes")
+        metrics = _flat_metrics(c.get("metrics"))
+        shown = ", ".join(metrics[:4]) + (", ..." if len(metrics) > 4 else "")
+        rows.append(
+            (
+                str(c.get("name")),
+                str(c.get("task", "?")),
+                str(c.get("arch", "?")),
+                f"{size / 1e6:.1f} MB" if isinstance(size, (int, float)) else "?",
+                str(c.get("corruption", "?")),
+                shown or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
+    print(f"({len(cards)} in {W.weights_dir()})")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _demo_photos() -> list[tuple[str, torch.Tensor]]:
+    """The bundled scikit-image photos as 1CHW float tensors."""
+    from skimage import data
+
+    photos = []
+    for name in DEMO_PHOTOS:
+        array = getattr(data, name)()
+        t = torch.from_numpy(array.copy()).float().div_(255.0)
+        t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+        photos.append((name, t[:3][None].contiguous()))
+    return photos
+
+
+def grid(panels: list[tuple[str, torch.Tensor]], gap: int = 6, bar: int = 26) -> torch.Tensor:
+    """Side-by-side 3HW image of labelled panels (1CHW/CHW, 1 or 3 channels, any sizes)."""
+    import cv2
+    import numpy as np
+
+    if not panels:
+        raise ValueError("grid: no panels")
+    arrays = []
+    for _, t in panels:
+        t = t[0] if t.dim() == 4 else t
+        t = t.detach().to("cpu", torch.float32).clamp(0, 1)
+        t = t.expand(3, -1, -1) if t.shape[0] == 1 else t[:3]
+        arrays.append((t.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8))
+    height = max(a.shape[0] for a in arrays)
+    width = sum(a.shape[1] for a in arrays) + gap * (len(arrays) - 1)
+    canvas = np.full((height + bar, width, 3), 255, np.uint8)
+    x = 0
+    for (label, _), a in zip(panels, arrays):
+        canvas[bar : bar + a.shape[0], x : x + a.shape[1]] = a
+        cv2.putText(canvas, label, (x + 4, bar - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        x += a.shape[1] + gap
+    return torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255.0)
+
+
+def _default_demo(task: ModuleType, model, card, photo, seed: int, *, tile: int, device) -> list[tuple[str, torch.Tensor]]:
+    from restore import corrupt
+
+    degraded = corrupt.apply(photo, card["corruption"], seed)
+    batch = {"input": degraded.input}
+    if degraded.mask is not None:
+        batch["mask"] = degraded.mask
+    with torch.no_grad():
+        out = task.restore_batch(model, batch, card, tile=tile, device=device, options=None)
+    out = _check_output(out, 1, photo.shape[-2], photo.shape[-1], f"{task.__name__}.restore_batch")
+    return [("input", degraded.input), ("restored", out), ("target", photo)]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from restore import corrupt, io
+    from restore import weights as W
+
+    out = Path(args.output)
+    device = _device(args.device)
+    photos = _demo_photos()
+    cards = W.available()
+    if not cards:
+        for task_name, spec in DEMO_SPECS.items():
+            for i, (name, photo) in enumerate(photos):
+                degraded = corrupt.apply(photo, spec, args.seed + i)
+                io.write_image(out / "degraded" / f"{name}-{task_name}.png", degraded.input[0])
+        print(
+            f"no weights ship yet in {W.weights_dir()}: wrote the degraded inputs "
+            f"({', '.join(DEMO_SPECS.values())}) to {out / 'degraded'} only"
+        )
+        return 0
+
+    failed = 0
+    for card in cards:
+        name = str(card["name"])
+        try:
+            task = _load_task(str(card.get("task")))
+            model, card = _load_model(str(card.get("task")), name, task, device)
+        except (TaskUnavailable, W.WeightsError) as e:
+            failed += 1
+            _err("demo", f"{name}: skipped: {e}")
+            continue
+        for i, (photo_name, photo) in enumerate(photos):
+            try:
+                if hasattr(task, "demo"):
+                    panels = task.demo(model, card, photo, args.seed + i, device=device)
+                else:
+                    panels = _default_demo(task, model, card, photo, args.seed + i, tile=args.tile, device=device)
+                folder = out / name
+                for label, image in panels:
+                    if label not in ("target",):
+                        io.write_image(folder / f"{photo_name}-{label}.png", image.detach().cpu().clamp(0, 1))
+                io.write_image(folder / f"{photo_name}-grid.png", grid(panels))
+            except Exception as e:  # noqa: BLE001 - one model's failure must not hide the others
+                failed += 1
+                _err("demo", f"{name} on {photo_name}: {type(e).__name__}: {e}")
+        print(f"{name}: wrote {out / name}")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    """The argument parser, plus task import errors keyed by subcommand.
+
+    Only the task named in ``argv`` is imported (for its ``add_arguments``),
+    so one broken task never breaks the other subcommands or ``--help``.
+    """
+    from restore import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="restore", description="GAN-augmented image restoration: denoise, colorize, inpaint."
+    )
+    parser.add_argument("--version", action="version", version=f"restore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = _command_in(argv or [])
+    task_errors: dict[str, str] = {}
+
+    for name in TASK_COMMANDS:
+        p = sub.add_parser(name, help=f"{name} images (IN file or folder -> OUT)")
+        p.add_argument("input", metavar="IN", help="image file or folder (walked recursively)")
+        p.add_argument("output", metavar="OUT", help="output folder (mirrors IN), or a file when IN is a file")
+        p.add_argument("--weights", metavar="NAME|FILE", help="shipped weights name or .safetensors/.json path")
+        p.add_argument("--tile", type=int, default=512, help="tile side in pixels for large images (0 = whole image)")
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        p.add_argument("--batch-size", type=int, default=0, help="images of equal size per batch (default: 4 on cuda, 1 on cpu)")
+        p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+        if name == "inpaint":
+            p.add_argument("--masks", metavar="MASKDIR", required=True, help="masks matched by relative path and stem (nonzero = hole)")
+        p.set_defaults(func=cmd_task)
+        if name == wanted:
+            try:
+                task = _load_task(name)
+                if hasattr(task, "add_arguments"):
+                    task.add_arguments(p.add_argument_group(f"{name} options"))
+            except TaskUnavailable as e:
+                task_errors[name] = str(e)
+
+    p = sub.add_parser("corrupt", help="make degraded copies of images")
+    p.add_argument("input", metavar="IN")
+    p.add_argument("output", metavar="OUT")
+    p.add_argument("--spec", required=True, help="corruption spec, e.g. gaussian:sigma=25 or blur:scale=2+jpeg:quality=30")
+    p.add_argument("--seed", type=int, default=0, help="run seed; each file's seed also depends on its relative path")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_corrupt)
+
+    p = sub.add_parser("weights", help="list shipped weights and their model cards")
+    p.add_argument("--json", action="store_true", help="print the full cards as JSON")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("demo", help="restore bundled sample photos with every shipped model")
+    p.add_argument("output", metavar="OUT", nargs="?", default="demo_out")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser, task_errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``restore`` console script; returns the exit status."""
+    from restore.infer import UsageError
+    from restore.weights import WeightsError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, task_errors = build_parser(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if args.command in task_errors:
+        _err(args.command, task_errors[args.command])
+        return 2
+    try:
+        return int(args.func(args))
+    except (UsageError, WeightsError, TaskUnavailable) as e:
+        _err(args.command, e)
+        return 2
+    except KeyboardInterrupt:
+        _err(args.command, "interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

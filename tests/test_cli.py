@@ -1,0 +1,376 @@
+"""The `restore` command: corrupt (issue-2 acceptance folder), task wiring, weights, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from restore import cli, models, tasks
+from restore import weights as W
+from restore.infer import tiled
+
+# --------------------------------------------------------------------------- fixtures: a mixed folder
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _good_images(root: Path) -> dict[str, dict]:
+    """Write the good files; return rel path -> expected (size, mode/dtype, channels)."""
+    r = _rng()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nested" / "deeper").mkdir(parents=True)
+    Image.fromarray(r.integers(0, 256, (24, 31, 3), dtype=np.uint8)).save(root / "rgb8.png")
+    Image.fromarray(r.integers(0, 256, (20, 18), dtype=np.uint8)).save(root / "gray8.png")
+    Image.fromarray(r.integers(0, 256, (16, 21, 4), dtype=np.uint8), "RGBA").save(root / "nested" / "rgba.png")
+    cv2.imwrite(str(root / "rgb16.png"), r.integers(0, 65536, (17, 23, 3), dtype=np.uint16))
+    cv2.imwrite(str(root / "nested" / "deeper" / "gray16.png"), r.integers(0, 65536, (15, 12), dtype=np.uint16))
+    Image.fromarray(r.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / "photo.jpg", quality=90)
+    Image.fromarray(np.array([[[200, 10, 30]]], dtype=np.uint8)).save(root / "tiny1x1.png")
+    Image.fromarray(r.integers(0, 256, (1001, 37), dtype=np.uint8)).save(root / "tall37x1001.png")
+    return {
+        "rgb8.png": dict(size=(31, 24), channels=3, depth=8),
+        "gray8.png": dict(size=(18, 20), channels=1, depth=8),
+        "nested/rgba.png": dict(size=(21, 16), channels=4, depth=8),
+        "rgb16.png": dict(size=(23, 17), channels=3, depth=16),
+        "nested/deeper/gray16.png": dict(size=(12, 15), channels=1, depth=16),
+        "photo.png": dict(size=(40, 30), channels=3, depth=8),
+        "tiny1x1.png": dict(size=(1, 1), channels=3, depth=8),
+        "tall37x1001.png": dict(size=(37, 1001), channels=1, depth=8),
+    }
+
+
+def _bad_files(root: Path) -> list[Path]:
+    full = root / "photo.jpg"
+    truncated = root / "nested" / "truncated.jpg"
+    truncated.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    empty = root / "empty.png"
+    empty.write_bytes(b"")
+    text = root / "nested" / "notes.png"
+    text.write_text("this is not an image\n")
+    return [truncated, empty, text]
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def _check_output(path: Path, expect: dict) -> np.ndarray:
+    arr = _read_raw(path)
+    assert arr is not None, path
+    w, h = expect["size"]
+    assert arr.shape[:2] == (h, w), path
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    assert channels == expect["channels"], path
+    assert arr.dtype == (np.uint16 if expect["depth"] == 16 else np.uint8), path
+    return arr
+
+
+# --------------------------------------------------------------------------- corrupt
+
+
+def test_corrupt_acceptance_folder(tmp_path, capsys):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    good = _good_images(inp)
+    bad = _bad_files(inp)
+
+    rc = cli.main(["corrupt", str(inp), str(out), "--spec", "gaussian:sigma=25", "--seed", "3"])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err
+    for rel, expect in good.items():
+        arr = _check_output(out / rel, expect)
+        if expect["channels"] == 4:  # alpha written back unchanged
+            src = np.array(Image.open(inp / rel))
+            assert np.array_equal(arr[..., 3], src[..., 3])
+    # noise really applied to the 8-bit RGB image
+    src = np.array(Image.open(inp / "rgb8.png")).astype(float)
+    noisy = np.array(Image.open(out / "rgb8.png")).astype(float)
+    assert 10 < np.std(noisy - src) < 30
+    for path in bad:
+        assert f"failed: {path}: " in captured.err
+        assert not (out / path.relative_to(inp)).with_suffix(".png").exists()
+    reasons = {p.name: line for line in captured.err.splitlines() for p in bad if f"failed: {p}: " in line}
+    assert all(len(line.split(": ", 2)[-1]) > 3 for line in reasons.values())
+    assert f"{len(good)} done, 0 skipped (output exists), 3 failed" in captured.err
+
+    stamps = {rel: (out / rel).stat().st_mtime_ns for rel in good}
+    assert cli.main(["corrupt", str(inp), str(out), "--spec", "gaussian:sigma=25", "--seed", "3"]) == 1
+    assert f"0 done, {len(good)} skipped (output exists), 3 failed" in capsys.readouterr().err
+    assert stamps == {rel: (out / rel).stat().st_mtime_ns for rel in good}
+
+    before = (out / "rgb8.png").read_bytes()
+    (out / "rgb8.png").write_bytes(b"stale")
+    assert cli.main(["corrupt", str(inp), str(out), "--spec", "gaussian:sigma=25", "--seed", "3", "--overwrite"]) == 1
+    assert f"{len(good)} done, 0 skipped" in capsys.readouterr().err
+    assert (out / "rgb8.png").read_bytes() == before  # same seed, same bytes
+
+
+def test_corrupt_seed_depends_on_relative_path_not_folder_content(tmp_path, capsys):
+    inp = tmp_path / "in"
+    _good_images(inp)
+    assert cli.main(["corrupt", str(inp), str(tmp_path / "all"), "--spec", "gaussian:sigma=10", "--seed", "7"]) == 0
+    solo = tmp_path / "solo"
+    (solo / "nested").mkdir(parents=True)
+    (solo / "nested" / "rgba.png").write_bytes((inp / "nested" / "rgba.png").read_bytes())
+    assert cli.main(["corrupt", str(solo), str(tmp_path / "solo_out"), "--spec", "gaussian:sigma=10", "--seed", "7"]) == 0
+    assert (tmp_path / "solo_out" / "nested" / "rgba.png").read_bytes() == (tmp_path / "all" / "nested" / "rgba.png").read_bytes()
+    assert cli.main(["corrupt", str(inp), str(tmp_path / "other"), "--spec", "gaussian:sigma=10", "--seed", "8"]) == 0
+    assert (tmp_path / "other" / "rgb8.png").read_bytes() != (tmp_path / "all" / "rgb8.png").read_bytes()
+    assert cli.file_seed(7, "a/b.png") == cli.file_seed(7, Path("a") / "b.png") != cli.file_seed(7, "a/c.png")
+
+
+def test_corrupt_writes_masks(tmp_path, capsys):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    (inp / "sub").mkdir(parents=True)
+    r = _rng(1)
+    Image.fromarray(r.integers(1, 256, (40, 48, 3), dtype=np.uint8)).save(inp / "a.png")
+    Image.fromarray(r.integers(1, 256, (33, 29), dtype=np.uint8)).save(inp / "sub" / "b.jpg")
+    assert cli.main(["corrupt", str(inp), str(out), "--spec", "mask:box", "--seed", "1"]) == 0
+    for rel in ("a.png", "sub/b.png"):
+        mask = np.array(Image.open(out / "masks" / rel))
+        img = np.array(Image.open(out / rel))
+        assert mask.dtype == np.uint8 and mask.shape == img.shape[:2]
+        assert set(np.unique(mask)) == {0, 255}
+        assert 0.05 < (mask == 255).mean() < 0.6
+        holes = mask == 255
+        assert (img[holes] == 0).all()
+        if rel == "a.png":  # lossless source with no zeros: only the holes became 0
+            assert (img[~holes] > 0).all()
+
+
+def test_corrupt_usage_errors(tmp_path, capsys):
+    inp = tmp_path / "in"
+    _good_images(inp)
+    assert cli.main(["corrupt", str(inp), str(inp), "--spec", "gray"]) == 2
+    assert "same as IN" in capsys.readouterr().err
+    assert cli.main(["corrupt", str(inp), str(tmp_path / "o"), "--spec", "nosuch:x=1"]) == 2
+    assert "--spec 'nosuch:x=1'" in capsys.readouterr().err
+    assert cli.main(["corrupt", str(tmp_path / "missing"), str(tmp_path / "o"), "--spec", "gray"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["corrupt", str(tmp_path / "empty"), str(tmp_path / "o"), "--spec", "gray"]) == 2
+    assert "no images found" in capsys.readouterr().err
+    assert cli.main(["corrupt", str(inp), str(tmp_path / "o")]) == 2  # --spec missing: argparse usage error
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_single_file(tmp_path, capsys):
+    inp = tmp_path / "in"
+    _good_images(inp)
+    assert cli.main(["corrupt", str(inp / "gray8.png"), str(tmp_path / "g.png"), "--spec", "blur:scale=2"]) == 0
+    assert np.array(Image.open(tmp_path / "g.png")).shape == (20, 18)
+
+
+# --------------------------------------------------------------------------- a fake task
+
+
+class Scale(nn.Module):
+    """Stand-in restorer: y = clamp(x * gain + shift), per channel."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.config = {"channels": channels}
+        self.gain = nn.Parameter(torch.full((channels,), 0.5))
+        self.shift = nn.Parameter(torch.full((channels,), 0.25))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.gain[:, None, None] + self.shift[:, None, None]).clamp(0, 1)
+
+
+CALLS: list[dict] = []
+
+
+def _fake_task_module(name: str, default: str) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.DEFAULT_WEIGHTS = default
+
+    def add_arguments(group) -> None:
+        group.add_argument("--strength", type=float, default=1.0)
+
+    def restore_batch(model, batch, card, *, tile, device, options=None):
+        x = batch["input"]
+        CALLS.append({"shape": tuple(x.shape), "tile": tile, "mask": "mask" in batch,
+                      "strength": getattr(options, "strength", None)})
+        gray = x.shape[1] == 1
+        x3 = x.expand(-1, 3, -1, -1) if gray else x
+        fn = lambda t: model(t.to(device))  # noqa: E731
+        y = tiled(fn, x3, tile=tile, overlap=4) if tile else fn(x3)
+        if "mask" in batch:
+            y = torch.where(batch["mask"] > 0, torch.ones_like(y), x3)
+        return y.mean(1, keepdim=True) if gray and name.endswith("denoise") else y
+
+    mod.add_arguments = add_arguments
+    mod.restore_batch = restore_batch
+    return mod
+
+
+@pytest.fixture()
+def fake_tasks(monkeypatch, tmp_path):
+    CALLS.clear()
+    monkeypatch.setitem(models.ARCHITECTURES, "scale-test", f"{__name__}:Scale")
+    wdir = tmp_path / "weights"
+    monkeypatch.setenv("RESTORE_WEIGHTS_DIR", str(wdir))
+    for task in ("denoise", "inpaint", "colorize"):
+        modname = f"fake_restore_task_{task}"
+        monkeypatch.setitem(sys.modules, modname, _fake_task_module(modname, f"fake-{task}"))
+        monkeypatch.setitem(tasks.TASKS, task, modname)
+    corruption = {"denoise": "gaussian:sigma=25", "inpaint": "mask:box", "colorize": "gray"}
+    for task in ("denoise", "inpaint"):  # colorize ships nothing
+        W.save(wdir / f"fake-{task}", Scale(), {"task": task, "corruption": corruption[task],
+                                                "metrics": {"psnr": 31.25, "ssim": 0.9}})
+    return wdir
+
+
+def test_denoise_keeps_channels_alpha_depth(fake_tasks, tmp_path, capsys):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    good = _good_images(inp)
+    bad = _bad_files(inp)
+    rc = cli.main(["denoise", str(inp), str(out), "--tile", "16", "--device", "cpu", "--strength", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    for rel, expect in good.items():
+        _check_output(out / rel, expect)
+    for path in bad:
+        assert f"failed: {path}" in err
+    assert all(c["strength"] == 2.0 and c["tile"] == 16 for c in CALLS)
+    # the model really ran: y = 0.5 x + 0.25 on 8-bit RGB
+    src = np.array(Image.open(inp / "rgb8.png")).astype(float) / 255
+    got = np.array(Image.open(out / "rgb8.png")).astype(float) / 255
+    assert np.abs(got - (0.5 * src + 0.25)).max() <= 0.5 / 255 + 1e-9
+    src16 = _read_raw(inp / "rgb16.png").astype(float) / 65535
+    got16 = _read_raw(out / "rgb16.png").astype(float) / 65535
+    assert np.abs(got16 - (0.5 * src16 + 0.25)).max() <= 1.0 / 65535
+    rgba_in, rgba_out = np.array(Image.open(inp / "nested" / "rgba.png")), np.array(Image.open(out / "nested" / "rgba.png"))
+    assert np.array_equal(rgba_in[..., 3], rgba_out[..., 3])
+
+
+def test_batches_images_of_equal_size(fake_tasks, tmp_path, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    r = _rng(2)
+    for i, size in enumerate([(8, 8), (8, 8), (9, 8), (8, 8), (9, 8)]):
+        Image.fromarray(r.integers(0, 256, (*size, 3), dtype=np.uint8)).save(inp / f"{i}.png")
+    assert cli.main(["denoise", str(inp), str(tmp_path / "out"), "--batch-size", "2", "--device", "cpu"]) == 0
+    shapes = sorted(c["shape"] for c in CALLS)
+    assert shapes == [(1, 3, 8, 8), (1, 3, 9, 8), (2, 3, 8, 8)] or shapes == [(1, 3, 8, 8), (2, 3, 8, 8), (2, 3, 9, 8)]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 5
+
+
+def test_inpaint_uses_masks_by_relative_path(fake_tasks, tmp_path, capsys):
+    inp, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
+    (inp / "sub").mkdir(parents=True)
+    (masks / "sub").mkdir(parents=True)
+    r = _rng(3)
+    Image.fromarray(r.integers(0, 200, (12, 10, 3), dtype=np.uint8)).save(inp / "sub" / "a.jpg")
+    Image.fromarray(r.integers(0, 200, (12, 10, 3), dtype=np.uint8)).save(inp / "b.png")  # no mask for b
+    hole = np.zeros((12, 10), np.uint8)
+    hole[3:7, 2:5] = 255
+    Image.fromarray(hole).save(masks / "sub" / "a.png")
+    rc = cli.main(["inpaint", str(inp), str(out), "--masks", str(masks), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"failed: {inp / 'b.png'}: " in err and "no mask" in err
+    got = np.array(Image.open(out / "sub" / "a.png"))
+    assert (got[3:7, 2:5] == 255).all() and CALLS[0]["mask"]
+    assert cli.main(["inpaint", str(inp), str(out)]) == 2  # --masks is required
+    assert "--masks" in capsys.readouterr().err
+
+
+def test_task_errors_exit_2(fake_tasks, tmp_path, monkeypatch, capsys):
+    inp = tmp_path / "in"
+    _good_images(inp)
+    # colorize ships no weights: clear error listing what does ship
+    assert cli.main(["colorize", str(inp), str(tmp_path / "o"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown weights 'fake-colorize'" in err and "fake-denoise, fake-inpaint" in err
+    # weights of another task
+    assert cli.main(["denoise", str(inp), str(tmp_path / "o"), "--weights", "fake-inpaint", "--device", "cpu"]) == 2
+    assert "for task 'inpaint', not 'denoise'" in capsys.readouterr().err
+    # a task module that does not exist yet
+    monkeypatch.setitem(tasks.TASKS, "denoise", "restore.tasks.no_such_module_yet")
+    assert cli.main(["denoise", str(inp), str(tmp_path / "o")]) == 2
+    assert "task 'denoise' is not available" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_weights_by_path(fake_tasks, tmp_path, capsys):
+    inp = tmp_path / "in"
+    _good_images(inp)
+    st = fake_tasks / "fake-denoise.safetensors"
+    assert cli.main(["denoise", str(inp / "rgb8.png"), str(tmp_path / "x.png"), "--weights", str(st), "--device", "cpu"]) == 0
+    assert (tmp_path / "x.png").is_file()
+
+
+# --------------------------------------------------------------------------- weights / demo
+
+
+def test_weights_listing(fake_tasks, capsys):
+    assert cli.main(["weights"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["name", "task", "arch", "size", "corruption", "metrics"]
+    row = next(line for line in lines if line.startswith("fake-denoise"))
+    assert "denoise" in row and "scale-test" in row and "gaussian:sigma=25" in row and "psnr=31.25" in row and "MB" in row
+    assert cli.main(["weights", "--json"]) == 0
+    cards = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in cards] == ["fake-denoise", "fake-inpaint"] and all(len(c["sha256"]) == 64 for c in cards)
+
+
+def test_weights_listing_empty(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("RESTORE_WEIGHTS_DIR", str(tmp_path / "none"))
+    assert cli.main(["weights"]) == 0
+    assert "no weights ship yet" in capsys.readouterr().out
+
+
+@pytest.fixture()
+def one_small_photo(monkeypatch):
+    """Demo on one downsized bundled photo keeps the test fast on 2 shared cores."""
+    real = cli._demo_photos
+
+    def photos():
+        name, photo = real()[0]
+        return [(name, torch.nn.functional.interpolate(photo, size=(64, 64), mode="area"))]
+
+    monkeypatch.setattr(cli, "_demo_photos", photos)
+
+
+def test_demo_runs_shipped_tasks(fake_tasks, tmp_path, one_small_photo, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", str(out), "--device", "cpu"]) == 0
+    for name in ("fake-denoise", "fake-inpaint"):
+        grid = np.array(Image.open(out / name / "astronaut-grid.png"))
+        assert grid.shape[0] > 64 and grid.shape[1] >= 3 * 64  # input | restored | target, labelled
+        assert (out / name / "astronaut-restored.png").is_file() and (out / name / "astronaut-input.png").is_file()
+    restored = np.array(Image.open(out / "fake-denoise" / "astronaut-restored.png")).astype(float) / 255
+    assert restored.min() >= 0.25 - 1 / 255  # the fake model's output range: 0.5 x + 0.25
+    assert {c["mask"] for c in CALLS} == {True, False}
+
+
+def test_demo_without_weights_writes_degraded_inputs(monkeypatch, tmp_path, one_small_photo, capsys):
+    monkeypatch.setenv("RESTORE_WEIGHTS_DIR", str(tmp_path / "none"))
+    out = tmp_path / "demo"
+    assert cli.main(["demo", str(out)]) == 0
+    assert "no weights ship yet" in capsys.readouterr().out
+    written = sorted(p.name for p in (out / "degraded").iterdir())
+    assert written == [f"astronaut-{t}.png" for t in sorted(cli.DEMO_SPECS)]
+
+
+def test_grid_labels_and_sizes():
+    g = cli.grid([("a", torch.zeros(1, 1, 10, 12)), ("b", torch.ones(3, 20, 5))], gap=2, bar=16)
+    assert g.shape == (3, 36, 12 + 2 + 5)
+    assert g[:, :16].min() < 1  # label text drawn in the bar
+
+
+def test_help_and_bad_command(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "corrupt" in capsys.readouterr().out
+    assert cli.main(["nosuch"]) == 2
