@@ -1,0 +1,404 @@
+"""restore.engine on CPU with the tiny GAN task of tests/test_engine_tinytask.py.
+
+Covers: bitwise-exact resume (shuffled loader, D noise, random label smoothing,
+mid-epoch), EMA / schedule / annealing formulas, the NaN guard, the collapse
+watch and rollback, checkpoint keep-last-K and truncated fallback, config
+precedence, AMP on CPU, export, TensorBoard tags (EventAccumulator and a real
+tensorboard server), 2-process gloo DDP and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from restore.engine import checkpoint as ckpt
+from restore.engine.cli import build_parser, resolve_config
+from restore.engine.config import ConfigError, TrainConfig, apply_dict
+from restore.engine.ema import EMA, effective_decay
+from restore.engine.schedule import anneal, cyclical, lr_multiplier
+from restore.engine.task import StepContext
+from restore.engine.trainer import Trainer, TrainingDiverged
+from restore.engine.watch import CollapseWatch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_engine_tinytask import TinyGAN  # noqa: E402
+
+TINY_SCRIPT = Path(__file__).resolve().parent / "test_engine_tinytask.py"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_trainer(out: Path, **over) -> Trainer:
+    cfg = TrainConfig()
+    apply_dict(cfg, TinyGAN.defaults(), "TinyGAN.defaults()")
+    apply_dict(cfg, {"data": "synthetic", "out": str(out), **over}, "test")
+    cfg.validate()
+    task = TinyGAN(cfg.task)
+    return Trainer(task, cfg, *task.build_datasets(cfg.data))
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"{k}.{n}": p.detach().clone() for k, m in trainer.models.items() for n, p in m.named_parameters()}
+    out.update({f"ema.{n}": p.detach().clone() for n, p in trainer.ema.module.named_parameters()})
+    return out
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+# ---------------------------------------------------------------------------- resume
+def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
+    """2N steps == N steps + resume + N steps, across an epoch boundary (6 batches/epoch)."""
+    full = make_trainer(tmp_path / "full", steps=8)
+    full.fit()
+    first = make_trainer(tmp_path / "split", steps=4)
+    first.fit()
+    assert first.batch_in_epoch == 4 and first.epoch == 0  # stopped mid-epoch
+    second = make_trainer(tmp_path / "split", steps=8)
+    second.fit(resume=True)
+    assert second.step == 8 and second.epoch == 1 and second.batch_in_epoch == 2
+    a, b = params(full), params(second)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    for name in ("G", "D"):
+        assert full.optimizers[name].param_groups[0]["lr"] == second.optimizers[name].param_groups[0]["lr"]
+    # the run really trained, with the G step schedule (x0.5 every 3 steps): 1e-2 * 0.5**2 at step 8
+    assert second.optimizers["G"].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.25)
+    assert not torch.equal(a["G.conv1.weight"], TinyGAN().build_models()["G"].conv1.weight)
+    # validation (EMA generator, fixed corruption seed) agrees too
+    assert full.summary()["val/psnr"] == pytest.approx(second.summary()["val/psnr"])
+
+
+# ---------------------------------------------------------------------------- formulas
+def test_ema_formula_with_warmup_and_buffers() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = EMA(model, decay=0.99, warmup=True)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for n in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(4, 3))  # moves BN running stats
+        d = ema.update(model)
+        assert d == pytest.approx(min(0.99, (1 + n) / (10 + n)))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+    for e, p in zip(expected, ema.module.parameters()):
+        torch.testing.assert_close(p, e, rtol=1e-6, atol=1e-7)
+    assert torch.equal(ema.module[1].running_mean, model[1].running_mean)
+    assert effective_decay(0.999, 10_000) == 0.999
+    assert effective_decay(0.5, 0, warmup=False) == 0.5
+
+
+def test_lr_schedules_and_annealing_formulas() -> None:
+    f = lr_multiplier("step", 100, step_size=30, gamma=0.1)  # "/10 every 30 (epochs, in steps)"
+    assert [f(s) for s in (0, 29, 30, 59, 60)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    f = lr_multiplier("cosine", 110, warmup_steps=10, min_factor=0.0)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
+    f = lr_multiplier("linear", 100, decay_start=50)
+    assert f(49) == 1.0 and f(75) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
+    assert lr_multiplier("constant", 0)(12345) == 1.0
+    # noise / beta annealing
+    assert anneal("linear", 0.1, 0.0, 100, 25) == pytest.approx(0.075)
+    assert anneal("cosine", 0.1, 0.0, 100, 50) == pytest.approx(0.05)
+    assert anneal("cosine", 0.1, 0.0, 100, 25) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
+    assert anneal("linear", 0.1, 0.0, 100, 500) == 0.0
+    assert anneal("linear", 0.1, 0.0, 0, 500) == 0.1  # no annealing
+    assert cyclical(0.0, 1.0, period=100, ramp=0.5, step=125) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="step_size"):
+        lr_multiplier("step", 10, step_size=0)
+
+
+def test_instance_noise_is_annealed_and_reaches_d_inputs(tmp_path: Path) -> None:
+    tr = make_trainer(tmp_path, d_noise_std=0.2, d_noise_anneal_steps=10, d_noise_anneal="linear")
+    assert [tr.d_noise_std(s) for s in (0, 5, 10, 20)] == pytest.approx([0.2, 0.1, 0.0, 0.0])
+    g = torch.Generator().manual_seed(0)
+    ctx = StepContext(step=5, epoch=0, device=torch.device("cpu"), generator=g, d_noise_std=tr.d_noise_std(5))
+    x = torch.zeros(64, 1, 32, 32)
+    assert ctx.d_noise(x).std().item() == pytest.approx(0.1, rel=0.03)
+    ctx.training = False
+    assert torch.equal(ctx.d_noise(x), x)  # never at validation
+
+
+def test_label_smoothing_targets() -> None:
+    losses = pytest.importorskip("restore.losses")
+    pred = torch.zeros(2, 1, 4, 4)
+    fixed = losses.AdversarialLoss("vanilla", smoothing=0.9)
+    assert torch.all(fixed.targets(pred, True, for_discriminator=True) == 0.9)
+    assert torch.all(fixed.targets(pred, True, for_discriminator=False) == 1.0)  # G never smoothed
+    assert torch.all(fixed.targets(pred, False, for_discriminator=True) == 0.0)  # one-sided
+    rand = losses.AdversarialLoss("vanilla", smoothing=(0.7, 1.0))
+    t = rand.targets(torch.zeros(4096), True, True, generator=torch.Generator().manual_seed(0))
+    assert 0.7 <= t.min() and t.max() <= 1.0 and t.mean().item() == pytest.approx(0.85, abs=0.01)
+    # BCE with logits 0 against 0.9: -(0.9 log .5 + 0.1 log .5) = log 2
+    assert fixed(pred, True).item() == pytest.approx(math.log(2))
+
+
+# ---------------------------------------------------------------------------- NaN guard
+def test_nan_step_is_skipped_and_counted(tmp_path: Path) -> None:
+    tr = make_trainer(tmp_path, steps=5, task={"nan_steps": [2]})
+    tr.fit()
+    assert tr.bad_steps == 1 and tr.step == 5
+    assert all(torch.isfinite(p).all() for p in params(tr).values())
+    # the skipped step did not move G: replaying steps 0..2 by hand shows no change at step 2
+    tr2 = make_trainer(tmp_path / "replay", steps=5, task={"nan_steps": [2]})
+    it = iter(tr2.loader)
+    tr2.sampler.set_epoch(0)
+    tr2.train_step(next(it)), tr2.train_step(next(it))
+    before = {n: p.clone() for n, p in tr2.models["G"].named_parameters()}
+    host = tr2.train_step(next(it))
+    assert math.isnan(host["loss/G/l1"]) and tr2.bad_steps == 1
+    for n, p in tr2.models["G"].named_parameters():
+        assert torch.equal(p, before[n])
+
+
+def test_too_many_bad_steps_stop_with_clear_message(tmp_path: Path) -> None:
+    tr = make_trainer(tmp_path, steps=20, max_bad_steps=3, task={"nan_steps": list(range(20))})
+    with pytest.raises(TrainingDiverged, match=r"3 consecutive steps had non-finite .*loss/G/l1=nan"):
+        tr.fit()
+    assert tr.bad_steps == 3
+
+
+# ---------------------------------------------------------------------------- collapse watch
+def test_collapse_watch_on_synthetic_sequences() -> None:
+    w = CollapseWatch(window=50, d_loss_threshold=0.05)
+    # healthy: D loss ~0.6, G adversarial loss flat with noise -> never fires
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(300, generator=g).tolist()
+    assert not any(w.update(0.6, 0.2, 1.0 + 0.01 * n) for n in noise)
+    # saturated D but G flat -> no collapse
+    w.reset()
+    assert not any(w.update(0.01, 0.99, 2.0 + 0.01 * n) for n in noise[:100])
+    # saturated D and G climbing -> fires once the window is full
+    w.reset()
+    fired_at = None
+    for i in range(60):
+        if w.update(0.01, None, 2.0 + 0.05 * i + 0.01 * noise[i]):
+            fired_at, state = i, w.last
+            break
+    assert fired_at == 49 and state.fired and state.g_slope == pytest.approx(0.05, rel=0.1)
+    assert not w.update(0.01, None, 5.0)  # the window restarts after firing
+    # D saturated by the gap criterion alone
+    w.reset()
+    assert any(w.update(0.5, 0.95, 2.0 + 0.05 * i) for i in range(50))
+
+
+def test_collapse_rollback_restores_healthy_checkpoint_and_lowers_d_lr(tmp_path: Path) -> None:
+    tr = make_trainer(tmp_path, steps=4, collapse_rollback=True, collapse_d_lr_factor=0.5)
+    tr.fit()  # checkpoints at 2 and 4
+    state = ckpt.load(ckpt.checkpoint_path(tmp_path, 4))
+    state["trainer"]["healthy"] = False  # pretend D had already collapsed at step 4
+    ckpt.save_atomic(state, ckpt.checkpoint_path(tmp_path, 4))
+    d_lr = tr.optimizers["D"].param_groups[0]["lr"]
+    path = tr.rollback("test collapse")
+    assert path is not None and path.name == "step_00000002.pt" and tr.step == 2
+    assert tr.optimizers["D"].param_groups[0]["lr"] == pytest.approx(d_lr * 0.5)
+    assert tr.schedulers["D"].base_lrs[0] == pytest.approx(1e-2 * 0.5)
+    assert tr.rollbacks == 1 and tr.d_lr_scale == 0.5
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def test_checkpoint_keep_last_k_and_truncated_newest_fallback(tmp_path: Path) -> None:
+    for step in range(1, 6):
+        ckpt.save_atomic({"step": step, "models": {}, "x": torch.arange(1000)}, ckpt.checkpoint_path(tmp_path, step))
+        ckpt.prune(tmp_path, 3)
+    names = [p.name for _, p in ckpt.list_checkpoints(tmp_path)]
+    assert names == ["step_00000003.pt", "step_00000004.pt", "step_00000005.pt"]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp files left
+    newest = ckpt.checkpoint_path(tmp_path, 5)
+    newest.write_bytes(newest.read_bytes()[:200])  # truncated
+    with pytest.warns(RuntimeWarning, match="step_00000005.pt"):
+        path, state = ckpt.find_latest(tmp_path)
+    assert path.name == "step_00000004.pt" and state["step"] == 4
+    with pytest.raises(ckpt.CheckpointError, match="no step_"):
+        ckpt.find_latest(tmp_path / "empty")
+
+
+def test_rng_state_roundtrips_through_weights_only(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    ckpt.save_atomic({"step": 0, "models": {}, "rng": [ckpt.rng_state(g)]}, tmp_path / "r.pt")
+    expect = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=g).item())
+    ckpt.set_rng_state(ckpt.load(tmp_path / "r.pt")["rng"][0], g)
+    assert (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=g).item()) == expect
+
+
+# ---------------------------------------------------------------------------- config / CLI
+def test_config_precedence_and_errors(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text("batch_size: 2\nsteps: 7\noptim:\n  G:\n    lr: 1.0e-3\ntask:\n  noise: 0.3\n")
+    argv = ["--data", "d", "--out", str(tmp_path / "r"), "--config", str(y), "--batch-size", "3",
+            "--set", "optim.D.betas=[0.0, 0.99]", "--set", "task.noise=0.4"]
+    cfg = resolve_config(TinyGAN, build_parser(TinyGAN).parse_args(argv))
+    assert cfg.batch_size == 3 and cfg.steps == 7 and cfg.optim["G"].lr == 1e-3  # CLI > YAML > task defaults
+    assert cfg.optim["D"].betas == (0.0, 0.99) and cfg.task["noise"] == 0.4
+    assert cfg.optim["G"].schedule == "step" and cfg.d_noise_std == 0.1  # from TinyGAN.defaults()
+    assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg  # YAML round trip
+    y.write_text("bach_size: 2\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'bach_size'"):
+        resolve_config(TinyGAN, build_parser(TinyGAN).parse_args(argv))
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) nois"):
+        resolve_config(TinyGAN, build_parser(TinyGAN).parse_args(["--data", "d", "--out", "o", "--set", "task.nois=1"]))
+    with pytest.raises(ConfigError, match="amp"):
+        TrainConfig.from_dict({"amp": "fp8"})
+
+
+# ---------------------------------------------------------------------------- AMP / export
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_on_cpu_trains(tmp_path: Path, amp: str) -> None:
+    tr = make_trainer(tmp_path, steps=2, amp=amp, channels_last=True, val_every=0, ckpt_every=0)
+    before = tr.models["G"].conv1.weight.detach().clone()
+    tr.fit()
+    assert tr.bad_steps == 0 and not torch.equal(before, tr.models["G"].conv1.weight)
+    assert tr.scalers["G"].is_enabled() == (amp == "fp16")
+
+
+def test_export_writes_ema_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = pytest.importorskip("restore.weights")
+    from restore import models
+
+    monkeypatch.setitem(models.ARCHITECTURES, "tiny-g", "test_engine_tinytask:TinyG")
+    tr = make_trainer(tmp_path / "run", steps=3)
+    tr.fit()
+    tr.export(tmp_path / "w" / "tiny")
+    model, card = weights.load(tmp_path / "w" / "tiny")
+    for (n, p), (_, e) in zip(model.named_parameters(), tr.ema.module.named_parameters()):
+        assert torch.equal(p, e), n
+    assert not torch.equal(model.conv1.weight, tr.models["G"].conv1.weight)  # EMA, not raw G
+    assert card["steps"] == 3 and card["task"] == "tiny" and card["arch"] == "tiny-g"
+    assert "val_psnr" in card["metrics"] and card["hardware"]
+
+
+# ---------------------------------------------------------------------------- TensorBoard
+EXPECTED_SCALARS = {
+    "loss/G/adv", "loss/G/l1", "loss/G/total", "loss/D/real", "loss/D/fake", "loss/D/total",
+    "lr/G", "lr/D", "D/real_mean", "D/fake_mean", "D/noise_std", "grad_norm/G", "grad_norm/D",
+    "perf/images_per_s", "val/psnr", "val/ssim", "train/bad_steps", "watch/collapse",
+}
+
+
+@pytest.fixture(scope="module")
+def tb_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tbrun")
+    make_trainer(out, steps=4).fit()
+    return out
+
+
+def test_tensorboard_event_files_hold_the_tags(tb_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tb_run / "tb"), size_guidance={"images": 0, "scalars": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    assert EXPECTED_SCALARS <= set(tags["scalars"]), EXPECTED_SCALARS - set(tags["scalars"])
+    assert {"images/input", "images/output", "images/target"} <= set(tags["images"])
+    assert "hparams" in ea.PluginTagToContent("hparams") or ea.PluginTagToContent("hparams")
+    assert [e.step for e in ea.Scalars("loss/G/total")] == [1, 2, 3, 4]
+    assert [e.value for e in ea.Scalars("D/noise_std")] == pytest.approx([0.1 * (1 - s / 6) for s in range(4)])
+    config = yaml.safe_load((tb_run / "config.yaml").read_text())
+    assert config["run_info"]["torch"] == str(torch.__version__) and "argv" in config["run_info"]
+    assert TrainConfig.from_dict(config).steps == 4  # config.yaml is itself a usable --config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_server_serves_scalar_tags(tb_run: Path) -> None:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(tb_run / "tb"), "--host", "127.0.0.1",
+           "--port", str(port), "--load_fast=false", "--reload_interval", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    try:
+        deadline, tags, err = time.monotonic() + 60, {}, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=2) as r:
+                    tags = json.loads(r.read())
+                if tags.get(".", {}).get("loss/G/total") is not None:
+                    break
+            except OSError as e:
+                err = e
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert "." in tags, f"no run served (last error: {err}); got {tags}"
+        assert EXPECTED_SCALARS <= set(tags["."])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------------------- DDP / signals
+def test_ddp_two_process_gloo_keeps_ranks_identical(tmp_path: Path) -> None:
+    env = {**_env(), "TINY_DUMP_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           str(TINY_SCRIPT), "--data", "synthetic", "--out", str(tmp_path / "run"), "--steps", "3",
+           "--set", "val_every=0", "--set", "image_every=0"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    seen0, seen1 = set(r0.pop("seen").tolist()), set(r1.pop("seen").tolist())
+    assert not seen0 & seen1 and len(seen0) == len(seen1) == 12  # DistributedSampler: disjoint shards
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"{k} differs between ranks"
+    init = TinyGAN().build_models()
+    assert not torch.equal(r0["G.conv1.weight"], init["G"].conv1.weight)
+    state = ckpt.find_latest(tmp_path / "run")[1]  # rank 0 wrote the checkpoint, with both ranks' RNG
+    assert state["step"] == 3 and len(state["rng"]) == 2 and state["world_size"] == 2
+    assert torch.equal(state["models"]["G"]["conv1.weight"], r0["G.conv1.weight"])
+
+
+def test_sigterm_writes_checkpoint_that_resumes(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(TINY_SCRIPT), "--data", "synthetic", "--out", str(out), "--steps", "100000",
+           "--set", "task.sleep=0.05", "--set", f"task.marker={marker}", "--set", "ckpt_every=0",
+           "--set", "val_every=0", "--set", "image_every=0", "--set", "log_every=10"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "training never started"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "SIGTERM received: checkpoint written" in err
+    path, state = ckpt.find_latest(out)
+    assert state["step"] >= 2
+    tr = make_trainer(out, steps=state["step"] + 2)
+    tr.fit(resume=True)
+    assert tr.step == state["step"] + 2
