@@ -183,7 +183,7 @@ def _find_mask(masks: Path, rel: Path) -> Path:
 
 def cmd_task(args: argparse.Namespace) -> int:
     from restore import io
-    from restore.infer import BatchJob, UsageError, process_folder
+    from restore.infer import BatchJob, UsageError, plan_outputs, process_folder
 
     command = args.command
     task = _load_task(command)
@@ -197,6 +197,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     masks = Path(args.masks) if getattr(args, "masks", None) else None
     if masks is not None and not masks.exists():
         raise UsageError(f"--masks {masks}: no such file or folder")
+    plan_outputs(inp, args.output)  # usage errors (OUT == IN, empty folder) before loading a model
     model, card = _load_model(command, args.weights, task, device)
 
     def load(src: Path) -> dict[str, Any]:
