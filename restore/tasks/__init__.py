@@ -1,9 +1,10 @@
 """Tasks: what is specific to each restoration problem.
 
 Each task module (``restore.tasks.<name>``) provides the training side
-(a `restore.engine.Task` subclass) and the restoring side: a function
-``restore_batch(model, batch: dict, card: dict) -> Tensor`` used by the
-folder driver and `restore demo`. Tasks are looked up lazily by name so the CLI
+(a `restore.engine.task.Task` subclass) and the restoring side used by the
+folder driver and `restore demo`: ``DEFAULT_WEIGHTS``,
+``restore_batch(model, batch, card, *, tile, device, options=None)`` and the
+optional ``add_arguments`` / ``demo`` (docs/internals.md, "Task restoring API"). Tasks are looked up lazily by name so the CLI
 only imports what it runs.
 """
 
