@@ -314,7 +314,14 @@ def test_tensorboard_event_files_hold_the_tags(tb_run: Path) -> None:
     tags = ea.Tags()
     assert EXPECTED_SCALARS <= set(tags["scalars"]), EXPECTED_SCALARS - set(tags["scalars"])
     assert {"images/input", "images/output", "images/target"} <= set(tags["images"])
-    assert "hparams" in ea.PluginTagToContent("hparams") or ea.PluginTagToContent("hparams")
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hp = ea.PluginTagToContent("hparams")
+    exp = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in exp.metric_infos} >= {"final/psnr", "final/ssim", "final/bad_steps"}
+    start = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optim.G.lr"].number_value == pytest.approx(1e-2) and start.hparams["amp"].string_value == "fp32"
+    assert ea.Scalars("final/psnr")[0].value == pytest.approx(ea.Scalars("val/psnr")[-1].value)
     assert [e.step for e in ea.Scalars("loss/G/total")] == [1, 2, 3, 4]
     assert [e.value for e in ea.Scalars("D/noise_std")] == pytest.approx([0.1 * (1 - s / 6) for s in range(4)])
     config = yaml.safe_load((tb_run / "config.yaml").read_text())
