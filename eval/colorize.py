@@ -1,0 +1,92 @@
+"""Evaluate colorization: a model (``--weights``) beside the grayscale floor (a = b = 0).
+
+Examples::
+
+    python eval/colorize.py --baselines-only
+    python eval/colorize.py --weights colorize-unet-gan
+
+``summary.md`` reports PSNR / SSIM on RGB, the mean absolute CIELAB a/b error,
+and Hasler-Suesstrunk colorfulness of the output beside the ground truth's
+(a ratio near 1 means neither washed-out nor over-saturated; the grayscale
+floor scores 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from eval import baselines as B  # noqa: E402
+from eval import report, runner, sets  # noqa: E402
+
+
+def colorize_scorer(lpips: report.LpipsScorer) -> runner.Scorer:
+    """PSNR, SSIM, CIELAB a/b MAE, colorfulness (output, GT, ratio) and LPIPS when available."""
+
+    def score(out: torch.Tensor, s: sets.Sample) -> dict:
+        r = report.psnr_ssim(out, s.target)
+        r["ab_mae"] = report.ab_mae(out, s.target)
+        c, cg = report.colorfulness(out), report.colorfulness(s.target)
+        r.update(colorfulness=c, colorfulness_gt=cg, colorfulness_ratio=c / cg if cg > 0 else float("nan"))
+        if lpips.available:
+            r["lpips"] = lpips(out, s.target)
+        return r
+
+    return score
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python eval/colorize.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    runner.common_arguments(p, "colorize", "photos-eval", "gray")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if not args.baselines_only and not args.weights:
+        p.error("give --weights NAME|FILE, or --baselines-only to score the grayscale baseline alone")
+    try:
+        if args.set not in sets.PHOTO_SETS:
+            raise sets.SetError(f"--set {args.set}: not a photo set (choose from {', '.join(sets.PHOTO_SETS)})")
+        names = args.baselines.split(",") if args.baselines else B.default_baselines(args.spec)
+        methods = runner.baseline_methods(names)
+        if args.weights and not args.baselines_only:
+            methods.append(runner.model_method("colorize", args.weights, args.device))
+        n = len(sets.load_manifest(args.set)["images"][: args.limit or None])
+        next(sets.iter_photos(args.set, limit=1))  # fail early when the set is not built
+        out = args.out or Path("eval/results/colorize") / f"{args.set}-{sets.spec_slug(args.spec)}"
+        lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)
+        samples = (sets.degrade(ph.name, ph.image, args.spec, args.seed, "default", cache=not args.no_cache,
+                                set_name=args.set) for ph in sets.iter_photos(args.set, limit=args.limit))
+        rows, grid = runner.evaluate(samples, methods, colorize_scorer(lp), total=n,
+                                     grid_images=args.grid_images, progress=not args.quiet, desc="colorize")
+    except (sets.SetError, runner.EvalError, B.BaselineError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    notes = [f"set `{args.set}` ({n} images), input spec `{args.spec}`",
+             "a/b MAE: mean |delta a|, |delta b| in CIELAB (D65, scikit-image); colorfulness: Hasler & "
+             "Suesstrunk 2003 on 0-255 RGB, averaged over images (GT column: the targets')"]
+    if not lp.available:
+        notes.append(f"LPIPS not reported: {lp.reason}")
+    report.write_metrics_csv(out / "metrics.csv", rows)
+    report.write_summary_md(out / "summary.md", rows, title=f"Colorization: {args.set}",
+                            metrics=["psnr", "ssim", "lpips", "ab_mae", "colorfulness", "colorfulness_gt",
+                                     "colorfulness_ratio"],
+                            labels={m.name: m.label for m in methods}, notes=notes)
+    if grid:
+        report.save_grid(out / "grid.png", grid)
+    print((out / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The one evaluation loop: baselines and models go through the same calls, timing and scoring.
+
+A :class:`Method` wraps anything with the baseline signature
+``fn(degraded CHW, info) -> restored CHW``; :func:`model_method` adapts shipped
+weights to it through ``restore.weights.load`` and the task's restore function.
+:func:`evaluate` runs every method on every sample, rounds outputs to 8 bits
+(what a written file holds), times each call and scores it with a task scorer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from eval import baselines as B
+from eval.report import LpipsScorer
+from eval.sets import Sample, quantize8
+
+Scorer = Callable[[torch.Tensor, Sample], dict]
+
+
+class EvalError(Exception):
+    """A user-fixable problem with an evaluation run (missing weights, bad options)."""
+
+
+@dataclass
+class Method:
+    name: str
+    label: str
+    fn: Callable[[torch.Tensor, dict], torch.Tensor]
+    kind: str = "baseline"  # or "model"
+
+
+def baseline_methods(names: Sequence[str]) -> list[Method]:
+    """Wrap registered baselines (clear error for an unknown name)."""
+    out = []
+    for n in names:
+        try:
+            b = B.get(n)
+        except B.BaselineError as e:
+            raise EvalError(str(e)) from None
+        out.append(Method(b.name, b.label, b.fn))
+    return out
+
+
+def model_method(task: str, weights: str, device: str = "cpu") -> Method:
+    """Load shipped weights (name or file) and wrap the task's restore function as a Method.
+
+    Uses ``restore.weights.load`` (verifies the checksum, builds from the card)
+    and ``restore.tasks.<task>.restore_batch(model, batch, card)`` (or
+    ``restore_image(model, image, card)`` where a task provides that instead).
+    """
+    try:
+        from restore import weights as W
+        from restore.tasks import get as get_task
+    except ImportError as e:
+        raise EvalError(f"--weights {weights}: the model side is not available in this checkout ({e})") from e
+    path = Path(weights).expanduser()
+    looks_like_file = path.suffix in (".safetensors", ".json") or "/" in weights
+    if looks_like_file and not path.exists():
+        raise EvalError(f"--weights {weights}: file not found")
+    try:
+        model, card = W.load(weights, device=device)
+    except (W.WeightsError, FileNotFoundError) as e:
+        raise EvalError(f"--weights {weights}: {e}") from e
+    model.eval()
+    try:
+        mod = get_task(task)
+    except (KeyError, ImportError) as e:
+        raise EvalError(f"task {task!r} cannot restore images in this checkout ({e})") from e
+    card_task = card.get("task")
+    if card_task and card_task != task:
+        raise EvalError(f"--weights {weights}: trained for task {card_task!r}, not {task!r}")
+
+    @torch.no_grad()
+    def run(x: torch.Tensor, info: dict) -> torch.Tensor:
+        x = x.to(device)
+        if hasattr(mod, "restore_batch"):
+            batch = {"input": x.unsqueeze(0)}
+            if info.get("mask") is not None:
+                batch["mask"] = info["mask"].to(device).unsqueeze(0)
+            if info.get("sigma") is not None:
+                batch["sigma"] = torch.tensor([float(info["sigma"])], device=device)
+            return mod.restore_batch(model, batch, card)[0].float().cpu()
+        if hasattr(mod, "restore_image"):
+            return mod.restore_image(model, x, card).float().cpu()
+        raise EvalError(f"restore.tasks.{task} has neither restore_batch nor restore_image")
+
+    name = card.get("name") or Path(weights).stem
+    return Method(name, f"{name} (model)", run, kind="model")
+
+
+def evaluate(
+    samples: Iterable[Sample],
+    methods: Sequence[Method],
+    scorer: Scorer,
+    *,
+    group: str = "",
+    total: int | None = None,
+    grid_images: int = 3,
+    progress: bool = True,
+    desc: str = "eval",
+) -> tuple[list[dict], list[tuple[str, list[tuple[str, torch.Tensor]]]]]:
+    """Run every method on every sample; return per-image rows and the grid rows.
+
+    Outputs are rounded to 8 bits before scoring (both protocols). A method
+    that returns a different shape is an error, not a silent resize.
+    """
+    from tqdm import tqdm
+
+    rows: list[dict] = []
+    grid: list[tuple[str, list[tuple[str, torch.Tensor]]]] = []
+    bar = tqdm(total=(total * len(methods)) if total else None, desc=desc, unit="run", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    for i, s in enumerate(samples):
+        cols: list[tuple[str, torch.Tensor]] = [("input", s.input.clamp(0, 1))]
+        for m in methods:
+            bar.set_postfix_str(f"{s.name} / {m.name}")
+            t0 = time.perf_counter()
+            out = m.fn(s.input, dict(s.info))
+            dt = time.perf_counter() - t0
+            if not isinstance(out, torch.Tensor) or out.shape != s.target.shape:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise EvalError(f"{m.name} on {s.name}: returned {got}, expected {tuple(s.target.shape)}")
+            out = quantize8(out.float())
+            row = {"image": s.name, "method": m.name, **scorer(out, s), "runtime_s": dt}
+            if group:
+                row["group"] = group
+            rows.append(row)
+            if i < grid_images and m.name != "noisy":  # "noisy" is the input column already
+                cols.append((m.name, out))
+            bar.update(1)
+        if i < grid_images:
+            cols.append(("target", s.target))
+            grid.append((s.name, cols))
+    bar.close()
+    return rows, grid
+
+
+def denoise_scorer(lpips: LpipsScorer) -> Scorer:
+    """PSNR, SSIM and (when available) LPIPS against the clean target."""
+    from eval.report import psnr_ssim
+
+    def score(out: torch.Tensor, s: Sample) -> dict:
+        r = psnr_ssim(out, s.target)
+        if lpips.available:
+            r["lpips"] = lpips(out, s.target)
+        return r
+
+    return score
+
+
+def common_arguments(parser: argparse.ArgumentParser, task: str, default_set: str, default_spec: str) -> None:
+    """Options every eval script shares (set, spec, seed, weights, output, limits, LPIPS)."""
+    parser.add_argument("--set", default=default_set, help=f"evaluation set (default {default_set})")
+    parser.add_argument("--spec", default=default_spec, help=f"corruption spec (default {default_spec!r})")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it (default 0)")
+    parser.add_argument("--weights", metavar="NAME|FILE", help="shipped weights name or .safetensors file")
+    parser.add_argument("--baselines-only", action="store_true", help="score only the classical baselines")
+    parser.add_argument("--baselines", help="comma-separated baselines (default: the ones suited to the spec)")
+    parser.add_argument("--out", type=Path, help=f"output folder (default eval/results/{task}/<set>-<spec>)")
+    parser.add_argument("--limit", type=int, help="score only the first N images (smoke runs)")
+    parser.add_argument("--grid-images", type=int, default=3, help="images shown in grid.png (default 3)")
+    parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS even when its weights exist")
+    parser.add_argument("--device", default="cpu", help="device for the model and LPIPS (default cpu)")
+    parser.add_argument("--no-cache", action="store_true", help="do not read/write eval/data/cache")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
