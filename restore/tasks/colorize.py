@@ -1,0 +1,623 @@
+"""LAB colorization (issue 7): a UNet predicts CIELAB a/b from L, judged by a conditional PatchGAN.
+
+Everything colour-specific lives in this module, in one place (richzhang's
+``BaseColor`` idea): the LAB conversions (kornia, differentiable, on whatever
+device the tensors are on), the normalisation the networks see (``L/50 - 1``
+and ``ab/110``), the training task (`ColorizeTask`), the photo-crop dataset and
+the restoring side (`restore_batch`).
+
+Restoring works at full resolution (DeOldify / richzhang): the input's own L is
+kept, a/b are predicted at the model's working resolution, upsampled and
+recombined with the full-resolution L, and the result is gamut-mapped by
+reducing chroma at constant L and hue, so the luminance of every output pixel
+equals the input's (no detail of the original is lost or shifted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from restore.engine.config import ConfigError
+from restore.engine.task import LossTerms, StepContext, Task
+
+log = logging.getLogger("restore.tasks.colorize")
+
+__all__ = [
+    "AB_SCALE",
+    "L_CENTER",
+    "L_SCALE",
+    "DEFAULT_WEIGHTS",
+    "ColorizeError",
+    "ColorizeConfigError",
+    "ColorizeTask",
+    "PhotoCrops",
+    "rgb_to_lab",
+    "lab_to_rgb",
+    "normalize_l",
+    "denormalize_l",
+    "normalize_ab",
+    "denormalize_ab",
+    "rgb_to_model",
+    "model_to_rgb",
+    "lightness",
+    "lab_to_rgb_keep_l",
+    "working_size",
+    "predict_ab",
+    "restore_batch",
+    "add_arguments",
+]
+
+#: shipped weights used by ``restore colorize`` without ``--weights``
+DEFAULT_WEIGHTS = "colorize"
+
+#: L in [0, 100] is centred at 50 and scaled by 50 -> [-1, 1]; a/b are scaled by 110 (richzhang BaseColor)
+L_CENTER = 50.0
+L_SCALE = 50.0
+AB_SCALE = 110.0
+
+
+class ColorizeError(ValueError):
+    """Bad input to the colorization functions (the message names the parameter and the reason)."""
+
+
+class ColorizeConfigError(ColorizeError, ConfigError):
+    """A bad task option or training folder (a `ConfigError`, so ``train/colorize.py`` exits with 2)."""
+
+
+# ============================================================================ colour: one home
+def _check_rgb(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() < 3 or x.shape[-3] != 3:
+        raise ColorizeError(f"{name}: expected a (..., 3, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+
+
+def rgb_to_lab(rgb: Tensor) -> Tensor:
+    """sRGB in [0, 1] -> CIELAB (D65): L in [0, 100], a/b roughly [-110, 110]. Computed in float32."""
+    import kornia.color
+
+    _check_rgb(rgb, "rgb_to_lab")
+    return kornia.color.rgb_to_lab(rgb.float().clamp(0.0, 1.0))
+
+
+def lab_to_rgb(lab: Tensor, clip: bool = True) -> Tensor:
+    """CIELAB (D65) -> sRGB; ``clip=False`` keeps out-of-gamut values (used to detect them)."""
+    import kornia.color
+
+    _check_rgb(lab, "lab_to_rgb")
+    return kornia.color.lab_to_rgb(lab.float(), clip=clip)
+
+
+def normalize_l(L: Tensor) -> Tensor:
+    """L in [0, 100] -> [-1, 1] (the generator's input)."""
+    return (L - L_CENTER) / L_SCALE
+
+
+def denormalize_l(l_norm: Tensor) -> Tensor:
+    return l_norm * L_SCALE + L_CENTER
+
+
+def normalize_ab(ab: Tensor) -> Tensor:
+    """a/b in CIELAB units -> about [-1, 1] (the generator's tanh output range)."""
+    return ab / AB_SCALE
+
+
+def denormalize_ab(ab_norm: Tensor) -> Tensor:
+    return ab_norm * AB_SCALE
+
+
+def rgb_to_model(rgb: Tensor) -> tuple[Tensor, Tensor]:
+    """N3HW sRGB [0, 1] -> (normalised L N1HW, normalised ab N2HW), as the networks see them."""
+    lab = rgb_to_lab(rgb)
+    return normalize_l(lab[..., :1, :, :]), normalize_ab(lab[..., 1:, :, :])
+
+
+def model_to_rgb(l_norm: Tensor, ab_norm: Tensor, keep_l: bool = False) -> Tensor:
+    """Inverse of `rgb_to_model`. ``keep_l`` gamut-maps by chroma reduction (see `lab_to_rgb_keep_l`);
+    otherwise out-of-gamut colours are clipped per channel (cheap; fine for training visuals)."""
+    L, ab = denormalize_l(l_norm), denormalize_ab(ab_norm)
+    if keep_l:
+        return lab_to_rgb_keep_l(L, ab)
+    return lab_to_rgb(torch.cat([L, ab], dim=-3))
+
+
+def lightness(image: Tensor) -> Tensor:
+    """CIELAB L (0-100, N1HW) of an N1HW gray or N3HW RGB image in [0, 1].
+
+    Gray means R = G = B = the pixel value (how a gray PNG is displayed), so
+    its L is the L of that neutral colour. An N4HW / N2HW input (with alpha)
+    uses its colour channels only.
+    """
+    if not isinstance(image, Tensor) or image.dim() != 4:
+        raise ColorizeError(f"lightness: expected an NCHW tensor, got {getattr(image, 'shape', type(image).__name__)}")
+    c = image.shape[1]
+    if c in (1, 2):
+        rgb = image[:, :1].expand(-1, 3, -1, -1)
+    elif c in (3, 4):
+        rgb = image[:, :3]
+    else:
+        raise ColorizeError(f"lightness: expected 1 (gray), 3 (RGB) or 2/4 (with alpha) channels, got {c}")
+    return rgb_to_lab(rgb)[:, :1]
+
+
+def _out_of_gamut(rgb: Tensor, tol: float) -> Tensor:
+    """Bool mask (..., 1, H, W): any channel outside [-tol, 1 + tol]."""
+    return ((rgb < -tol) | (rgb > 1.0 + tol)).any(dim=-3, keepdim=True)
+
+
+@torch.no_grad()
+def lab_to_rgb_keep_l(L: Tensor, ab: Tensor, iterations: int = 16, tol: float = 1e-4) -> Tensor:
+    """L (N1HW, 0-100) + ab (N2HW) -> sRGB in [0, 1] whose L equals ``L``.
+
+    Clipping an out-of-gamut colour channel-wise changes its lightness (a
+    saturated blue at L = 80 does not exist in sRGB; clipped, it becomes a
+    darker blue). Instead each out-of-gamut pixel keeps its L and hue and its
+    chroma is scaled down by the largest factor in [0, 1] that fits the gamut,
+    found by bisection (factor 0 = the neutral gray of that L, always in gamut).
+    Only out-of-gamut pixels are iterated, so the cost is one conversion plus a
+    few on the (usually small) set of saturated pixels.
+    """
+    if L.dim() != 4 or L.shape[1] != 1 or ab.dim() != 4 or ab.shape[1] != 2 or L.shape[-2:] != ab.shape[-2:]:
+        raise ColorizeError(
+            f"lab_to_rgb_keep_l: expected L N1HW and ab N2HW of the same size, got {tuple(L.shape)} and {tuple(ab.shape)}"
+        )
+    L = L.float().clamp(0.0, 100.0)
+    ab = ab.float()
+    rgb = lab_to_rgb(torch.cat([L, ab], dim=1), clip=False)
+    bad = _out_of_gamut(rgb, tol)  # N1HW
+    if bool(bad.any()):
+        # gather the offending pixels into a (1, 3, K, 1) "image" and bisect their chroma factor
+        idx = bad.flatten().nonzero().squeeze(1)
+        n, _, h, w = L.shape
+        flat_L = L.permute(1, 0, 2, 3).reshape(1, -1)[:, idx]          # 1 x K
+        flat_ab = ab.permute(1, 0, 2, 3).reshape(2, -1)[:, idx]        # 2 x K
+        lo = torch.zeros_like(flat_L)                                  # known to fit
+        hi = torch.ones_like(flat_L)                                   # known not to fit
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            lab = torch.cat([flat_L, flat_ab * mid], dim=0)[None, :, :, None]
+            fits = ~_out_of_gamut(lab_to_rgb(lab, clip=False), tol)[0, :, :, 0]  # 1 x K
+            lo = torch.where(fits, mid, lo)
+            hi = torch.where(fits, hi, mid)
+        lab = torch.cat([flat_L, flat_ab * lo], dim=0)[None, :, :, None]
+        fixed = lab_to_rgb(lab, clip=False)[0, :, :, 0]                # 3 x K
+        rgb_flat = rgb.permute(1, 0, 2, 3).reshape(3, -1).clone()
+        rgb_flat[:, idx] = fixed
+        rgb = rgb_flat.reshape(3, n, h, w).permute(1, 0, 2, 3)
+    return rgb.clamp(0.0, 1.0).contiguous()
+
+
+# ============================================================================ data
+def _resize_short(arr: np.ndarray, short: int) -> np.ndarray:
+    """Resize HxWxC so the shorter side is ``short`` (area when shrinking, cubic when enlarging)."""
+    import cv2
+
+    h, w = arr.shape[:2]
+    scale = short / min(h, w)
+    size = (max(short, round(w * scale)), max(short, round(h * scale)))  # cv2: (width, height)
+    if size == (w, h):
+        return arr
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    out = cv2.resize(arr, size, interpolation=interp)
+    return out[..., None] if out.ndim == 2 else out
+
+
+class PhotoCrops(Dataset):
+    """Random (or centred) crops of colour photos at a random scale, for colorization.
+
+    pix2pix ``resize_and_crop``: each item resizes a photo so its shorter side
+    is ``load_size`` (an int, or a ``(low, high)`` range drawn per item, which
+    gives scale augmentation on small photo sets), takes a ``crop_size``
+    square crop (random, or centred when ``random=False``) and, with ``flip``,
+    mirrors it left-right. Vertical flips and rotations are deliberately not
+    used: skies are up, and colour priors depend on it.
+
+    Gray photos (1 channel, or R = G = B everywhere) are skipped with a
+    warning: they would teach the model that gray is a right answer.
+    Photos are decoded once (``paths`` given explicitly so a caller can hold
+    some back for validation) and kept as 8-bit arrays already shrunk so the
+    shorter side is the largest load size. Items: ``{"target": 3 x P x P}``.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        crop_size: int,
+        load_size: int | Sequence[int],
+        *,
+        flip: bool = True,
+        random: bool = True,
+        crops_per_image: int = 1,
+        seed: int | None = None,
+    ) -> None:
+        from restore.io import ImageReadError, read_image
+
+        if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 8:
+            raise ColorizeConfigError(f"crop_size: must be an integer >= 8, got {crop_size!r}")
+        lo, hi = _size_range(load_size, "load_size")
+        if lo < crop_size:
+            raise ColorizeConfigError(f"load_size: {lo} is smaller than crop_size {crop_size}")
+        if isinstance(crops_per_image, bool) or not isinstance(crops_per_image, int) or crops_per_image < 1:
+            raise ColorizeConfigError(f"crops_per_image: must be an integer >= 1, got {crops_per_image!r}")
+        self.crop_size, self.load_range = crop_size, (lo, hi)
+        self.flip, self.random, self.crops_per_image, self.seed = bool(flip), bool(random), crops_per_image, seed
+        self.images: list[np.ndarray] = []
+        self.paths: list[Path] = []
+        self.skipped: dict[Path, str] = {}
+        for p in map(Path, paths):
+            try:
+                loaded = read_image(p)
+            except ImageReadError as e:
+                self.skipped[p] = e.reason
+                continue
+            img = loaded.image[:3]
+            if img.shape[0] == 1 or float((img.max(0).values - img.min(0).values).max()) < 2.0 / 255.0:
+                self.skipped[p] = "grayscale photo (no colour to learn from)"
+                continue
+            arr = (img.permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+            self.images.append(np.ascontiguousarray(_resize_short(arr, hi) if min(arr.shape[:2]) > hi else arr))
+            self.paths.append(p)
+        for p, why in self.skipped.items():
+            log.warning("PhotoCrops: skipping %s: %s", p, why)
+        if not self.images:
+            raise ColorizeConfigError(f"PhotoCrops: none of the {len(list(paths))} photo(s) can be used ({self.skipped})")
+
+    def __len__(self) -> int:
+        return len(self.images) * self.crops_per_image
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} crops")
+        arr = self.images[index % len(self.images)]
+        if self.random:
+            # a fresh seed from torch's RNG: seeded by the trainer, distinct per DataLoader worker
+            seed = int(torch.randint(0, 2**62, (1,)).item()) if self.seed is None else self.seed * 1_000_003 + index
+            rng = np.random.default_rng(seed)
+            lo, hi = self.load_range
+            arr = _resize_short(arr, int(rng.integers(lo, hi + 1)))
+            h, w = arr.shape[:2]
+            y = int(rng.integers(0, h - self.crop_size + 1))
+            x = int(rng.integers(0, w - self.crop_size + 1))
+            flip = self.flip and bool(rng.integers(0, 2))
+        else:
+            arr = _resize_short(arr, (self.load_range[0] + self.load_range[1]) // 2)
+            h, w = arr.shape[:2]
+            y, x, flip = (h - self.crop_size) // 2, (w - self.crop_size) // 2, False
+        crop = arr[y : y + self.crop_size, x : x + self.crop_size]
+        if flip:
+            crop = crop[:, ::-1]
+        t = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float().div_(255.0)
+        return {"target": t}
+
+
+def _size_range(value: Any, name: str) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ColorizeConfigError(f"{name}: expected an integer or a [low, high] pair, got {value!r}")
+        lo, hi = value
+    else:
+        lo = hi = value
+    for v in (lo, hi):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ColorizeConfigError(f"{name}: sizes must be positive integers, got {value!r}")
+    if lo > hi:
+        raise ColorizeConfigError(f"{name}: low {lo} > high {hi}")
+    return int(lo), int(hi)
+
+
+def split_photos(paths: Sequence[Path], val_images: int) -> tuple[list[Path], list[Path]]:
+    """Hold back ``val_images`` photos, evenly spread over the sorted list (deterministic)."""
+    paths = sorted(paths)
+    if val_images <= 0:
+        return list(paths), []
+    if val_images >= len(paths):
+        raise ColorizeConfigError(
+            f"val_images: {val_images} held back from {len(paths)} photo(s) leaves none to train on"
+        )
+    step = len(paths) / val_images
+    held = {int(step * i + step / 2) for i in range(val_images)}
+    return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
+
+
+# ============================================================================ the task
+#: pix2pix unet_256 colorization generator (L -> ab); the task's `generator` option overrides keys
+GENERATOR_DEFAULTS: dict[str, Any] = {
+    "base_channels": 64,
+    "depth": 8,
+    "channel_mult": None,
+    "max_channels": 512,
+    "norm": "batch",
+    "dropout": 0.5,
+    "dropout_layers": 3,
+    "upsample": "transpose",
+    "convs_per_level": 0,
+    "fuse_input": False,
+    "init": "normal",
+}
+#: pix2pix 70x70 PatchGAN judging the (L, ab) pair
+DISCRIMINATOR_DEFAULTS: dict[str, Any] = {"base_channels": 64, "n_layers": 3, "norm": "batch", "init": "normal"}
+
+
+def _merge_model_options(defaults: dict[str, Any], given: Any, cls: type, fixed: set[str], name: str) -> dict[str, Any]:
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ColorizeConfigError(f"task.{name}: expected a mapping of {cls.__name__} arguments, got {given!r}")
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"} - fixed
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ColorizeConfigError(
+            f"task.{name}: unknown or fixed {cls.__name__} argument(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    return {**defaults, **given}
+
+
+class ColorizeTask(Task):
+    """pix2pix-style colorization: G(L) -> ab, conditional D(L, ab), loss = adv + lambda_L1 * L1(ab)."""
+
+    name = "colorize"
+    loss_names_G = ("adv", "l1")
+    loss_names_D = ("real", "fake")
+    adversarial_term = "adv"
+    visual_names = ("input", "output", "target")
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The full pix2pix recipe (GPU scale); see train/configs/colorize-cpu.yaml for the small one."""
+        sched = {"lr": 2e-4, "betas": [0.5, 0.999], "schedule": "step", "schedule_unit": "epochs",
+                 "step_size": 30, "gamma": 0.1}
+        return {
+            "task": {
+                "crop_size": 256,          # training crop side
+                "load_size": 286,          # shorter side before cropping: int or [low, high] (scale augmentation)
+                "work_size": 256,          # restoring: shorter side at which a/b are predicted
+                "max_work_side": 1024,     # restoring: cap on the longer working side (panoramas)
+                "crops_per_image": 1,      # dataset length = photos x this (one "epoch")
+                "val_images": 2,           # photos of --data held back for validation (unless val_data)
+                "val_data": "",            # a separate validation folder instead
+                "flip": True,
+                "lambda_l1": 100.0,
+                "lambda_adv": 1.0,
+                "gan_mode": "vanilla",     # vanilla | lsgan | hinge
+                "label_smoothing": 0.9,    # D's real target (None/null = off, or [low, high])
+                "generator": {},           # UNet overrides of GENERATOR_DEFAULTS
+                "discriminator": {},       # PatchGAN overrides of DISCRIMINATOR_DEFAULTS
+            },
+            "batch_size": 1,
+            "epochs": 200,
+            "ema": True,
+            "ema_decay": 0.999,
+            "d_noise_std": 0.05,
+            "d_noise_anneal_steps": 20000,
+            "optim": {"G": dict(sched), "D": dict(sched)},
+        }
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        from restore.losses import AdversarialLoss
+        from restore.models.patchgan import PatchGAN
+        from restore.models.unet import UNet
+
+        defaults = self.defaults()["task"]
+        opts = {**defaults, **(options or {})}
+        unknown = sorted(set(opts) - set(defaults))
+        if unknown:
+            raise ColorizeConfigError(f"task: unknown colorize option(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+        _size_range(opts["load_size"], "task.load_size")
+        for key in ("crop_size", "work_size", "max_work_side"):
+            v = opts[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 8:
+                raise ColorizeConfigError(f"task.{key}: must be an integer >= 8, got {v!r}")
+        if opts["max_work_side"] < opts["work_size"]:
+            raise ColorizeConfigError(f"task.max_work_side: {opts['max_work_side']} is below work_size {opts['work_size']}")
+        for key in ("lambda_l1", "lambda_adv"):
+            if not isinstance(opts[key], (int, float)) or isinstance(opts[key], bool) or opts[key] < 0:
+                raise ColorizeConfigError(f"task.{key}: must be a number >= 0, got {opts[key]!r}")
+        opts["generator"] = _merge_model_options(
+            GENERATOR_DEFAULTS, opts["generator"], UNet, {"in_channels", "out_channels", "residual", "out_activation"},
+            "generator",
+        )
+        opts["discriminator"] = _merge_model_options(
+            DISCRIMINATOR_DEFAULTS, opts["discriminator"], PatchGAN, {"in_channels"}, "discriminator"
+        )
+        super().__init__(opts)
+        sm = opts["label_smoothing"]
+        sm = tuple(sm) if isinstance(sm, list) else sm
+        try:
+            self.adv = AdversarialLoss(opts["gan_mode"], smoothing=sm)
+        except ValueError as e:
+            raise ColorizeConfigError(f"task.gan_mode / task.label_smoothing: {e}") from None
+
+    # ---- construction -------------------------------------------------------------
+    def build_models(self) -> dict[str, nn.Module]:
+        from restore.models.patchgan import PatchGAN
+        from restore.models.unet import UNet
+
+        G = UNet(in_channels=1, out_channels=2, residual=False, out_activation="tanh", **self.options["generator"])
+        D = PatchGAN(in_channels=3, **self.options["discriminator"])
+        return {"G": G, "D": D}
+
+    def build_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
+        from restore.io import list_images
+
+        o = self.options
+        root = Path(data)
+        if not root.exists():
+            raise ColorizeConfigError(f"--data {root}: no such folder")
+        paths = list_images(root)
+        if not paths:
+            raise ColorizeConfigError(f"--data {root}: no images found")
+        if o["val_data"]:
+            train_paths, val_paths = sorted(paths), list_images(Path(o["val_data"]))
+        else:
+            train_paths, val_paths = split_photos(paths, int(o["val_images"]))
+        train = PhotoCrops(train_paths, o["crop_size"], o["load_size"], flip=o["flip"],
+                           crops_per_image=o["crops_per_image"])
+        val = PhotoCrops(val_paths, o["crop_size"], o["load_size"], random=False) if val_paths else None
+        log.info("colorize data: %d training photo(s), %d validation photo(s)", len(train.images),
+                 len(val.images) if val is not None else 0)
+        return train, val
+
+    # ---- one step -----------------------------------------------------------------
+    def prepare_batch(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """RGB -> LAB on the device: ``L`` (N1HW in [-1, 1]) is G's input, ``ab`` (N2HW) its target."""
+        batch = super().prepare_batch(batch, ctx)
+        batch["L"], batch["ab"] = rgb_to_model(batch["target"])
+        return batch
+
+    def forward(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
+        return {"output": G(batch["L"])}
+
+    def pair(self, L: Tensor, ab: Tensor) -> Tensor:
+        """The conditional discriminator's input: the condition L with the colours it is judged with."""
+        return torch.cat([L, ab.to(L.dtype)], dim=1)
+
+    def discriminator_losses(self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module, ctx: StepContext) -> LossTerms:
+        real = D(ctx.d_noise(self.pair(batch["L"], batch["ab"])))
+        fake = D(ctx.d_noise(self.pair(batch["L"], out["output"])))
+        ctx.log("D/real_mean", torch.sigmoid(real.float()).mean())
+        ctx.log("D/fake_mean", torch.sigmoid(fake.float()).mean())
+        g = ctx.generator
+        return {"real": 0.5 * self.adv(real, True, True, g), "fake": 0.5 * self.adv(fake, False, True, g)}
+
+    def generator_losses(self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module | None, ctx: StepContext) -> LossTerms:
+        from restore.losses import l1_loss
+
+        ab = out["output"]
+        l1 = l1_loss(ab, batch["ab"])
+        if D is not None and self.options["lambda_adv"] > 0:
+            adv = self.adv(D(ctx.d_noise(self.pair(batch["L"], ab))), True, False, ctx.generator)
+        else:
+            adv = ab.sum() * 0.0
+        return {"adv": self.options["lambda_adv"] * adv, "l1": self.options["lambda_l1"] * l1}
+
+    # ---- monitoring ---------------------------------------------------------------
+    def visuals(self, batch: dict[str, Any], out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Gray input, colorized and target, as RGB."""
+        L = batch["L"].float()
+        with torch.no_grad():
+            colorized = model_to_rgb(L, out["output"].detach().float())
+        gray = lab_to_rgb(torch.cat([denormalize_l(L), torch.zeros_like(L).expand(-1, 2, -1, -1)], dim=1))
+        return {"input": gray, "output": colorized, "target": batch["target"].float()}
+
+    @torch.no_grad()
+    def validation_step(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[Tensor, Tensor]:
+        ab = self.forward(G, batch, ctx)["output"].float()
+        return model_to_rgb(batch["L"].float(), ab, keep_l=True), batch["target"].float()
+
+    def model_card(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "task": self.name,
+            "corruption": "gray",
+            "color": {
+                "space": "CIELAB, D65, 2 degree observer (kornia.color)",
+                "input": "L", "output": "ab",
+                "l_center": L_CENTER, "l_scale": L_SCALE, "ab_scale": AB_SCALE,
+            },
+            "work_size": o["work_size"],
+            "max_work_side": o["max_work_side"],
+            "options": {k: v for k, v in o.items() if k not in ("generator", "discriminator")},
+            "discriminator": {"arch": "patchgan", "config": {"in_channels": 3, **o["discriminator"]}},
+        }
+
+
+# ============================================================================ restoring
+def working_size(height: int, width: int, work_size: int, max_side: int) -> tuple[int, int]:
+    """(h, w) with the shorter side ``work_size`` and the longer at most ``max_side``, aspect kept."""
+    if height < 1 or width < 1:
+        raise ColorizeError(f"empty image of size {height}x{width}")
+    scale = work_size / min(height, width)
+    scale = min(scale, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _card_scales(card: dict[str, Any]) -> tuple[float, float, float]:
+    color = card.get("color") or {}
+    values = (color.get("l_center", L_CENTER), color.get("l_scale", L_SCALE), color.get("ab_scale", AB_SCALE))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values) or values[1] <= 0:
+        raise ColorizeError(f"model card {card.get('name')!r}: bad colour scaling {color!r}")
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+@torch.no_grad()
+def predict_ab(model: nn.Module, L: Tensor, card: dict[str, Any], *, tile: int = 0,
+               work_size: int | None = None) -> Tensor:
+    """a/b (N2HW, CIELAB units) for L (N1HW, 0-100) at L's size, predicted at the working resolution."""
+    from restore.infer import tiled
+
+    l_center, l_scale, ab_scale = _card_scales(card)
+    n, _, height, width = L.shape
+    ws = int(work_size or card.get("work_size") or 256)
+    max_side = max(ws, int(card.get("max_work_side") or 4 * ws))
+    h, w = working_size(height, width, ws, max_side)
+    device = next(model.parameters()).device
+    small = L.to(device, torch.float32)
+    if (h, w) != (height, width):
+        small = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=h < height)
+    x = (small - l_center) / l_scale
+    multiple = int(getattr(model, "multiple", 1))
+    if tile and max(h, w) > tile:
+        ab = tiled(model, x, tile=max(tile, multiple), overlap=min(32, tile // 4), multiple=multiple)
+    else:
+        ab = model(x)
+    ab = ab.float().to(L.device) * ab_scale
+    if (h, w) != (height, width):
+        ab = F.interpolate(ab, size=(height, width), mode="bilinear", align_corners=False, antialias=h > height)
+    return ab
+
+
+def restore_batch(model: nn.Module, batch: dict[str, Tensor], card: dict[str, Any], *, tile: int = 0,
+                  device: torch.device | str | None = None, options: argparse.Namespace | None = None) -> Tensor:
+    """Colorize ``batch["input"]`` (N x 1/3 x H x W in [0, 1]); returns N x 3 x H x W RGB of the same size.
+
+    A colour input is colorized from its own L (its colours are discarded). The
+    output's CIELAB L equals the input's (gamut mapping at constant L and hue).
+    """
+    x = batch.get("input")
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] not in (1, 2, 3, 4):
+        raise ColorizeError(
+            f"restore_batch: batch['input'] must be N x 1/3 x H x W (gray or RGB, alpha allowed), "
+            f"got {getattr(x, 'shape', type(x).__name__)}"
+        )
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    work_size = getattr(options, "work_size", None) if options is not None else None
+    saturation = getattr(options, "saturation", None) if options is not None else None
+    saturation = 1.0 if saturation is None else float(saturation)
+    L = lightness(x.to(device, torch.float32))
+    ab = predict_ab(model, L, card, tile=tile, work_size=work_size) * saturation
+    return lab_to_rgb_keep_l(L, ab)
+
+
+def add_arguments(parser: argparse._ActionsContainer) -> None:
+    """``restore colorize`` flags."""
+
+    def positive_int(text: str) -> int:
+        v = int(text)
+        if v < 8:
+            raise argparse.ArgumentTypeError(f"must be an integer >= 8, got {text}")
+        return v
+
+    def non_negative(text: str) -> float:
+        v = float(text)
+        if not math.isfinite(v) or v < 0:
+            raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+        return v
+
+    parser.add_argument("--work-size", type=positive_int, default=None, metavar="N",
+                        help="shorter side (pixels) at which colours are predicted (default: the model card's)")
+    parser.add_argument("--saturation", type=non_negative, default=None, metavar="F",
+                        help="multiply the predicted a/b by F (1 = as predicted, 0 = gray); L is always kept")
+
