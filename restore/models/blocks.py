@@ -488,6 +488,8 @@ def init_weights(module: nn.Module, scheme: str = "normal", gain: float = 0.02) 
                     nn.init.orthogonal_(weight, gain=1.0)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            if hasattr(m, "parametrizations"):
+                _refresh_spectral_norm(m)
         elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)) and m.weight is not None:
             with torch.no_grad():
                 if scheme == "normal":
@@ -496,6 +498,22 @@ def init_weights(module: nn.Module, scheme: str = "normal", gain: float = 0.02) 
                     nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
     return module
+
+
+def _refresh_spectral_norm(module: nn.Module) -> None:
+    """Re-run the power iteration after the weight was re-initialised.
+
+    Otherwise the stored singular vectors belong to the old weight and the
+    first training steps divide by a wrong sigma (and ``eval()`` models would
+    keep using it). Uses the parametrization's own power method when this
+    torch version has it; otherwise the vectors converge during training.
+    """
+    for p in module.parametrizations.weight:
+        power = getattr(p, "_power_method", None)
+        reshape = getattr(p, "_reshape_weight_to_matrix", None)
+        if power is not None and reshape is not None and getattr(p, "n_power_iterations", 0) > 0:
+            with torch.no_grad():
+                power(reshape(module.parametrizations.weight.original), 15)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

@@ -88,8 +88,10 @@ class UNet(nn.Module):
             the first encoder conv (raw pixels) and the innermost level (which
             may be 1x1, where instance/batch statistics are undefined) have no
             norm.
-        dropout: dropout probability in the ``dropout_layers`` innermost
-            decoder stages (pix2pix: 0.5 in 3 stages, its noise source).
+        dropout: dropout probability in ``dropout_layers`` decoder stages,
+            counted from the one after the innermost up-conv (pix2pix: 0.5
+            in 3 stages, its only noise source; its innermost up-conv has
+            none).
         residual: predict a residual added to the input (needs
             ``in_channels == out_channels``); the final conv starts at zero so
             the untrained model is the identity. The sum is not clipped here:
@@ -227,7 +229,7 @@ class UNet(nn.Module):
         self.merges = nn.ModuleList()
         for j, i in enumerate(range(depth - 1, 0, -1)):
             target = widths[i - 1]
-            p = dropout if j < dropout_layers else 0.0
+            p = dropout if 1 <= j <= dropout_layers else 0.0
             self.ups.append(_Up(prev, target, upsample, norm, act, p))
             merge: list[nn.Module] = []
             merge_in = 2 * target
