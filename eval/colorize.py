@@ -3,17 +3,21 @@
 Examples::
 
     python eval/colorize.py --baselines-only
-    python eval/colorize.py --weights colorize-unet-gan
+    python eval/colorize.py --weights colorize
 
 ``summary.md`` reports PSNR / SSIM on RGB, the mean absolute CIELAB a/b error,
 and Hasler-Suesstrunk colorfulness of the output beside the ground truth's
 (a ratio near 1 means neither washed-out nor over-saturated; the grayscale
-floor scores 0).
+floor scores 0). With ``--weights``, the model is also checked against the
+issue-7 targets (``targets.json`` and a line per target in ``summary.md``):
+PSNR not below the grayscale baseline, a/b MAE at least 10% below the
+baseline's, and mean colorfulness at least 60% of the ground truth's mean.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -39,6 +43,50 @@ def colorize_scorer(lpips: report.LpipsScorer) -> runner.Scorer:
         return r
 
     return score
+
+
+#: issue 7 "done when", relative to the grayscale baseline and the ground truth
+TARGETS = {"psnr_vs_gray_db": 0.0, "ab_mae_reduction": 0.10, "colorfulness_fraction_of_gt": 0.60}
+
+
+def check_targets(rows: list[dict], model: str, baseline: str = "grayscale") -> dict:
+    """Score ``model`` against the issue-7 targets from per-image rows (means over the set).
+
+    Colorfulness is compared as mean(output) / mean(ground truth), the
+    ground-truth mean being over the same images.
+    """
+    by = {s["method"]: s for s in report.summarize(rows, ["psnr", "ab_mae", "colorfulness", "colorfulness_gt"])}
+    if model not in by or baseline not in by:
+        raise runner.EvalError(f"targets: need rows for {model!r} and the {baseline!r} baseline")
+    m, b = by[model], by[baseline]
+    cf = m["colorfulness"] / m["colorfulness_gt"] if m["colorfulness_gt"] > 0 else float("nan")
+    reduction = 1.0 - m["ab_mae"] / b["ab_mae"] if b["ab_mae"] > 0 else float("nan")
+    checks = {
+        "psnr": {"model": m["psnr"], "baseline": b["psnr"], "target": f">= baseline {b['psnr']:.2f} dB",
+                 "pass": bool(m["psnr"] >= b["psnr"] + TARGETS["psnr_vs_gray_db"])},
+        "ab_mae": {"model": m["ab_mae"], "baseline": b["ab_mae"], "reduction": reduction,
+                   "target": f"<= {1 - TARGETS['ab_mae_reduction']:.0%} of baseline {b['ab_mae']:.2f}",
+                   "pass": bool(reduction >= TARGETS["ab_mae_reduction"])},
+        "colorfulness": {"model": m["colorfulness"], "ground_truth": m["colorfulness_gt"], "fraction": cf,
+                         "target": f">= {TARGETS['colorfulness_fraction_of_gt']:.0%} of ground truth "
+                                   f"{m['colorfulness_gt']:.1f}",
+                         "pass": bool(cf >= TARGETS["colorfulness_fraction_of_gt"])},
+    }
+    return {"model": model, "baseline": baseline, "images": m["n"], "checks": checks,
+            "all_pass": all(c["pass"] for c in checks.values())}
+
+
+def target_notes(result: dict) -> list[str]:
+    c = result["checks"]
+    yes = {True: "met", False: "NOT met"}
+    return [
+        f"issue-7 targets for `{result['model']}`: PSNR {c['psnr']['model']:.2f} dB vs grayscale "
+        f"{c['psnr']['baseline']:.2f} dB ({yes[c['psnr']['pass']]}); a/b MAE {c['ab_mae']['model']:.2f} vs "
+        f"{c['ab_mae']['baseline']:.2f}, {c['ab_mae']['reduction']:+.1%} reduction, target >= 10% "
+        f"({yes[c['ab_mae']['pass']]}); colorfulness {c['colorfulness']['model']:.1f} = "
+        f"{c['colorfulness']['fraction']:.0%} of ground truth {c['colorfulness']['ground_truth']:.1f}, "
+        f"target >= 60% ({yes[c['colorfulness']['pass']]})",
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
              "Suesstrunk 2003 on 0-255 RGB, averaged over images (GT column: the targets')"]
     if not lp.available:
         notes.append(f"LPIPS not reported: {lp.reason}")
+    model_names = [m.name for m in methods if m.kind == "model"]
+    if model_names and "grayscale" in {m.name for m in methods}:
+        result = check_targets(rows, model_names[0])
+        notes += target_notes(result)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "targets.json").write_text(json.dumps(result, indent=2) + "\n")
     report.write_metrics_csv(out / "metrics.csv", rows)
     report.write_summary_md(out / "summary.md", rows, title=f"Colorization: {args.set}",
                             metrics=["psnr", "ssim", "lpips", "ab_mae", "colorfulness", "colorfulness_gt",

@@ -361,3 +361,24 @@ def test_restore_colorize_command_on_files(tiny_model, tmp_path, monkeypatch, ca
     assert rc == 0
     g = np.asarray(Image.open(tmp_path / "g.png")).astype(int)
     assert (g.max(2) - g.min(2)).max() <= 1
+
+
+# ----------------------------------------------------------------------------- evaluation targets
+
+
+def test_eval_checks_issue_targets():
+    pytest.importorskip("eval.colorize")
+    from eval.colorize import check_targets, target_notes
+
+    def rows(method, psnr, ab, cf):
+        return [{"image": f"im{i}", "method": method, "psnr": psnr + d, "ab_mae": ab + d, "colorfulness": cf + d,
+                 "colorfulness_gt": 50.0 + d} for i, d in enumerate((-1.0, 1.0))]
+
+    base = rows("grayscale", 17.0, 24.0, 0.0)
+    good = check_targets(base + rows("m", 17.5, 21.0, 31.0), "m")
+    assert good["all_pass"] and good["images"] == 2
+    assert good["checks"]["ab_mae"]["reduction"] == pytest.approx(0.125)
+    assert good["checks"]["colorfulness"]["fraction"] == pytest.approx(0.62)
+    bad = check_targets(base + rows("m", 16.9, 22.0, 29.0), "m")
+    assert not any(c["pass"] for c in bad["checks"].values())
+    assert "NOT met" in target_notes(bad)[0]
