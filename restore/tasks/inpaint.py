@@ -1,0 +1,631 @@
+"""Free-form inpainting: gated-convolution coarse-to-fine generator + SN-PatchGAN (issue 8).
+
+Training side (`InpaintTask`, driven by `restore.engine.Trainer`):
+
+* G = `restore.models.inpaint.InpaintGenerator` (coarse gated network, then a
+  refinement network with self-attention over known positions). Its
+  ``output`` is the refined prediction inside the hole and the input's own
+  pixels outside, selected with ``torch.where``: known pixels are never touched.
+* D = `restore.models.inpaint.SNPatchGAN` judging the composited image (in
+  [-1, 1]) together with the hole mask, with the trainer's annealed instance
+  noise (`StepContext.d_noise`) on the image it is shown. Built only when
+  ``lambda_adv > 0``.
+* Losses, each switchable so its effect can be measured (the DeepFill v2
+  recipe is L1 + hinge only, ``train/configs/inpaint-deepfill.yaml``):
+  L1 on the coarse and on the refined full-frame predictions, hole and valid
+  regions weighted separately and each normalised by its own area
+  (`restore.losses.l1_loss`); adversarial (hinge by default); perceptual and
+  style (Gram) losses on VGG16 features (Liu et al. 2018), computed once for
+  both, switched off with a logged warning when the ImageNet VGG16 weights
+  are not on disk (nothing is downloaded); total variation inside the
+  dilated hole.
+* Masks are drawn on the fly in `prepare_batch` from ``mask:freeform`` /
+  ``mask:box`` spec strings with a coverage range (`restore.corrupt`), with the
+  trainer's checkpointed generator, so a resumed run sees the same masks.
+  Each image picks one of ``task.masks`` with probability ``task.mask_probs``.
+* Data: random crops of a photo folder, optionally rescaled (``scale_range``)
+  so that a small training patch shows a scene at the scale the model will
+  meet at its working resolution. A few photos are held back for validation.
+
+Restoring side (`restore_batch`, used by ``restore inpaint`` and
+``eval/inpaint.py``): an empty mask copies the input through; a mask that
+covers the whole image is refused with a clear error (there is nothing to
+inpaint *from*: the model's unconditional output would be a meaningless gray
+texture, not a restoration); images are inpainted at a working resolution
+(shorter side at most ``work_size``: the hole is filled with context from the
+whole image, only the hole content is upscaled) and the known region is kept
+bit-exactly at full resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import ConcatDataset, Dataset
+
+from restore.engine.task import LossTerms, StepContext, Task
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "DEFAULT_WORK_SIZE",
+    "InpaintConfigError",
+    "InpaintInputError",
+    "InpaintTask",
+    "add_arguments",
+    "demo",
+    "prepare_masks",
+    "restore_batch",
+]
+
+log = logging.getLogger("restore.engine")
+
+#: Shipped weights used by ``restore inpaint`` when ``--weights`` is not given.
+DEFAULT_WEIGHTS = "inpaint"
+#: Shorter image side the model works at when neither ``--work-size`` nor the card says otherwise.
+DEFAULT_WORK_SIZE = 512
+
+_FULL_MASK_HELP = (
+    "the mask covers the whole image, so nothing is known to inpaint from; "
+    "an inpainter would only invent a context-free texture (use a mask with some known pixels)"
+)
+
+
+class InpaintConfigError(ValueError):
+    """An inpaint task option is invalid (the message names the option and the reason)."""
+
+
+class InpaintInputError(ValueError):
+    """An image/mask pair cannot be inpainted (the message says why); fails that file only."""
+
+
+# The GPU recipe (DeepFill v2 widths); the CPU run in train/configs narrows it.
+_GENERATOR_DEFAULTS: dict[str, Any] = {
+    "base_channels": 48,
+    "dilations": [2, 4, 8, 16],
+    "attention": True,
+    "attend_to_known": True,
+    "kv_pool": 2,
+    "fill_value": 0.5,
+    "upsample": "nearest",
+    "act": "elu",
+}
+_DISCRIMINATOR_DEFAULTS: dict[str, Any] = {"base_channels": 64, "n_layers": 6}
+
+
+def _is_number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+class InpaintTask(Task):
+    """Gated-conv inpainter trained from clean photos and masks drawn on the fly."""
+
+    name = "inpaint"
+    loss_names_G = ("l1_coarse", "l1_refined", "adv", "perc", "style", "tv")
+    loss_names_D = ("real", "fake")
+    adversarial_term = "adv"
+    visual_names = ("masked", "coarse", "refined", "target")
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The full-size GPU recipe; every ``task`` key below is a valid YAML/``--set`` option."""
+        return {
+            "task": {
+                "patch_size": 256,
+                "scale_range": [1.0, 3.0],       # crop side = patch_size x U(range), resized to patch_size
+                "patches_per_image": 512,        # epoch length = this x training photos
+                "val_images": 2,                 # training photos held back for validation
+                "val_patches_per_image": 4,
+                "cache": True,                   # decode photos once (multi-megapixel PNGs are slow)
+                "masks": ["mask:freeform,coverage=0.05-0.5", "mask:box,coverage=0.05-0.35"],
+                "mask_probs": [0.8, 0.2],
+                "generator": dict(_GENERATOR_DEFAULTS),
+                "discriminator": dict(_DISCRIMINATOR_DEFAULTS),
+                "lambda_hole": 6.0,              # L1 inside the hole (Liu et al. 2018 weights)
+                "lambda_valid": 1.0,             # L1 on known pixels of the full-frame prediction
+                "lambda_coarse": 1.0,            # factor on the coarse stage's L1
+                "lambda_adv": 0.1,
+                "gan_mode": "hinge",             # hinge | vanilla | lsgan
+                "lambda_perc": 0.05,
+                "lambda_style": 120.0,
+                "lambda_tv": 0.1,
+                "tv_dilation": 1,
+                "vgg_weights": None,             # path to vgg16-397923af.pth (else $RESTORE_VGG16_WEIGHTS / hub cache)
+                "vgg_pretrained": True,          # False: random VGG (tests only)
+                "work_size": DEFAULT_WORK_SIZE,  # recorded in the card: shorter side used when restoring
+            },
+            "steps": 300_000,
+            "batch_size": 16,
+            "num_workers": 6,
+            "ema_decay": 0.999,
+            "d_noise_std": 0.1,
+            "d_noise_anneal_steps": 100_000,
+            "val_every": 5000,
+            "image_every": 2000,
+            "ckpt_every": 5000,
+            "log_every": 100,
+            "optim": {
+                "G": {"lr": 1e-4, "betas": [0.5, 0.999], "schedule": "cosine", "warmup": 1000,
+                      "min_lr_factor": 0.05, "grad_clip": 10.0},
+                "D": {"lr": 1e-4, "betas": [0.5, 0.999], "schedule": "cosine", "min_lr_factor": 0.05},
+            },
+        }
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        base = self.defaults()["task"]
+        given = dict(options or {})
+        opts = {**base, **given}
+        # nested model options merge over the defaults, so `--set task.generator.base_channels=16` keeps the rest
+        for key in ("generator", "discriminator"):
+            sub = given.get(key)
+            if sub is not None and not isinstance(sub, dict):
+                raise InpaintConfigError(f"task.{key}: expected a mapping of constructor arguments, got {sub!r}")
+            opts[key] = {**base[key], **(sub or {})}
+        super().__init__(opts)
+        self._validate()
+        self.corruptions = self._parse_masks()
+        self.use_gan = float(opts["lambda_adv"]) > 0
+        self.adv_loss: nn.Module | None = None
+        names = list(type(self).loss_names_G)
+        if self.use_gan:
+            from restore.losses import AdversarialLoss
+
+            self.adv_loss = AdversarialLoss(opts["gan_mode"])
+        else:
+            names.remove("adv")
+            self.loss_names_D = ()
+            self.adversarial_term = None
+        self.vgg: nn.Module | None = None
+        self.perceptual: nn.Module | None = None
+        self.style: nn.Module | None = None
+        self._vgg_device: torch.device | None = None
+        self._vgg_note: str | None = None
+        want_perc, want_style = float(opts["lambda_perc"]) > 0, float(opts["lambda_style"]) > 0
+        if (want_perc or want_style) and not self._build_vgg(want_perc, want_style):
+            want_perc = want_style = False
+        self.perc_enabled, self.style_enabled = want_perc, want_style
+        if not self.perc_enabled:
+            names.remove("perc")
+        if not self.style_enabled:
+            names.remove("style")
+        if float(opts["lambda_tv"]) <= 0:
+            names.remove("tv")
+        if float(opts["lambda_coarse"]) <= 0:
+            names.remove("l1_coarse")
+        # declare only what is computed, so nothing logs a constant zero
+        self.loss_names_G = tuple(names)
+
+    def objective(self, which: str) -> tuple[str, ...]:  # type: ignore[override]
+        """All declared terms; per instance, because switched-off terms are not declared."""
+        return tuple(self.loss_names_G if which == "G" else self.loss_names_D)
+
+    # ---- options -------------------------------------------------------------------
+    def _validate(self) -> None:
+        o = self.options
+
+        def bad(key: str, why: str) -> InpaintConfigError:
+            return InpaintConfigError(f"task.{key}: {why}, got {o[key]!r}")
+
+        for key in ("patch_size", "patches_per_image", "val_patches_per_image", "work_size"):
+            if isinstance(o[key], bool) or not isinstance(o[key], int) or o[key] < 1:
+                raise bad(key, "must be a positive integer")
+        if o["patch_size"] < 16:
+            raise bad("patch_size", "must be >= 16 (free-form strokes need room)")
+        if isinstance(o["val_images"], bool) or not isinstance(o["val_images"], int) or o["val_images"] < 0:
+            raise bad("val_images", "must be an integer >= 0")
+        sr = o["scale_range"]
+        if (not isinstance(sr, (list, tuple)) or len(sr) != 2 or not all(_is_number(v) for v in sr)
+                or not 1.0 <= float(sr[0]) <= float(sr[1])):
+            raise bad("scale_range", "must be [low, high] with 1 <= low <= high (crop side / patch side)")
+        for key in ("lambda_hole", "lambda_valid", "lambda_coarse", "lambda_adv", "lambda_perc", "lambda_style",
+                    "lambda_tv"):
+            if not _is_number(o[key]) or o[key] < 0:
+                raise bad(key, "must be a finite number >= 0")
+        if o["lambda_hole"] == 0 and o["lambda_valid"] == 0:
+            raise InpaintConfigError("task.lambda_hole / task.lambda_valid: at least one L1 weight must be > 0")
+        if isinstance(o["tv_dilation"], bool) or not isinstance(o["tv_dilation"], int) or o["tv_dilation"] < 0:
+            raise bad("tv_dilation", "must be an integer >= 0")
+        if o["gan_mode"] not in ("hinge", "vanilla", "lsgan"):
+            raise bad("gan_mode", "must be hinge, vanilla or lsgan")
+        masks, probs = o["masks"], o["mask_probs"]
+        if isinstance(masks, str):
+            masks = o["masks"] = [masks]
+        if not isinstance(masks, list) or not masks or not all(isinstance(m, str) for m in masks):
+            raise bad("masks", "must be a non-empty list of mask spec strings (mask:freeform / mask:box)")
+        if probs is None:
+            probs = o["mask_probs"] = [1.0 / len(masks)] * len(masks)
+        if (not isinstance(probs, list) or len(probs) != len(masks) or not all(_is_number(p) and p >= 0 for p in probs)
+                or sum(probs) <= 0):
+            raise bad("mask_probs", f"must be {len(masks)} non-negative numbers (one per task.masks entry), not all 0")
+
+    def _parse_masks(self) -> list[Any]:
+        from restore.corrupt import CorruptionSpecError, parse_spec
+
+        out = []
+        for spec in self.options["masks"]:
+            try:
+                c = parse_spec(spec)
+            except (CorruptionSpecError, ValueError) as e:
+                raise InpaintConfigError(f"task.masks {spec!r}: {e}") from None
+            if not c.uses_masks:
+                raise InpaintConfigError(f"task.masks {spec!r}: not a mask spec (use mask:freeform or mask:box)")
+            out.append(c)
+        return out
+
+    def _build_vgg(self, perc: bool, style: bool) -> bool:
+        """Build one shared VGG16 for both feature losses; False (with a warning) when its weights are absent."""
+        from restore.losses import PerceptualLoss, StyleLoss, VGGFeatures, VGGWeightsMissing
+
+        layers = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+        try:
+            self.vgg = VGGFeatures(layers, weights_path=self.options["vgg_weights"],
+                                   pretrained=bool(self.options["vgg_pretrained"]))
+        except VGGWeightsMissing as e:
+            self._vgg_note = f"perceptual/style terms requested but switched off: {e}"
+            log.warning("inpaint: perceptual and style terms switched off (lambda_perc=%g, lambda_style=%g "
+                        "ignored): %s", self.options["lambda_perc"], self.options["lambda_style"], e)
+            return False
+        self.perceptual = PerceptualLoss(features=self.vgg) if perc else None
+        self.style = StyleLoss(features=self.vgg) if style else None
+        return True
+
+    # ---- construction -------------------------------------------------------------
+    def build_models(self) -> dict[str, nn.Module]:
+        from restore.models.blocks import ModelConfigError
+        from restore.models.inpaint import InpaintGenerator, SNPatchGAN
+
+        gen = dict(self.options["generator"])
+        gen.setdefault("in_channels", 4)
+        try:
+            models: dict[str, nn.Module] = {"G": InpaintGenerator(**gen)}
+            if self.use_gan:
+                d = dict(self.options["discriminator"])
+                d["in_channels"] = models["G"].image_channels + 1
+                models["D"] = SNPatchGAN(**d)
+        except (TypeError, ModelConfigError) as e:
+            raise InpaintConfigError(f"task.generator / task.discriminator: {e}") from None
+        return models
+
+    def build_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
+        """Per-photo crop datasets; ``val_images`` photos (spread over the sorted list) held back."""
+        from restore.data import ImageFolderPatches
+        from restore.io import list_images
+
+        root = Path(data)
+        if not root.exists():
+            raise InpaintConfigError(f"--data {root}: no such photo folder")
+        paths = list_images(root)
+        if not paths:
+            raise InpaintConfigError(f"--data {root}: no images found (png, jpg, bmp, tif, webp; searched recursively)")
+        o = self.options
+        n_val = min(o["val_images"], len(paths) - 1)
+        if n_val < o["val_images"]:
+            log.warning("inpaint: only %d photo(s) in %s: %d held back for validation", len(paths), root, n_val)
+        val_idx = {min(len(paths) - 1, round((i + 0.5) * len(paths) / n_val)) for i in range(n_val)} if n_val else set()
+        train_paths = [p for i, p in enumerate(paths) if i not in val_idx]
+        val_paths = [p for i, p in enumerate(paths) if i in val_idx]
+        # crops of the largest side the scale range asks for; prepare_batch picks the actual scale
+        load = self._load_size()
+        train = ConcatDataset([
+            ImageFolderPatches(p, load, patches_per_image=o["patches_per_image"], augment=True, cache=o["cache"])
+            for p in train_paths
+        ])
+        val = None
+        if val_paths:
+            # fixed crops (seeded, no flips) at the middle of the scale range: like is compared with like
+            val = ConcatDataset([
+                ImageFolderPatches(p, load, patches_per_image=o["val_patches_per_image"], augment=False,
+                                   cache=o["cache"], seed=4321 + k)
+                for k, p in enumerate(val_paths)
+            ])
+        log.info("inpaint: %d training photo(s), %d validation photo(s): %s", len(train_paths), len(val_paths),
+                 ", ".join(p.name for p in val_paths) or "-")
+        self._data_info = {"train_images": [p.name for p in train_paths], "val_images": [p.name for p in val_paths]}
+        return train, val
+
+    def _load_size(self) -> int:
+        return int(math.ceil(self.options["patch_size"] * float(self.options["scale_range"][1])))
+
+    # ---- one step -----------------------------------------------------------------
+    def _rescale(self, target: Tensor, ctx: StepContext) -> Tensor:
+        """Crop a random square of side patch x U(scale_range) and area-resize it to the patch size."""
+        p = int(self.options["patch_size"])
+        lo, hi = (float(v) for v in self.options["scale_range"])
+        size = target.shape[-1]
+        if size == p and lo == hi == 1.0:
+            return target
+        if ctx.training:
+            u = torch.rand(3, generator=ctx.generator, device=ctx.generator.device).tolist()
+        else:
+            u = [0.5, 0.5, 0.5]
+        side = min(size, max(p, int(round(p * (lo + (hi - lo) * u[0])))))
+        y = int(u[1] * (size - side + 1)) if size > side else 0
+        x = int(u[2] * (size - side + 1)) if size > side else 0
+        crop = target[..., min(y, size - side): min(y, size - side) + side, min(x, size - side): min(x, size - side) + side]
+        if side == p:
+            return crop.contiguous()
+        return F.interpolate(crop, size=(p, p), mode="area").clamp_(0, 1)
+
+    def draw_masks(self, target: Tensor, generator: torch.Generator) -> Tensor:
+        """N1HW hole masks (1 = hole), one spec of ``task.masks`` per image drawn with ``mask_probs``."""
+        n = target.shape[0]
+        probs = torch.tensor(self.options["mask_probs"], dtype=torch.float32, device=generator.device)
+        choice = torch.multinomial(probs.expand(n, -1), 1, generator=generator).flatten().tolist()
+        mask = torch.zeros(n, 1, *target.shape[-2:], device=target.device, dtype=target.dtype)
+        for k, c in enumerate(self.corruptions):
+            idx = [i for i, ch in enumerate(choice) if ch == k]
+            if idx:
+                mask[idx] = c(target[idx], generator=generator).mask.to(target.dtype)
+        return mask
+
+    def prepare_batch(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """Move clean crops to the device, rescale them to the patch size and draw the holes there."""
+        batch = super().prepare_batch(batch, ctx)
+        target = self._rescale(batch["target"].float(), ctx)
+        mask = self.draw_masks(target, ctx.generator)
+        batch["target"] = target
+        batch["mask"] = mask
+        # the network never sees hole pixels (it fills them itself); 0 here only makes the logged input readable
+        batch["input"] = target.masked_fill(mask.bool(), 0.0)
+        return batch
+
+    def forward(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
+        return G(batch["input"], batch["mask"])
+
+    def _d_input(self, image: Tensor, mask: Tensor, ctx: StepContext) -> Tensor:
+        # D works in [-1, 1] like G; instance noise on the image only: the mask is the same
+        # condition for real and fake, noise on it would carry no information
+        return torch.cat([ctx.d_noise(image * 2.0 - 1.0), mask.to(image.dtype)], dim=1)
+
+    def generator_losses(
+        self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module | None, ctx: StepContext
+    ) -> LossTerms:
+        from restore.losses import l1_loss, tv_loss
+
+        o = self.options
+        target, mask = batch["target"], batch["mask"]
+        wh, wv = float(o["lambda_hole"]), float(o["lambda_valid"])
+        terms: LossTerms = {
+            "l1_refined": l1_loss(out["refined"], target, mask, hole_weight=wh, valid_weight=wv),
+        }
+        if "l1_coarse" in self.loss_names_G:
+            terms["l1_coarse"] = o["lambda_coarse"] * l1_loss(out["coarse"], target, mask, hole_weight=wh,
+                                                               valid_weight=wv)
+        if self.use_gan:
+            if D is None:
+                raise RuntimeError("inpaint: lambda_adv > 0 but the trainer passed no discriminator")
+            pred = D(self._d_input(out["output"], mask, ctx))
+            terms["adv"] = o["lambda_adv"] * self.adv_loss(pred, True, for_discriminator=False)
+        if self.perc_enabled or self.style_enabled:
+            self._move_vgg(target.device)
+            # composited output and raw prediction (Liu et al. 2018), one VGG pass for both losses
+            x = torch.cat([out["output"], out["refined"]], dim=0).float().clamp(0, 1)
+            fx = self.vgg(x)
+            with torch.no_grad():
+                ft = self.vgg(target.float())
+            fy = {k: torch.cat([v, v], dim=0) for k, v in ft.items()}
+            if self.perc_enabled:
+                terms["perc"] = o["lambda_perc"] * self.perceptual.from_features(fx, fy)
+            if self.style_enabled:
+                terms["style"] = o["lambda_style"] * self.style.from_features(fx, fy)
+        if "tv" in self.loss_names_G:
+            terms["tv"] = o["lambda_tv"] * tv_loss(out["output"], mask, dilation=int(o["tv_dilation"]))
+        return terms
+
+    def discriminator_losses(
+        self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module, ctx: StepContext
+    ) -> LossTerms:
+        mask = batch["mask"]
+        real = D(self._d_input(batch["target"], mask, ctx))
+        fake = D(self._d_input(out["output"], mask, ctx))
+        if self.options["gan_mode"] == "vanilla":
+            ctx.log("D/real_mean", torch.sigmoid(real.float()).mean())
+            ctx.log("D/fake_mean", torch.sigmoid(fake.float()).mean())
+        else:  # hinge margins +-1 / lsgan targets 0-1: raw outputs are on a comparable scale
+            ctx.log("D/real_mean", real.float().mean())
+            ctx.log("D/fake_mean", fake.float().mean())
+        g = ctx.generator
+        return {
+            "real": 0.5 * self.adv_loss(real, True, for_discriminator=True, generator=g),
+            "fake": 0.5 * self.adv_loss(fake, False, for_discriminator=True, generator=g),
+        }
+
+    def _move_vgg(self, device: torch.device) -> None:
+        if self._vgg_device != device:
+            self.vgg.to(device)
+            self._vgg_device = device
+
+    @torch.no_grad()
+    def validation_step(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[Tensor, Tensor]:
+        out = G(batch["input"], batch["mask"])
+        return out["output"].float().clamp(0, 1), batch["target"].float()
+
+    def visuals(self, batch: dict[str, Any], out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Masked input (holes white) / coarse / refined (both pasted into the known region) / target."""
+        mask = batch["mask"][:8].detach().float().bool()
+        target = batch["target"][:8].detach().float()
+        known = batch["input"][:8].detach().float()
+        return {
+            "masked": known.masked_fill(mask, 1.0).clamp(0, 1),
+            "coarse": torch.where(mask, out["coarse"][:8].detach().float(), known).clamp(0, 1),
+            "refined": out["output"][:8].detach().float().clamp(0, 1),
+            "target": target.clamp(0, 1),
+        }
+
+    def model_card(self) -> dict[str, Any]:
+        o = self.options
+        card: dict[str, Any] = {
+            "task": self.name,
+            "corruption": self.corruptions[0].spec,
+            "masks": [c.spec for c in self.corruptions],
+            "mask_probs": list(o["mask_probs"]),
+            "input": "RGB NCHW in [0,1] + N1HW mask (1 = hole); gray images are repeated to RGB",
+            "patch_size": o["patch_size"],
+            "scale_range": list(o["scale_range"]),
+            "work_size": o["work_size"],
+            "losses": {
+                "lambda_hole": o["lambda_hole"],
+                "lambda_valid": o["lambda_valid"],
+                "lambda_coarse": o["lambda_coarse"],
+                "lambda_adv": o["lambda_adv"] if self.use_gan else 0.0,
+                "gan_mode": o["gan_mode"] if self.use_gan else None,
+                "lambda_perc": o["lambda_perc"] if self.perc_enabled else 0.0,
+                "lambda_style": o["lambda_style"] if self.style_enabled else 0.0,
+                "lambda_tv": o["lambda_tv"],
+                "discriminator": dict(o["discriminator"]) if self.use_gan else None,
+            },
+            "options": {k: v for k, v in o.items() if k not in ("generator", "discriminator")},
+        }
+        if getattr(self, "_data_info", None):
+            card["data_split"] = self._data_info
+        if self._vgg_note:
+            card["notes"] = [self._vgg_note]
+        return card
+
+
+# --------------------------------------------------------------------------- restoring
+
+
+def add_arguments(parser: argparse._ActionsContainer) -> None:
+    """``restore inpaint`` flags of this task."""
+    parser.add_argument(
+        "--work-size", type=int, default=None, metavar="PX",
+        help="inpaint at this shorter image side (context from the whole image, hole content upscaled; "
+             "known pixels always kept exactly); 0 = full resolution; default: the model card's work_size "
+             f"(else {DEFAULT_WORK_SIZE})",
+    )
+
+
+def prepare_masks(mask: Tensor, image: Tensor) -> Tensor:
+    """Validate ``mask`` against ``image`` (NCHW) and binarise it (> 0.5 = hole) as a bool N1HW tensor."""
+    if not isinstance(mask, Tensor) or mask.dim() != 4 or mask.shape[1] != 1:
+        raise InpaintInputError(f"mask must be an N1HW tensor (1 = hole), got {getattr(mask, 'shape', type(mask))}")
+    if mask.shape[0] != image.shape[0] or mask.shape[-2:] != image.shape[-2:]:
+        raise InpaintInputError(
+            f"mask is {mask.shape[-1]}x{mask.shape[-2]} (batch {mask.shape[0]}), image is "
+            f"{image.shape[-1]}x{image.shape[-2]} (batch {image.shape[0]}); they must match"
+        )
+    return mask > 0.5
+
+
+def _downscale(x: Tensor, hole: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Area-downscale with known pixels only; a low-res pixel touching the hole becomes hole."""
+    known = (~hole).to(x.dtype)
+    num = F.interpolate(x * known, size=size, mode="area")
+    den = F.interpolate(known, size=size, mode="area")
+    small_hole = den < 1.0 - 1e-4
+    small = torch.where(small_hole, torch.zeros_like(num), num / den.clamp_min(1e-6))
+    return small.clamp_(0, 1), small_hole
+
+
+def restore_batch(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    card: dict[str, Any],
+    *,
+    tile: int = 512,
+    device: torch.device | str | None = None,
+    options: argparse.Namespace | None = None,
+) -> Tensor:
+    """Inpaint ``batch["input"]`` (NCHW in [0, 1]) where ``batch["mask"]`` (N1HW) is 1.
+
+    Returns N x C x H x W (C as the input): the model's fill inside the hole,
+    the input's own values (bit-exact) outside. An image whose mask is empty
+    comes back unchanged; a mask covering the whole image raises
+    `InpaintInputError` (the CLI reports that file and goes on). The model
+    runs at a working resolution (shorter side <= ``work_size``; 0 = full
+    size), with hole content upscaled bilinearly; ``tile`` bounds the side
+    of what the network sees at once (overlap-blended tiles, 0 = whole).
+    """
+    from restore.infer import tiled
+
+    x = batch.get("input") if isinstance(batch, dict) else None
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise InpaintInputError(f"batch['input'] must be an NCHW tensor, got {getattr(x, 'shape', type(x))}")
+    if "mask" not in batch or batch["mask"] is None:
+        raise InpaintInputError("inpainting needs a mask per image (restore inpaint IN OUT --masks MASKDIR)")
+    n, c, h, w = x.shape
+    if c not in (1, 3):
+        raise InpaintInputError(f"images must have 1 or 3 channels (alpha is kept aside by the CLI), got {c}")
+    hole = prepare_masks(batch["mask"], x)
+    if tile < 0:
+        raise InpaintInputError(f"--tile must be >= 0 (0 = whole image), got {tile}")
+    counts = hole.flatten(1).sum(1)
+    full = [i for i in range(n) if int(counts[i]) == h * w]
+    if full:
+        raise InpaintInputError(_FULL_MASK_HELP + (f" (batch item(s) {full})" if n > 1 else ""))
+    x = x.float()
+    if int(counts.max()) == 0:
+        return x.clone()  # nothing to fill anywhere: copy through
+
+    work = getattr(options, "work_size", None) if options is not None else None
+    if work is None:
+        work = int(card.get("work_size") or DEFAULT_WORK_SIZE)
+    if work < 0:
+        raise InpaintInputError(f"--work-size must be >= 0 (0 = full resolution), got {work}")
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    cin = int(getattr(model, "image_channels", (card.get("config") or {}).get("in_channels", 4) - 1))
+
+    xd, hd = x.to(device), hole.to(device)
+    if c == cin:
+        feed = xd
+    elif c == 1 and cin == 3:
+        feed = xd.expand(n, 3, h, w)
+    elif c == 3 and cin == 1:
+        feed = xd.reshape(n * 3, 1, h, w)
+        hd_feed = hd.repeat_interleave(3, dim=0)
+    else:
+        raise InpaintInputError(f"cannot feed {c}-channel images to a {cin}-channel inpainting model")
+    hmask = hd if not (c == 3 and cin == 1) else hd_feed
+
+    scale = min(1.0, work / min(h, w)) if work > 0 else 1.0
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        small, small_hole = _downscale(feed, hmask, size)
+    else:
+        small, small_hole = feed, hmask
+
+    def run(t: Tensor) -> Tensor:
+        img, m = t[:, :-1], t[:, -1:]
+        return model(img.to(dtype), (m > 0.5).to(dtype))["output"].float()
+
+    sh, sw = small.shape[-2:]
+    packed = torch.cat([small, small_hole.to(small.dtype)], dim=1)
+    if tile and (sh > tile or sw > tile):
+        multiple = int(getattr(model, "multiple", 1))
+        filled = tiled(run, packed, tile=tile, overlap=min(64, tile // 4), multiple=multiple)
+    else:
+        filled = run(packed)
+    if scale < 1.0:
+        filled = F.interpolate(filled, size=(h, w), mode="bilinear", align_corners=False)
+    filled = filled.clamp_(0, 1)
+    if c == 1 and cin == 3:
+        filled = filled.mean(dim=1, keepdim=True)
+    elif c == 3 and cin == 1:
+        filled = filled.reshape(n, 3, h, w)
+    # the known region is the input itself, selected (not blended): bit-exact
+    return torch.where(hd, filled, xd)
+
+
+def demo(
+    model: nn.Module, card: dict[str, Any], photo: Tensor, seed: int, *, device: torch.device | str
+) -> list[tuple[str, Tensor]]:
+    """``restore demo`` panels: masked photo (holes white) / inpainted / original, on a seeded free-form mask."""
+    from restore.corrupt import freeform_mask, make_generator
+
+    h, w = photo.shape[-2:]
+    mask = freeform_mask(h, w, coverage=(0.15, 0.3), generator=make_generator(seed, "cpu"))[None]
+    out = restore_batch(model, {"input": photo, "mask": mask}, card, tile=512, device=device)
+    masked = photo.masked_fill(mask.bool(), 1.0)
+    return [("masked", masked), ("inpainted", out.cpu()), ("target", photo)]
