@@ -105,12 +105,42 @@ def _load_model(command: str, weights: str | None, task: ModuleType, device: tor
     if not name:
         raise W.WeightsError(f"task {command!r} names no DEFAULT_WEIGHTS; pass --weights NAME|FILE")
     model, card = W.load(name, device=device)
-    if card.get("task") not in (None, command):
+    if card.get("task") not in (None, command) and command not in getattr(task, "COMMANDS", ()):
         raise W.WeightsError(f"weights {name!r} are for task {card.get('task')!r}, not {command!r}")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, card
+
+
+def _card_task(weights: str | None) -> str | None:
+    """The ``task`` of a weights card (read from its JSON only), or None if there is no readable card."""
+    from restore import weights as W
+
+    if not weights:
+        return None
+    try:
+        card = json.loads(W.card_path(weights).read_text(encoding="utf-8"))
+    except (W.WeightsError, OSError, ValueError):
+        return None  # the real load reports the problem with its full message
+    task = card.get("task") if isinstance(card, dict) else None
+    return str(task) if task else None
+
+
+def _task_for(command: str, weights: str | None) -> ModuleType:
+    """The task module that restores for ``restore COMMAND --weights W``: chosen by the card's task.
+
+    A card whose task differs from the subcommand is accepted when that task's
+    module lists the subcommand in ``COMMANDS`` (a "vae" card serves
+    ``restore denoise``); otherwise it is a usage error.
+    """
+    from restore import weights as W
+
+    name = _card_task(weights) or command
+    task = _load_task(name)
+    if name != command and command not in getattr(task, "COMMANDS", ()):
+        raise W.WeightsError(f"weights {weights!r} are for task {name!r}, not {command!r}")
+    return task
 
 
 def _check_output(out: Any, n: int, height: int, width: int, who: str) -> torch.Tensor:
@@ -186,7 +216,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     from restore.infer import BatchJob, UsageError, plan_outputs, process_folder
 
     command = args.command
-    task = _load_task(command)
+    task = _task_for(command, args.weights)
     if not hasattr(task, "restore_batch"):
         raise TaskUnavailable(f"task module {task.__name__} has no restore_batch(); it cannot restore images yet")
     device = _device(args.device)
@@ -224,14 +254,24 @@ def cmd_task(args: argparse.Namespace) -> int:
             batch["mask"] = torch.stack([it["mask"] for it in items])
         with torch.no_grad():
             out = task.restore_batch(model, batch, card, tile=args.tile, device=device, options=args)
-        out = _check_output(out, len(items), images.shape[-2], images.shape[-1], f"{task.__name__}.restore_batch")
-        return list(out)
+        # a task may return (images, {name: NCHW map}): side outputs such as an uncertainty map
+        extras: dict[str, torch.Tensor] = {}
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+            out, extras = out
+        who = f"{task.__name__}.restore_batch"
+        out = _check_output(out, len(items), images.shape[-2], images.shape[-1], who)
+        extras = {k: _check_output(v, len(items), images.shape[-2], images.shape[-1], f"{who} [{k}]") for k, v in extras.items()}
+        return [(out[i], {k: v[i] for k, v in extras.items()}) for i in range(len(items))]
 
-    def save(item: dict[str, Any], result: torch.Tensor, dst: Path) -> None:
+    def save(item: dict[str, Any], result: tuple[torch.Tensor, dict[str, torch.Tensor]], dst: Path) -> None:
         loaded = item["loaded"]
+        image, extras = result
+        # side maps first (16-bit PNG, full precision), so an existing output implies its side maps exist
+        for name, extra in extras.items():
+            io.write_image(dst.with_name(f"{dst.stem}.{name}.png"), extra, bit_depth=16)
         if command != "colorize":  # colorize writes RGB; the others keep the channel count
-            result = _match_channels(result, loaded.image.shape[0])
-        io.write_image(dst, result, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
+            image = _match_channels(image, loaded.image.shape[0])
+        io.write_image(dst, image, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
 
     job = BatchJob(load=load, run=run, save=save, key=key, batch_size=batch_size)
     summary = process_folder(inp, args.output, job, overwrite=args.overwrite, desc=f"{command} ({card.get('name')})")
@@ -395,6 +435,16 @@ def _command_in(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def _weights_in(argv: list[str]) -> str | None:
+    """The value of ``--weights`` in ``argv`` (before parsing: it picks the task whose flags to add)."""
+    for i, a in enumerate(argv):
+        if a == "--weights" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--weights="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, dict[str, str]]:
     """The argument parser, plus task import errors keyed by subcommand.
 
@@ -402,6 +452,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
     so one broken task never breaks the other subcommands or ``--help``.
     """
     from restore import __version__
+    from restore.weights import WeightsError
 
     parser = argparse.ArgumentParser(
         prog="restore", description="GAN-augmented image restoration: denoise, colorize, inpaint."
@@ -425,10 +476,10 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
         p.set_defaults(func=cmd_task)
         if name == wanted:
             try:
-                task = _load_task(name)
+                task = _task_for(name, _weights_in(argv or []))
                 if hasattr(task, "add_arguments"):
                     task.add_arguments(p.add_argument_group(f"{name} options"))
-            except TaskUnavailable as e:
+            except (TaskUnavailable, WeightsError) as e:
                 task_errors[name] = str(e)
 
     p = sub.add_parser("corrupt", help="make degraded copies of images")

@@ -145,6 +145,15 @@ class Task:
         out = self.forward(G, batch, ctx)
         return out["output"].float().clamp(0, 1), batch["target"].float()
 
+    def on_epoch_end(self, trainer: Any) -> None:
+        """Called on every rank after each completed epoch (``trainer.epoch`` = epochs done).
+
+        For per-epoch bookkeeping the step loop cannot do, e.g. the VAE's
+        ``history.csv`` of train/test metrics. ``trainer`` is the `Trainer`:
+        ``is_main``, ``ema``, ``models``, ``device``, ``cfg``, ``logger``. The
+        trainer meets all ranks at a barrier afterwards. Default: nothing.
+        """
+
     def model_card(self) -> dict[str, Any]:
         """Card fields this task knows (task, corruption spec, input format ...); the trainer adds the run's."""
         return {"task": self.name, "options": dict(self.options)}

@@ -590,6 +590,8 @@ class Trainer:
                 if finished_epoch:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                    self.task.on_epoch_end(self)
+                    dist_utils.barrier()
             if self.step > start_step:  # a resume of a finished run trains, logs and saves nothing
                 self._finish()
         finally:

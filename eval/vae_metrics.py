@@ -1,0 +1,114 @@
+"""Model-card figures of a VAE's weights on a full MNIST-style test split.
+
+    python eval/vae_metrics.py --weights vae-fashion [--data DIR] [--seed 0] [--k 5]
+                               [--json OUT.json] [--update-card]
+
+Measures, on every test image (Fashion-MNIST: all 10,000) corrupted once with
+the card's spec and ``--seed`` (``restore.corrupt.apply`` on the whole split):
+MSE / PSNR / SSIM of the noisy input and of the VAE's z_mean reconstruction
+against the clean image (means of per-image values), the improvement, and the
+k-nearest-neighbour (k=5) accuracy of z_mean: a k-NN classifier fit on the
+z_mean of the (equally corrupted, seed + 1) training split, scored on the test
+split. ``--update-card`` writes the figures and this command into the model
+card (the weights are re-saved unchanged, with a fresh hash record).
+The functions live in `restore.tasks.vae` so the analysis report reuses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+
+def measure(weights: str, data: str | None = None, seed: int = 0, k: int = 5, device: str = "cpu",
+            train_limit: int | None = None) -> dict[str, Any]:
+    """The figures for ``weights`` (a shipped name or a path) as a flat dict."""
+    from restore import corrupt
+    from restore import weights as W
+    from restore.data import default_idx_root, load_idx_split
+    from restore.tasks.vae import encode, evaluate_denoising, knn_accuracy
+
+    model, card = W.load(weights, device=device)
+    model.eval()
+    if card.get("task") != "vae":
+        raise W.WeightsError(f"weights {weights!r} are for task {card.get('task')!r}, not 'vae'")
+    root = data or str(default_idx_root())
+    spec = str(card["corruption"])
+
+    def split(name: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = load_idx_split(root, name)
+        if limit:
+            images, labels = images[:limit], labels[:limit]
+        return torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1), torch.from_numpy(labels.copy())
+
+    t0 = time.perf_counter()
+    x_test, y_test = split("test")
+    r = evaluate_denoising(model, x_test, y_test, spec, seed, device=device, return_latents=True)
+    x_train, y_train = split("train", train_limit)
+    noisy_train = corrupt.apply(x_train, spec, seed + 1).input
+    z_train = encode(model, noisy_train, y_train, device=device)
+    knn = knn_accuracy(z_train, y_train, r["z_mean"], y_test, k=k)
+    out: dict[str, Any] = {
+        "test_images": int(r["n"]),
+        "corruption": spec,
+        "seed": seed,
+        "noisy_mse": r["noisy_mse"], "noisy_psnr": r["noisy_psnr"], "noisy_ssim": r["noisy_ssim"],
+        "mse": r["mse"], "psnr": r["psnr"], "ssim": r["ssim"],
+        "psnr_gain": r["psnr"] - r["noisy_psnr"], "ssim_gain": r["ssim"] - r["noisy_ssim"],
+        f"knn{k}_accuracy": knn,
+        "knn_train_images": int(len(x_train)),
+        "seconds": time.perf_counter() - t0,
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="eval/vae_metrics.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", required=True, help="shipped name (vae-fashion) or STEM/.json/.safetensors path")
+    p.add_argument("--data", help="folder of the IDX files (default: $RESTORE_FASHION_MNIST or the Debian package)")
+    p.add_argument("--seed", type=int, default=0, help="corruption seed of the test split (train split: seed + 1)")
+    p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN probe")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--train-limit", type=int, default=0, help="fit the k-NN on the first N training images (0 = all)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--update-card", action="store_true", help="record the figures and this command in the model card")
+    args = p.parse_args(argv)
+
+    from restore import weights as W
+    from restore.data import IdxError
+
+    try:
+        figures = measure(args.weights, args.data, args.seed, args.k, args.device, args.train_limit or None)
+    except (W.WeightsError, IdxError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        print(f"{key.ljust(width)}  {value:.4f}" if isinstance(value, float) else f"{key.ljust(width)}  {value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    if args.update_card:
+        model, card = W.load(args.weights)
+        json_path = W.card_path(args.weights)
+        rounded = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items() if k != "seconds"}
+        card["metrics"] = {**(card.get("metrics") or {}), "test": rounded}
+        card["metrics_command"] = "python eval/vae_metrics.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        for key in ("sha256", "size_bytes", "created", "card_format"):
+            card.pop(key, None)
+        W.save(json_path.with_suffix(""), model, card)
+        print(f"updated {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
