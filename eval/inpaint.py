@@ -10,11 +10,21 @@ Each mask size is a group in ``summary.md``: whole-image PSNR/SSIM, PSNR/SSIM
 inside the holes, the largest change to known pixels (must be 0 for a method
 that keeps them) and seconds per image. Masks and holed inputs are cached under
 ``eval/data/cache/<spec-slug>/`` from seeds derived from the image names.
+
+With ``--weights``, the model is also checked against the issue-8 targets
+(``targets.json`` and a line per band in ``summary.md``): PSNR inside the holes
+at least Telea's + 1 dB on large masks and at least Telea's on small masks
+(SSIM inside the holes reported beside it), and every known pixel of every
+model output bit-identical to the input (a violation makes the exit status 1).
+``meanfill`` (holes filled with the mean colour of the known pixels) is the
+trivial floor a model must clear to be worth shipping. The grid shows masked
+input, Telea, the model and the target.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,6 +38,71 @@ from eval import report, runner, sets  # noqa: E402
 
 #: Mask coverage bands scored by default (fraction of the image that is hole).
 COVERAGE: dict[str, str] = {"small": "0.1-0.2", "large": "0.3-0.45"}
+
+#: Issue-8 targets: model PSNR inside the holes minus Telea's, per band (dB).
+TARGETS: dict[str, float] = {"small": 0.0, "large": 1.0}
+
+#: Columns of grid.png when a model is scored (the issue's figure); other methods stay in the tables.
+GRID_COLUMNS: tuple[str, ...] = ("input", "telea", "target")
+
+
+def mean_fill(x: torch.Tensor, info: dict) -> torch.Tensor:
+    """Trivial floor: every hole pixel takes the mean colour of the image's known pixels."""
+    mask = info.get("mask")
+    if mask is None:
+        raise runner.EvalError("meanfill: the sample has no mask")
+    hole = mask.to(x.device).bool().expand_as(x)
+    known = (~hole).float()
+    mean = (x * known).sum(dim=(1, 2), keepdim=True) / known.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
+    return torch.where(hole, mean.expand_as(x), x)
+
+
+def check_targets(rows: list[dict], model: str, groups: dict[str, str], baseline: str = "telea") -> dict:
+    """Score ``model`` against the issue-8 targets per mask band (means over the set's images).
+
+    ``groups`` maps band name (``small`` / ``large``) to the row group label
+    used for that band. Known pixels must be untouched in every output
+    (``known_max_diff`` is aggregated as a max, so one changed pixel fails).
+    """
+    summary = report.summarize(rows, ["psnr_hole", "ssim_hole", "known_max_diff"])
+    by = {(s["group"], s["method"]): s for s in summary}
+    bands: dict[str, dict] = {}
+    for band, group in groups.items():
+        if (group, model) not in by or (group, baseline) not in by:
+            raise runner.EvalError(f"targets: need {band} rows for {model!r} and the {baseline!r} baseline")
+        m, b = by[(group, model)], by[(group, baseline)]
+        margin = TARGETS.get(band)
+        entry = {
+            "images": m["n"],
+            "psnr_hole": {"model": m["psnr_hole"], "baseline": b["psnr_hole"],
+                          "delta_db": m["psnr_hole"] - b["psnr_hole"]},
+            "ssim_hole": {"model": m["ssim_hole"], "baseline": b["ssim_hole"],
+                          "delta": m["ssim_hole"] - b["ssim_hole"]},
+            "known_max_diff": m["known_max_diff"],
+        }
+        if margin is not None:
+            entry["target"] = f"psnr_hole >= {baseline} + {margin:g} dB"
+            entry["pass"] = bool(m["psnr_hole"] >= b["psnr_hole"] + margin)
+        bands[band] = entry
+    known_ok = all(e["known_max_diff"] == 0 for e in bands.values())
+    scored = [e["pass"] for e in bands.values() if "pass" in e]
+    return {"model": model, "baseline": baseline, "bands": bands, "known_pixels_identical": known_ok,
+            "all_pass": bool(scored) and all(scored) and known_ok}
+
+
+def target_notes(result: dict) -> list[str]:
+    yes = {True: "met", False: "NOT met"}
+    notes = []
+    for band, e in result["bands"].items():
+        line = (f"issue-8 target, {band} holes, `{result['model']}`: PSNR hole {e['psnr_hole']['model']:.2f} dB vs "
+                f"{result['baseline']} {e['psnr_hole']['baseline']:.2f} dB ({e['psnr_hole']['delta_db']:+.2f} dB); "
+                f"SSIM hole {e['ssim_hole']['model']:.4f} vs {e['ssim_hole']['baseline']:.4f}")
+        if "pass" in e:
+            line += f"; target {e['target']}: {yes[e['pass']]}"
+        notes.append(line)
+    notes.append(f"known pixels of every `{result['model']}` output bit-identical to the input: "
+                 f"{'yes' if result['known_pixels_identical'] else 'NO'}")
+    return notes
 
 
 def inpaint_scorer(lpips: report.LpipsScorer) -> runner.Scorer:
@@ -74,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.set not in sets.PHOTO_SETS:
             raise sets.SetError(f"--set {args.set}: not a photo set (choose from {', '.join(sets.PHOTO_SETS)})")
-        names = args.baselines.split(",") if args.baselines else ["telea", "ns"]
-        methods = runner.baseline_methods(names)
+        names = args.baselines.split(",") if args.baselines else ["telea", "ns", "meanfill"]
+        methods = runner.baseline_methods([b for b in names if b != "meanfill"])
+        if "meanfill" in names:
+            methods.append(runner.Method("meanfill", "mean colour fill (trivial floor)", mean_fill))
         if args.weights and not args.baselines_only:
             methods.append(runner.model_method("inpaint", args.weights, args.device))
         n = len(sets.load_manifest(args.set)["images"][: args.limit or None])
@@ -83,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path("eval/results/inpaint") / f"{args.set}-{args.mask_kind}"
         lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)
         rows, grid = [], []
+        groups: dict[str, str] = {}
         for band, spec in specs.items():
             samples = (sets.degrade(ph.name, ph.image, spec, args.seed, "default", cache=not args.no_cache,
                                     set_name=args.set) for ph in sets.iter_photos(args.set, limit=args.limit))
-            r, g = runner.evaluate(samples, methods, inpaint_scorer(lp), group=f"{band} holes (`{spec}`)",
+            groups[band] = f"{band} holes (`{spec}`)"
+            r, g = runner.evaluate(samples, methods, inpaint_scorer(lp), group=groups[band],
                                    total=n, grid_images=args.grid_images, progress=not args.quiet,
                                    desc=f"inpaint {band}")
             rows += r
@@ -100,6 +179,25 @@ def main(argv: list[str] | None = None) -> int:
              f"OpenCV inpaint radius {B.INPAINT_RADIUS}"]
     if not lp.available:
         notes.append(f"LPIPS not reported: {lp.reason}")
+    model_names = [m.name for m in methods if m.kind == "model"]
+    status = 0
+    if model_names:
+        known = {m: max((r["known_max_diff"] for r in rows if r["method"] == m), default=0.0) for m in model_names}
+        changed = [m for m, d in known.items() if d != 0]
+        if changed:
+            print(f"error: {', '.join(changed)} changed known pixels (max {max(known.values()):g} levels)",
+                  file=sys.stderr)
+            status = 1
+        if "telea" in {m.name for m in methods}:
+            result = check_targets(rows, model_names[0], {b: g for b, g in groups.items() if b in COVERAGE})
+            if not result["known_pixels_identical"]:
+                status = 1
+            notes += target_notes(result)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "targets.json").write_text(json.dumps(result, indent=2) + "\n")
+        # the issue's figure: masked input / Telea / model / target
+        keep = set(GRID_COLUMNS) | set(model_names)
+        grid = [(name, [c for c in cols if c[0] in keep]) for name, cols in grid]
     report.write_metrics_csv(out / "metrics.csv", rows)
     report.write_summary_md(out / "summary.md", rows, title=f"Inpainting: {args.set}",
                             metrics=["psnr", "ssim", "lpips", "psnr_hole", "ssim_hole", "known_max_diff",
@@ -108,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if grid:
         report.save_grid(out / "grid.png", grid)
     print((out / "summary.md").read_text())
-    return 0
+    return status
 
 
 if __name__ == "__main__":
