@@ -386,14 +386,15 @@ def iter_photos(set_name: str, limit: int | None = None) -> Iterator[Photo]:
 
 
 def _fashion_manifest() -> dict:
-    from restore.data import _find_idx, default_idx_root  # noqa: PLC2701 - same spelling rules as the loader
+    from restore.data import default_idx_root
 
     root = default_idx_root()
     files = []
-    for kind, ndim in (("images", 3), ("labels", 1)):
-        p = _find_idx(root, "t10k", kind, ndim)
-        if p is None:
+    for kind in ("images", "labels"):
+        found = sorted(root.glob(f"t10k-{kind}[-.]idx*-ubyte*")) if root.is_dir() else []
+        if not found:
             raise SetError(f"{root}: Fashion-MNIST test {kind} not found (apt-get install -y dataset-fashion-mnist)")
+        p = found[0]
         files.append({"file": p.name, "sha256": sha256_file(p), "size": p.stat().st_size})
     return {"set": FASHION_SET, "source": "Debian package dataset-fashion-mnist (official t10k split)",
             "package_version": _deb_version("dataset-fashion-mnist"), "files": files}

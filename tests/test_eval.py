@@ -156,9 +156,9 @@ def test_grid_png_layout_and_mismatch_errors(tmp_path):
 # --------------------------------------------------------------------------- baselines
 
 
-@pytest.mark.parametrize("name", ["noisy", "cbm3d", "nlm", "tv", "wavelet", "median3", "median5", "grayscale",
-                                  "blur"])
+@pytest.mark.parametrize("name", ["noisy", "nlm", "tv", "wavelet", "median3", "median5", "grayscale", "blur"])
 def test_baselines_return_same_shape_in_range(name):
+    # cbm3d is covered (once: bm3d has a fixed cost of seconds) by test_denoisers_beat_the_noisy_input
     clean = _photo()
     noisy = _noisy(clean, 25)
     out = B.run(name, noisy, {"sigma": 25.0, "spec": "gaussian:sigma=25"})
@@ -173,11 +173,13 @@ def test_baselines_return_same_shape_in_range(name):
 
 
 def test_denoisers_beat_the_noisy_input():
-    clean = _photo(48, 48)
+    clean = _photo(32, 32)
     noisy = _noisy(clean, 25)
     base = report.psnr_ssim(noisy, clean)["psnr"]
     for name in ("cbm3d", "nlm", "tv", "wavelet"):
-        assert report.psnr_ssim(B.run(name, noisy, {"sigma": 25.0}), clean)["psnr"] > base + 2, name
+        out = B.run(name, noisy, {"sigma": 25.0})
+        assert out.shape == noisy.shape and 0 <= float(out.min()) and float(out.max()) <= 1, name
+        assert report.psnr_ssim(out, clean)["psnr"] > base + 2, name
 
 
 @pytest.mark.parametrize("name", ["telea", "ns"])
@@ -316,3 +318,14 @@ def test_evaluate_runs_baselines_through_one_path():
 
     with pytest.raises(runner.EvalError, match="returned"):
         runner.evaluate(samples, [runner.Method("bad", "bad", bad)], lambda o, s: {}, progress=False)
+
+
+def test_fashion_mnist_test_split_matches_manifest():
+    from restore.data import default_idx_root
+
+    manifest = sets.load_manifest(sets.FASHION_SET)
+    if not all((default_idx_root() / f["file"]).is_file() for f in manifest["files"]):
+        pytest.skip("Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+    x, y = sets.load_fashion_mnist_test(limit=5)
+    assert x.shape == (5, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (5,)
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
