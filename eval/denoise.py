@@ -63,12 +63,29 @@ def main(argv: list[str] | None = None) -> int:
                                    cache=not args.no_cache, set_name=args.set)
 
         lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)
+        labels = {m.name: m.label for m in methods}
+        notes = _notes(args, n, lp)
+
+        def partial(rows: list[dict]) -> None:
+            done = len({r["image"] for r in rows})
+            if done < n:
+                _write(out, rows, args, labels, notes + [f"PARTIAL: {done} of {n} images scored so far"])
+
         rows, grid = runner.evaluate(samples(), methods, runner.denoise_scorer(lp), total=n,
-                                     grid_images=args.grid_images, progress=not args.quiet, desc="denoise")
+                                     grid_images=args.grid_images, progress=not args.quiet, desc="denoise",
+                                     on_image=partial)
     except (sets.SetError, runner.EvalError, B.BaselineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    labels = {m.name: m.label for m in methods}
+    _write(out, rows, args, labels, notes)
+    if grid:
+        report.save_grid(out / "grid.png", grid)
+    print((out / "summary.md").read_text())
+    print(f"wrote {out}/metrics.csv, summary.md" + (", grid.png" if grid else ""), file=sys.stderr)
+    return 0
+
+
+def _notes(args: argparse.Namespace, n: int, lp: report.LpipsScorer) -> list[str]:
     notes = [f"set `{args.set}` ({n} images, manifest `eval/manifests/{args.set}.json`), spec `{args.spec}`, "
              f"base seed {args.seed}"]
     notes.append("NLM h / TV weight tables: " + ", ".join(
@@ -76,14 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         + " (tuned on training photos, interpolated in sigma)")
     if not lp.available:
         notes.append(f"LPIPS not reported: {lp.reason}")
+    return notes
+
+
+def _write(out: Path, rows: list[dict], args: argparse.Namespace, labels: dict[str, str], notes: list[str]) -> None:
     report.write_metrics_csv(out / "metrics.csv", rows)
     report.write_summary_md(out / "summary.md", rows, title=f"Denoising: {args.set}, `{args.spec}`",
                             metrics=["psnr", "ssim", "lpips"], labels=labels, protocol=args.protocol, notes=notes)
-    if grid:
-        report.save_grid(out / "grid.png", grid)
-    print((out / "summary.md").read_text())
-    print(f"wrote {out}/metrics.csv, summary.md" + (", grid.png" if grid else ""), file=sys.stderr)
-    return 0
 
 
 def _chain(first, rest):

@@ -106,8 +106,12 @@ def evaluate(
     grid_images: int = 3,
     progress: bool = True,
     desc: str = "eval",
+    on_image: Callable[[list[dict]], None] | None = None,
 ) -> tuple[list[dict], list[tuple[str, list[tuple[str, torch.Tensor]]]]]:
     """Run every method on every sample; return per-image rows and the grid rows.
+
+    ``on_image(rows_so_far)`` is called after each image, so long runs (CBM3D on
+    a busy CPU takes minutes per photo) can write partial reports as they go.
 
     Outputs are rounded to 8 bits before scoring (both protocols). A method
     that returns a different shape is an error, not a silent resize.
@@ -139,6 +143,8 @@ def evaluate(
         if i < grid_images:
             cols.append(("target", s.target))
             grid.append((s.name, cols))
+        if on_image is not None:
+            on_image(rows)
     bar.close()
     return rows, grid
 
