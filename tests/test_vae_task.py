@@ -265,7 +265,7 @@ def test_demo_panels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     G, card = _model()
     card["data"] = "/nonexistent"
     panels = V.demo(G, card, torch.rand(1, 3, 40, 40), 0, device="cpu")
-    assert [p[0] for p in panels][:2] == ["input (photo)", "restored"] and panels[3][0] == "target"
+    assert [p[0] for p in panels] == ["input-photo", "restored", "std", "target"]
     assert all(p[1].dim() == 4 and p[1].shape[-1] == 112 for p in panels)
 
 

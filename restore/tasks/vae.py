@@ -697,6 +697,13 @@ def _demo_images(card: dict, n: int, seed: int) -> tuple[Tensor, Tensor] | None:
     return None
 
 
+def _slug(name: str) -> str:
+    """A class name usable as a panel label and file name: "T-shirt/top" -> "t-shirt-top"."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "class"
+
+
 def _upscale(x: Tensor, factor: int = 4) -> Tensor:
     return F.interpolate(x, scale_factor=factor, mode="nearest")
 
@@ -717,10 +724,10 @@ def demo(model: nn.Module, card: dict, photo: Tensor, seed: int, *, device: torc
     """Panels for ``restore demo``: Fashion-MNIST test images, not the bundled photos.
 
     Denoising VAE: noisy / z_mean reconstruction / 16-sample posterior std /
-    clean, 8 test images each (x4 nearest upscale). Conditional VAE: one strip
-    of prior samples per class. The photo only seeds the choice when the IDX
-    test files are missing: then the photo, gray and area-resized to 28x28,
-    stands in (labelled so).
+    clean, 8 test images each (x4 nearest upscale; the std column stretched to
+    its maximum). Conditional VAE: one column of prior samples per class,
+    labelled by the class name's slug. When the IDX test files are missing, the
+    photo, gray and area-resized to 28x28, stands in ("input-photo").
     """
     device = torch.device(device)
     gen = torch.Generator().manual_seed(int(seed))
@@ -731,7 +738,7 @@ def demo(model: nn.Module, card: dict, photo: Tensor, seed: int, *, device: torc
             z = torch.randn(6, int(model.latent_dim), generator=gen).to(device)
             y = torch.full((6,), c, dtype=torch.long, device=device)
             strip = torch.cat([model.decode(z[i : i + 1], y[i : i + 1]) for i in range(6)], 0)
-            panels.append((str(name), _column(strip)))
+            panels.append((_slug(str(name)), _column(strip)))
         return panels
     found = _demo_images(card, 8, seed)
     if found is not None:
@@ -750,8 +757,8 @@ def demo(model: nn.Module, card: dict, photo: Tensor, seed: int, *, device: torc
     std = extras["std"].cpu()
     std = std / std.max().clamp_min(1e-6)  # shown stretched to the full range
     return [
-        (f"input ({where})", _column(noisy)),
+        ("input" if where == "test" else "input-photo", _column(noisy)),
         ("restored", _column(recon)),
-        ("std x" + f"{1 / max(float(extras['std'].max()), 1e-6):.0f}", _column(std)),
+        ("std", _column(std)),
         ("target", _column(clean)),
     ]
