@@ -1,0 +1,503 @@
+"""Photo denoising: a residual UNet generator, optionally sharpened by a PatchGAN.
+
+Training side (`DenoiseTask`, driven by `restore.engine.Trainer`):
+
+* G = `restore.models.unet.UNet` (residual, input fused into the head), so the
+  untrained model is the identity and learns only the noise;
+* D = `restore.models.patchgan.PatchGAN` (70x70 patches) unless
+  ``lambda_adv == 0``: the L1-only configuration builds no discriminator at
+  all, which is what makes the GAN-vs-L1 comparison of the issue fair;
+* loss = lambda_l1 * L1 + lambda_adv * adversarial + lambda_perc * perceptual
+  (VGG16; switched off with a warning when its ImageNet weights are absent,
+  because nothing may be downloaded implicitly);
+* corruption happens on the training device in `prepare_batch`, from a spec
+  string (``gaussian:sigma=5-50`` blind by default, ``saltpepper:...``,
+  ``speckle:...``, mixtures with ``+``), with the trainer's checkpointed
+  generator, so a resumed run sees the same noise;
+* data: random patches of a photo folder (a few photos held back for
+  validation), or a Fashion-MNIST IDX folder (``dataset: fashion-mnist``).
+
+Restoring side (`restore_batch`, used by ``restore denoise`` and the eval
+scripts): gray/colour adaptation between the file and the model, overlap-
+blended tiles (`restore.infer.tiled`) so memory is bounded and seams vanish,
+output clamped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from restore.engine.config import ConfigError
+from restore.engine.task import LossTerms, StepContext, Task
+
+__all__ = ["DEFAULT_WEIGHTS", "DEFAULT_TILE_OVERLAP", "DenoiseTask", "DenoiseConfigError", "add_arguments",
+           "restore_batch"]
+
+log = logging.getLogger("restore.engine")
+
+#: Shipped weights used by ``restore denoise`` when ``--weights`` is not given.
+DEFAULT_WEIGHTS = "denoise-gaussian"
+#: Pixels shared by neighbouring tiles; 32 covers the blending ramp of a depth-4 UNet's context.
+DEFAULT_TILE_OVERLAP = 32
+
+_DATASETS = ("photos", "fashion-mnist")
+
+
+class DenoiseConfigError(ConfigError):
+    """A denoise task option or its data is invalid (the message names it); train scripts exit 2."""
+
+
+# The small CPU-friendly generator; the GPU recipe in train/configs widens it.
+_UNET_DEFAULTS: dict[str, Any] = {
+    "base_channels": 32,
+    "depth": 4,
+    "convs_per_level": 1,
+    "norm": "batch",
+    "residual": True,
+    "fuse_input": True,
+    "upsample": "bilinear",
+}
+_PATCHGAN_DEFAULTS: dict[str, Any] = {"base_channels": 64, "n_layers": 3, "norm": "batch", "spectral_norm": False}
+
+
+class DenoiseTask(Task):
+    """UNet (+ PatchGAN) denoiser trained on the fly from clean images and a corruption spec."""
+
+    name = "denoise"
+    loss_names_G = ("l1", "adv", "perc")
+    loss_names_D = ("real", "fake")
+    adversarial_term = "adv"
+    visual_names = ("input", "output", "target")
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The full-size GPU recipe; every ``task`` key below is a valid YAML/``--set`` option."""
+        return {
+            "task": {
+                "dataset": "photos",          # photos | fashion-mnist
+                "spec": "gaussian:sigma=5-50",
+                "quantize": True,             # round the noisy input to 8 bits, as files are
+                "patch_size": 256,
+                "patches_per_image": 512,     # epoch length = this x training photos
+                "val_images": 2,              # training photos held back for validation
+                "val_patch_size": 256,
+                "val_patches_per_image": 4,
+                "val_size": 2000,             # fashion-mnist: last N training images held back
+                "cache": True,                # decode photos once (multi-megapixel PNGs are slow)
+                "unet": dict(_UNET_DEFAULTS, base_channels=64, convs_per_level=2),
+                "patchgan": dict(_PATCHGAN_DEFAULTS),
+                "lambda_l1": 1.0,
+                "lambda_adv": 0.005,
+                "lambda_perc": 0.0,
+                "gan_mode": "vanilla",        # vanilla | lsgan | hinge
+                "label_smoothing": 0.9,       # real targets for D (null = off; [lo, hi] = random)
+                "d_conditional": False,       # D sees (noisy input, image) instead of the image alone
+                "vgg_weights": None,          # path to vgg16-397923af.pth (else $RESTORE_VGG16_WEIGHTS / hub cache)
+                "vgg_pretrained": True,       # False: random VGG (tests only)
+            },
+            "steps": 200_000,
+            "batch_size": 16,
+            "num_workers": 4,
+            "ema_decay": 0.999,
+            "d_noise_std": 0.05,
+            "d_noise_anneal_steps": 50_000,
+            "val_every": 5000,
+            "image_every": 2000,
+            "ckpt_every": 5000,
+            "log_every": 100,
+            "optim": {
+                "G": {"lr": 2e-4, "betas": [0.9, 0.999], "schedule": "cosine", "warmup": 1000, "min_lr_factor": 0.01,
+                      "grad_clip": 1.0},
+                "D": {"lr": 1e-4, "betas": [0.5, 0.999], "schedule": "cosine", "min_lr_factor": 0.01},
+            },
+        }
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        base = self.defaults()["task"]
+        opts = {**base, **(options or {})}
+        # nested model options merge over the defaults, so `--set task.unet.base_channels=16` keeps the rest
+        for key in ("unet", "patchgan"):
+            given = (options or {}).get(key)
+            if given is not None and not isinstance(given, dict):
+                raise DenoiseConfigError(f"task.{key}: expected a mapping of constructor arguments, got {given!r}")
+            opts[key] = {**base[key], **(given or {})}
+        super().__init__(opts)
+        self._validate()
+        from restore.corrupt import CorruptionSpecError, parse_spec
+
+        try:
+            self.corruption = parse_spec(opts["spec"])
+        except CorruptionSpecError as e:
+            raise DenoiseConfigError(f"task.spec {opts['spec']!r}: {e}") from None
+        if self.corruption.uses_masks:
+            raise DenoiseConfigError(f"task.spec {opts['spec']!r}: masks belong to the inpaint task, not denoise")
+        self.channels = 1 if opts["dataset"] == "fashion-mnist" else 3
+        self.use_gan = float(opts["lambda_adv"]) > 0
+        self.adv_loss: nn.Module | None = None
+        if self.use_gan:
+            from restore.losses import AdversarialLoss
+
+            sm = opts["label_smoothing"]
+            if opts["gan_mode"] == "hinge":
+                sm = None  # hinge has no target labels to smooth
+            self.adv_loss = AdversarialLoss(opts["gan_mode"], smoothing=tuple(sm) if isinstance(sm, list) else sm)
+        else:
+            # no D: declare only what is computed, so nothing logs a constant zero
+            self.loss_names_G = ("l1", "perc")
+            self.loss_names_D = ()
+            self.adversarial_term = None
+        self.perceptual: nn.Module | None = None
+        self._perc_device: torch.device | None = None
+        self.perc_enabled = float(opts["lambda_perc"]) > 0 and self._build_perceptual()
+        if not self.perc_enabled and "perc" in self.loss_names_G:
+            self.loss_names_G = tuple(n for n in self.loss_names_G if n != "perc")
+
+    def objective(self, which: str) -> tuple[str, ...]:  # type: ignore[override]
+        """All declared terms; per instance, because the L1-only/no-VGG variants declare fewer."""
+        return tuple(self.loss_names_G if which == "G" else self.loss_names_D)
+
+    # ---- options -------------------------------------------------------------------
+    def _validate(self) -> None:
+        o = self.options
+
+        def bad(key: str, why: str) -> DenoiseConfigError:
+            return DenoiseConfigError(f"task.{key}: {why}, got {o[key]!r}")
+
+        if o["dataset"] not in _DATASETS:
+            raise bad("dataset", f"must be one of {', '.join(_DATASETS)}")
+        for key in ("patch_size", "patches_per_image", "val_patch_size", "val_patches_per_image"):
+            if isinstance(o[key], bool) or not isinstance(o[key], int) or o[key] < 1:
+                raise bad(key, "must be a positive integer")
+        for key in ("val_images", "val_size"):
+            if isinstance(o[key], bool) or not isinstance(o[key], int) or o[key] < 0:
+                raise bad(key, "must be an integer >= 0")
+        for key in ("lambda_l1", "lambda_adv", "lambda_perc"):
+            if isinstance(o[key], bool) or not isinstance(o[key], (int, float)) or not math.isfinite(o[key]) or o[key] < 0:
+                raise bad(key, "must be a finite number >= 0")
+        if o["gan_mode"] not in ("vanilla", "lsgan", "hinge"):
+            raise bad("gan_mode", "must be vanilla, lsgan or hinge")
+        if o["unet"].get("norm") == "instance":
+            # instance statistics depend on the tile, so tiled restoring would not equal whole-image restoring
+            raise DenoiseConfigError("task.unet.norm: 'instance' breaks tiled inference; use batch, group or none")
+
+    def _build_perceptual(self) -> bool:
+        """Build the VGG16 perceptual loss; False (with a warning) when its weights are not on disk."""
+        from restore.losses import PerceptualLoss, VGGWeightsMissing
+
+        try:
+            self.perceptual = PerceptualLoss(weights_path=self.options["vgg_weights"],
+                                             pretrained=bool(self.options["vgg_pretrained"]))
+        except VGGWeightsMissing as e:
+            log.warning("denoise: perceptual term switched off (lambda_perc=%g ignored): %s",
+                        self.options["lambda_perc"], e)
+            return False
+        return True
+
+    # ---- construction -------------------------------------------------------------
+    def build_models(self) -> dict[str, nn.Module]:
+        from restore.models.blocks import ModelConfigError
+        from restore.models.patchgan import PatchGAN
+        from restore.models.unet import UNet
+
+        try:
+            models: dict[str, nn.Module] = {
+                "G": UNet(in_channels=self.channels, out_channels=self.channels, **self.options["unet"])
+            }
+            if self.use_gan:
+                d_in = 2 * self.channels if self.options["d_conditional"] else self.channels
+                models["D"] = PatchGAN(in_channels=d_in, **self.options["patchgan"])
+        except (TypeError, ModelConfigError) as e:
+            raise DenoiseConfigError(f"task.unet / task.patchgan: {e}") from None
+        if self.use_gan:
+            smallest = models["D"].min_input_size()
+            size = self._train_size()
+            if size < smallest:
+                raise DenoiseConfigError(
+                    f"task.patch_size: the PatchGAN with n_layers={models['D'].n_strided} needs patches of at "
+                    f"least {smallest}px, training images are {size}px (raise patch_size or lower patchgan.n_layers)"
+                )
+        return models
+
+    def _train_size(self) -> int:
+        return 28 if self.options["dataset"] == "fashion-mnist" else int(self.options["patch_size"])
+
+    def build_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
+        """Photos: per-photo patch datasets, ``val_images`` photos held back; Fashion-MNIST: train split, tail held back."""
+        if self.options["dataset"] == "fashion-mnist":
+            return self._fashion_datasets(data)
+        return self._photo_datasets(data)
+
+    def _photo_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
+        from restore.data import ImageFolderPatches
+        from restore.io import list_images
+
+        root = Path(data)
+        if not root.exists():
+            raise DenoiseConfigError(f"--data {root}: no such photo folder")
+        paths = list_images(root)
+        if not paths:
+            raise DenoiseConfigError(f"--data {root}: no images found (png, jpg, bmp, tif, webp; searched recursively)")
+        o = self.options
+        n_val = min(o["val_images"], len(paths) - 1)
+        if n_val < o["val_images"]:
+            log.warning("denoise: only %d photo(s) in %s: %d held back for validation", len(paths), root, n_val)
+        # spread the held-back photos over the sorted list (not all from one package / theme)
+        val_idx = {round((i + 0.5) * len(paths) / n_val) for i in range(n_val)} if n_val else set()
+        val_idx = {min(i, len(paths) - 1) for i in val_idx}
+        train_paths = [p for i, p in enumerate(paths) if i not in val_idx]
+        val_paths = [p for i, p in enumerate(paths) if i in val_idx]
+        train = ConcatDataset([
+            ImageFolderPatches(p, o["patch_size"], patches_per_image=o["patches_per_image"], augment=True,
+                               cache=o["cache"])
+            for p in train_paths
+        ])
+        val = None
+        if val_paths:
+            # fixed crops (seeded, no flips): the validation curve compares like with like
+            val = ConcatDataset([
+                ImageFolderPatches(p, o["val_patch_size"], patches_per_image=o["val_patches_per_image"],
+                                   augment=False, cache=o["cache"], seed=1234 + k)
+                for k, p in enumerate(val_paths)
+            ])
+        log.info("denoise: %d training photo(s), %d validation photo(s): %s", len(train_paths), len(val_paths),
+                 ", ".join(p.name for p in val_paths) or "-")
+        self._data_info = {"train_images": [p.name for p in train_paths], "val_images": [p.name for p in val_paths]}
+        return train, val
+
+    def _fashion_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
+        from restore.data import IdxDataset, IdxError
+
+        try:
+            full = IdxDataset(data or None, "train")
+        except (IdxError, FileNotFoundError) as e:
+            raise DenoiseConfigError(f"--data {data}: {e}") from None
+        n_val = min(self.options["val_size"], len(full) - 1)
+        n_train = len(full) - n_val
+        train = Subset(full, range(n_train))
+        val = Subset(full, range(n_train, len(full))) if n_val else None
+        self._data_info = {"train_images": n_train, "val_images": n_val, "split": "train"}
+        return train, val
+
+    # ---- one step -----------------------------------------------------------------
+    def prepare_batch(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """Move clean images to the device and corrupt them there with the trainer's generator."""
+        batch = super().prepare_batch(batch, ctx)
+        target = batch["target"]
+        degraded = self.corruption(target, generator=ctx.generator)
+        noisy = degraded.input
+        if self.options["quantize"]:
+            noisy = noisy.clamp(0, 1).mul(255).round().div(255)
+        batch["input"] = noisy
+        if degraded.sigma is not None:
+            batch["sigma"] = degraded.sigma
+        return batch
+
+    def forward(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
+        return {"output": G(batch["input"])}
+
+    def _d_input(self, batch: dict[str, Any], image: Tensor, ctx: StepContext) -> Tensor:
+        x = torch.cat([batch["input"], image], dim=1) if self.options["d_conditional"] else image
+        return ctx.d_noise(x)
+
+    def generator_losses(
+        self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module | None, ctx: StepContext
+    ) -> LossTerms:
+        o = self.options
+        output, target = out["output"], batch["target"]
+        terms: LossTerms = {"l1": o["lambda_l1"] * (output.float() - target.float()).abs().mean()}
+        if self.use_gan:
+            if D is None:
+                raise RuntimeError("denoise: lambda_adv > 0 but the trainer passed no discriminator")
+            pred = D(self._d_input(batch, output, ctx))
+            terms["adv"] = o["lambda_adv"] * self.adv_loss(pred, True, for_discriminator=False)
+        if self.perc_enabled:
+            self._move_perceptual(output.device)
+            # VGG sees the clamped image a user would see; the L1 term keeps gradients outside [0, 1]
+            terms["perc"] = o["lambda_perc"] * self.perceptual(output.float().clamp(0, 1), target.float())
+        return terms
+
+    def discriminator_losses(
+        self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module, ctx: StepContext
+    ) -> LossTerms:
+        real = D(self._d_input(batch, batch["target"], ctx))
+        fake = D(self._d_input(batch, out["output"], ctx))
+        if self.options["gan_mode"] == "vanilla":
+            ctx.log("D/real_mean", torch.sigmoid(real.float()).mean())
+            ctx.log("D/fake_mean", torch.sigmoid(fake.float()).mean())
+        else:  # lsgan targets are 0/1 and hinge margins +-1: the raw outputs are on a comparable scale
+            ctx.log("D/real_mean", real.float().mean())
+            ctx.log("D/fake_mean", fake.float().mean())
+        g = ctx.generator
+        return {
+            "real": 0.5 * self.adv_loss(real, True, for_discriminator=True, generator=g),
+            "fake": 0.5 * self.adv_loss(fake, False, for_discriminator=True, generator=g),
+        }
+
+    def _move_perceptual(self, device: torch.device) -> None:
+        if self._perc_device != device:
+            self.perceptual.to(device)
+            self._perc_device = device
+
+    @torch.no_grad()
+    def validation_step(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[Tensor, Tensor]:
+        output = G(batch["input"])
+        return output.float().clamp(0, 1), batch["target"].float()
+
+    def visuals(self, batch: dict[str, Any], out: dict[str, Tensor]) -> dict[str, Tensor]:
+        v = super().visuals(batch, out)
+        return {k: t[:8].detach().float().clamp(0, 1) for k, t in v.items()}
+
+    def model_card(self) -> dict[str, Any]:
+        o = self.options
+        card: dict[str, Any] = {
+            "task": self.name,
+            "corruption": self.corruption.spec,
+            "input": "gray 1x28x28 in [0,1]" if self.channels == 1 else "RGB NCHW in [0,1] (gray is repeated)",
+            "dataset": o["dataset"],
+            "losses": {
+                "lambda_l1": o["lambda_l1"],
+                "lambda_adv": o["lambda_adv"] if self.use_gan else 0.0,
+                "lambda_perc": o["lambda_perc"] if self.perc_enabled else 0.0,
+                "gan_mode": o["gan_mode"] if self.use_gan else None,
+                "discriminator": dict(o["patchgan"], conditional=o["d_conditional"]) if self.use_gan else None,
+            },
+            "patch_size": o["patch_size"] if o["dataset"] == "photos" else 28,
+            "input_quantized_8bit": bool(o["quantize"]),
+            "options": {k: v for k, v in o.items() if k not in ("unet", "patchgan")},
+        }
+        if getattr(self, "_data_info", None):
+            card["data_split"] = self._data_info
+        if float(o["lambda_perc"]) > 0 and not self.perc_enabled:
+            card["notes"] = ["perceptual term requested but switched off: VGG16 ImageNet weights were not available"]
+        return card
+
+
+# --------------------------------------------------------------------------- restoring
+
+
+def add_arguments(parser: argparse._ActionsContainer) -> None:
+    """``restore denoise`` flags of this task."""
+    parser.add_argument(
+        "--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, metavar="PX",
+        help=f"pixels shared by neighbouring tiles, blended linearly (default {DEFAULT_TILE_OVERLAP})",
+    )
+
+
+def _model_channels(model: nn.Module, card: dict[str, Any]) -> int:
+    c = getattr(model, "in_channels", None)
+    if c is None:
+        c = (card.get("config") or {}).get("in_channels", 3)
+    return int(c)
+
+
+def _aligned_size(size: int, tile: int, overlap: int, multiple: int) -> int:
+    """Smallest padded size >= ``size`` for which `restore.infer.tiled` puts every tile start on a multiple.
+
+    ``tiled`` spaces n tiles evenly: start_i = i * (size - tile) / (n - 1); that is a multiple of
+    ``multiple`` exactly when (size - tile) is divisible by (n - 1) * multiple. ``tile`` must itself
+    be a multiple. The extra padding is at most (n - 1) * multiple pixels (a few percent).
+    """
+    s = -(-size // multiple) * multiple
+    if s <= tile:
+        return s
+    while True:
+        n = math.ceil((s - overlap) / (tile - overlap))
+        if n <= 1 or (s - tile) % ((n - 1) * multiple) == 0:
+            return s
+        s += multiple
+
+
+def _pad_bottom_right(x: Tensor, height: int, width: int) -> Tensor:
+    """Reflect-pad NCHW ``x`` at the bottom/right to ``height`` x ``width`` (replicate where reflect cannot)."""
+    import torch.nn.functional as F
+
+    ph, pw = height - x.shape[-2], width - x.shape[-1]
+    if ph == 0 and pw == 0:
+        return x
+    while ph > 0 or pw > 0:  # reflect needs pad < size: mirror repeatedly for large pads
+        sh, sw = min(ph, x.shape[-2] - 1), min(pw, x.shape[-1] - 1)
+        if sh <= 0 and ph > 0 or sw <= 0 and pw > 0:
+            return F.pad(x, (0, pw, 0, ph), mode="replicate")
+        x = F.pad(x, (0, sw, 0, sh), mode="reflect")
+        ph, pw = ph - sh, pw - sw
+    return x
+
+
+def restore_batch(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    card: dict[str, Any],
+    *,
+    tile: int = 512,
+    device: torch.device | str | None = None,
+    options: argparse.Namespace | None = None,
+) -> Tensor:
+    """Denoise ``batch["input"]`` (NCHW in [0, 1], C = 1 or 3); returns N x C x H x W in [0, 1].
+
+    A colour model sees a gray image as three equal channels (the output is
+    averaged back to one); a gray model (Fashion-MNIST) denoises each colour
+    channel on its own. ``tile > 0`` runs overlap-blended tiles of at most
+    ``tile`` pixels, so memory is bounded whatever the image size; tiles are
+    padded to the UNet's stride by `restore.infer.tiled` and cropped back.
+    """
+    from restore.infer import tiled
+
+    x = batch.get("input") if isinstance(batch, dict) else None
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"restore_batch: batch['input'] must be an NCHW tensor, got {getattr(x, 'shape', type(x))}")
+    n, c, h, w = x.shape
+    cin = _model_channels(model, card)
+    if c not in (1, 3):
+        raise ValueError(f"restore_batch: images must have 1 or 3 channels (alpha is kept aside by the CLI), got {c}")
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    overlap = int(getattr(options, "tile_overlap", DEFAULT_TILE_OVERLAP) if options is not None else DEFAULT_TILE_OVERLAP)
+    if overlap < 0:
+        raise ValueError(f"--tile-overlap must be >= 0, got {overlap}")
+    if tile < 0:
+        raise ValueError(f"--tile must be >= 0 (0 = whole image), got {tile}")
+
+    x = x.float()
+    if c == cin:
+        inp = x
+    elif c == 1 and cin == 3:
+        inp = x.expand(n, 3, h, w)
+    elif c == 3 and cin == 1:
+        inp = x.reshape(n * 3, 1, h, w)
+    else:
+        raise ValueError(f"restore_batch: cannot feed {c}-channel images to a {cin}-channel model")
+
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+
+    def run(t: Tensor) -> Tensor:
+        return model(t.to(device, dtype)).float()
+
+    # Pad bottom/right only, and put every tile at a multiple of the UNet's stride: the stride-2
+    # encoder then sees every tile on the same sampling grid as the whole image, so tiled and
+    # whole-image outputs differ only where a tile border cuts the receptive field (and there the
+    # overlap ramps blend it away), instead of everywhere.
+    m = int(getattr(model, "multiple", 1))
+    if tile and (h > tile or w > tile):
+        t = max(m, tile // m * m)
+        ov = min(overlap, t // 2)
+        hp, wp = _aligned_size(h, t, ov, m), _aligned_size(w, t, ov, m)
+        out = tiled(run, _pad_bottom_right(inp, hp, wp), tile=t, overlap=ov, multiple=m)
+    else:
+        out = run(_pad_bottom_right(inp, -(-h // m) * m, -(-w // m) * m))
+    out = out[..., :h, :w]
+    if c == 1 and cin == 3:
+        out = out.mean(dim=1, keepdim=True)
+    elif c == 3 and cin == 1:
+        out = out.reshape(n, 3, h, w)
+    return out.clamp_(0.0, 1.0)

@@ -1,0 +1,270 @@
+"""The photo denoiser (issue 6): restoring API, CLI with gray/RGBA files, tiling, training through the Trainer.
+
+Everything uses tiny models and images so the file runs in seconds on a shared CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restore import cli
+from restore import weights as W
+from restore.data import write_idx
+from restore.engine.config import TrainConfig, apply_dict
+from restore.engine.trainer import Trainer
+from restore.models.unet import UNet
+from restore.tasks import denoise
+from restore.tasks.denoise import DenoiseConfigError, DenoiseTask, restore_batch
+
+TINY_UNET = {"base_channels": 4, "depth": 2, "convs_per_level": 0}
+TINY_D = {"base_channels": 4, "n_layers": 2}
+
+
+def _tiny_unet(channels: int = 3, seed: int = 0) -> UNet:
+    """A tiny residual UNet whose output is NOT the identity (the zero-initialised last conv is randomised)."""
+    torch.manual_seed(seed)
+    m = UNet(channels, channels, **TINY_UNET)
+    last = m._last_conv()
+    torch.nn.init.normal_(last.weight, std=0.05)
+    # give BatchNorm non-trivial running statistics, so eval mode is a real affine map
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.rand(2, channels, 32, 32))
+    return m.eval()
+
+
+def _card(model: UNet) -> dict:
+    return {"task": "denoise", "corruption": "gaussian:sigma=25", "config": model.config}
+
+
+def _smooth_photo(h: int, w: int, seed: int) -> np.ndarray:
+    """A photo-like RGB image: smooth gradients + a few edges (denoisable, unlike white noise)."""
+    r = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([np.sin(xx / (6 + 4 * c) + r.uniform(0, 6)) * np.cos(yy / (9 + 3 * c)) for c in range(3)], -1)
+    img = 0.5 + 0.35 * img
+    img[h // 3 : h // 2, w // 4 : w // 2] += 0.2 * r.uniform(-1, 1, 3)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- restore_batch
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [(1, 1), (17, 5), (33, 70)])
+def test_restore_batch_keeps_size_and_channels(channels: int, size: tuple[int, int]) -> None:
+    model = _tiny_unet(3)
+    x = torch.rand(2, channels, *size)
+    with torch.no_grad():
+        out = restore_batch(model, {"input": x}, _card(model), tile=16, device="cpu")
+    assert out.shape == x.shape
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert torch.isfinite(out).all()
+
+
+def test_gray_input_through_colour_model_equals_repeated_rgb() -> None:
+    model = _tiny_unet(3)
+    gray = torch.rand(1, 1, 20, 24)  # a multiple of the UNet's stride: no padding on either path
+    with torch.no_grad():
+        out_gray = restore_batch(model, {"input": gray}, _card(model), tile=0, device="cpu")
+        expected = model(gray.expand(1, 3, 20, 24).clone()).mean(1, keepdim=True).clamp(0, 1)
+    torch.testing.assert_close(out_gray, expected, atol=1e-6, rtol=0)
+
+
+def test_gray_model_denoises_colour_channels_independently() -> None:
+    model = _tiny_unet(1)
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        out = restore_batch(model, {"input": x}, _card(model), tile=0, device="cpu")
+        per_channel = torch.cat([model(x[:, c : c + 1]).clamp(0, 1) for c in range(3)], dim=1)
+    torch.testing.assert_close(out, per_channel, atol=1e-6, rtol=0)
+
+
+def test_tiled_equals_untiled_on_a_small_model() -> None:
+    model = _tiny_unet(3)
+    photo = torch.from_numpy(_smooth_photo(75, 101, 3)).permute(2, 0, 1)[None].float() / 255
+    noisy = (photo + 0.1 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    with torch.no_grad():
+        whole = restore_batch(model, {"input": noisy}, _card(model), tile=0, device="cpu")
+        tiles = restore_batch(model, {"input": noisy}, _card(model), tile=40, device="cpu")
+    diff = (whole - tiles).abs()
+    assert float(diff.mean()) < 2e-3, float(diff.mean())
+    # Tiles sit on the UNet's stride grid, so inside the image the outputs differ only where a tile
+    # border cuts the receptive field, and the overlap ramps blend that away. The last rows/columns
+    # are excluded from the strict bound: there the whole image is padded to the stride (75 -> 76)
+    # and the tiled one further (to align its tiles), so their padded context legitimately differs.
+    inner = diff[..., : 75 - 8, : 101 - 8]
+    assert float(inner.max()) < 2e-2, float(inner.max())
+    assert float(diff.max()) < 0.15, float(diff.max())
+    # the residual model changes the image (so the comparison above is not identity vs identity)
+    assert float((whole - noisy).abs().mean()) > 1e-3
+
+
+def test_restore_batch_rejects_bad_input() -> None:
+    model = _tiny_unet(3)
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        restore_batch(model, {"input": torch.rand(1, 2, 8, 8)}, _card(model), tile=0, device="cpu")
+    with pytest.raises(ValueError, match="NCHW"):
+        restore_batch(model, {"input": torch.rand(3, 8, 8)}, _card(model), tile=0, device="cpu")
+
+
+# --------------------------------------------------------------------------- the `restore denoise` command
+
+
+def test_cli_denoise_gray_and_rgba_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wdir = tmp_path / "weights"
+    model = _tiny_unet(3)
+    W.save(wdir / "tiny-denoise", model, {"task": "denoise", "corruption": "gaussian:sigma=25"})
+    monkeypatch.setenv("RESTORE_WEIGHTS_DIR", str(wdir))
+    src = tmp_path / "in"
+    src.mkdir()
+    r = np.random.default_rng(0)
+    gray = r.integers(0, 256, (23, 37), dtype=np.uint8)
+    rgba = np.concatenate([_smooth_photo(19, 45, 1), r.integers(0, 256, (19, 45, 1), dtype=np.uint8)], -1)
+    Image.fromarray(gray).save(src / "gray.png")
+    Image.fromarray(rgba, "RGBA").save(src / "rgba.png")
+
+    code = cli.main(["denoise", str(src), str(tmp_path / "out"), "--weights", "tiny-denoise", "--device", "cpu",
+                     "--tile", "16"])
+    assert code == 0
+    g = Image.open(tmp_path / "out" / "gray.png")
+    assert g.mode == "L" and g.size == (37, 23)
+    a = Image.open(tmp_path / "out" / "rgba.png")
+    assert a.mode == "RGBA" and a.size == (45, 19)
+    out_rgba = np.asarray(a)
+    np.testing.assert_array_equal(out_rgba[..., 3], rgba[..., 3])  # alpha passes through untouched
+    assert np.abs(out_rgba[..., :3].astype(int) - rgba[..., :3]).max() > 0  # and the colour was processed
+
+
+def test_default_weights_name() -> None:
+    assert denoise.DEFAULT_WEIGHTS == "denoise-gaussian"
+
+
+# --------------------------------------------------------------------------- task options
+
+
+def test_l1_only_builds_no_discriminator() -> None:
+    task = DenoiseTask({"lambda_adv": 0.0, "unet": TINY_UNET, "patch_size": 32})
+    models = task.build_models()
+    assert set(models) == {"G"}
+    assert task.objective("G") == ("l1",) and task.objective("D") == ()
+    gan = DenoiseTask({"unet": TINY_UNET, "patchgan": TINY_D, "patch_size": 32})
+    assert set(gan.build_models()) == {"G", "D"}
+    assert gan.objective("G") == ("l1", "adv")
+
+
+def test_bad_options_raise_config_errors() -> None:
+    with pytest.raises(DenoiseConfigError, match="task.spec"):
+        DenoiseTask({"spec": "gausian:sigma=25"})
+    with pytest.raises(DenoiseConfigError, match="instance"):
+        DenoiseTask({"unet": {"norm": "instance"}})
+    with pytest.raises(DenoiseConfigError, match="lambda_adv"):
+        DenoiseTask({"lambda_adv": -1})
+    with pytest.raises(DenoiseConfigError, match="patch_size"):
+        DenoiseTask({"patch_size": 16, "unet": TINY_UNET}).build_models()  # 70x70 PatchGAN needs >= 24 px
+
+
+def test_perceptual_switches_off_without_vgg_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="restore.engine"):
+        task = DenoiseTask({"lambda_perc": 0.1, "vgg_weights": str(tmp_path / "vgg16-397923af.pth"), "unet": TINY_UNET})
+    assert not task.perc_enabled and "perc" not in task.objective("G")
+    assert "perceptual term switched off" in caplog.text and "vgg16-397923af.pth" in caplog.text
+    assert task.model_card()["losses"]["lambda_perc"] == 0.0
+
+
+# --------------------------------------------------------------------------- training through the real Trainer
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    for i in range(4):
+        Image.fromarray(_smooth_photo(48, 56, i)).save(root / f"p{i}.png")
+    return root
+
+
+def _trainer(task: DenoiseTask, data: str, out: Path, steps: int) -> Trainer:
+    cfg = TrainConfig()
+    apply_dict(cfg, DenoiseTask.defaults(), "defaults")
+    apply_dict(cfg, {
+        "out": str(out), "data": data, "steps": steps, "batch_size": 4, "num_workers": 0, "device": "cpu",
+        "progress": False, "ema": False, "val_every": 0, "image_every": 0, "ckpt_every": 0, "log_every": 0,
+        "d_noise_std": 0.05, "d_noise_anneal_steps": steps,
+        "optim": {"G": {"lr": 4e-3, "warmup": 0, "schedule": "constant", "grad_clip": 0.0},
+                  "D": {"lr": 1e-3, "schedule": "constant"}},
+    }, "test")
+    train, val = task.build_datasets(data)
+    return Trainer(task, cfg, train, val)
+
+
+@pytest.mark.parametrize("lambda_adv", [0.01, 0.0], ids=["gan", "l1-only"])
+def test_tiny_model_learns_through_the_trainer(photo_dir: Path, tmp_path: Path, lambda_adv: float) -> None:
+    task = DenoiseTask({
+        "spec": "gaussian:sigma=50", "patch_size": 32, "patches_per_image": 4, "val_images": 1,
+        "val_patch_size": 32, "val_patches_per_image": 2, "unet": {**TINY_UNET, "base_channels": 8, "norm": "none"},
+        "patchgan": TINY_D, "lambda_adv": lambda_adv,
+    })
+    trainer = _trainer(task, str(photo_dir), tmp_path / "run", steps=24)
+    assert trainer.has_d == (lambda_adv > 0)
+    before = trainer.validate()["val/psnr"]  # the residual UNet starts as the identity: PSNR of the noisy input
+    losses: list[float] = []
+    scalars: list[dict] = []
+    step = trainer.train_step
+
+    def recording(raw):
+        host = step(raw)
+        losses.append(host["loss/G/l1"])
+        scalars.append(host)
+        return host
+
+    trainer.train_step = recording  # type: ignore[method-assign]
+    trainer.fit()
+    trainer.logger.close()
+    after = trainer.last_val["val/psnr"]
+    assert len(losses) == 24
+    assert np.mean(losses[-6:]) < 0.85 * np.mean(losses[:6]), losses
+    assert after > before + 1.0, (before, after)
+    if lambda_adv > 0:
+        assert {"D/real_mean", "D/fake_mean", "loss/D/real", "loss/D/fake", "loss/G/adv"} <= set(scalars[-1])
+        assert 0.0 < scalars[-1]["D/real_mean"] < 1.0
+    else:
+        assert not any(k.startswith(("loss/D", "D/", "loss/G/adv")) for k in scalars[-1])
+
+
+def test_validation_split_holds_back_photos(photo_dir: Path) -> None:
+    task = DenoiseTask({"patch_size": 32, "patches_per_image": 3, "val_images": 1, "val_patches_per_image": 2,
+                        "val_patch_size": 32, "unet": TINY_UNET})
+    train, val = task.build_datasets(str(photo_dir))
+    assert len(train) == 3 * 3 and len(val) == 2
+    info = task.model_card()["data_split"]
+    assert len(info["train_images"]) == 3 and len(info["val_images"]) == 1
+    assert not set(info["train_images"]) & set(info["val_images"])
+    assert train[0]["target"].shape == (3, 32, 32)
+
+
+def test_fashion_mnist_mode(tmp_path: Path) -> None:
+    r = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte", r.integers(0, 256, (40, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", r.integers(0, 10, (40,), dtype=np.uint8))
+    task = DenoiseTask({"dataset": "fashion-mnist", "spec": "gaussian:sigma=114.75", "val_size": 8,
+                        "lambda_adv": 0.0, "unet": TINY_UNET})
+    train, val = task.build_datasets(str(tmp_path))
+    assert len(train) == 32 and len(val) == 8
+    G = task.build_models()["G"]
+    assert G.in_channels == 1
+    from restore.engine.task import StepContext
+
+    ctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    batch = task.prepare_batch({"target": torch.stack([train[i]["target"] for i in range(4)])}, ctx)
+    assert batch["input"].shape == (4, 1, 28, 28)
+    # 8-bit quantised, clipped noisy input with the requested sigma recorded per image
+    torch.testing.assert_close(batch["input"] * 255, (batch["input"] * 255).round())
+    torch.testing.assert_close(batch["sigma"], torch.full((4,), 114.75))
+    assert task.model_card()["corruption"].startswith("gaussian:sigma=114.75")
