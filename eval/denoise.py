@@ -1,21 +1,34 @@
-"""Evaluate photo denoising: a model (``--weights``) beside CBM3D, NL-means, TV and wavelet baselines.
+"""Evaluate photo denoising: models (``--weights``) beside CBM3D, NL-means, TV and wavelet baselines.
 
 Examples::
 
     python eval/sets.py build --set photos-eval
     python eval/denoise.py --baselines-only --spec gaussian:sigma=25
     python eval/denoise.py --baselines-only --protocol published --spec gaussian:sigma=25
-    python eval/denoise.py --weights denoise-unet-gan --spec gaussian:sigma=25
+    python eval/denoise.py --weights denoise-gaussian --sigmas 15,25,50 --update-card
+    python eval/denoise.py --weights denoise-gaussian,denoise-gaussian-l1 --spec gaussian:sigma=25
+    python eval/denoise.py --weights denoise-fmnist --set fashion-mnist-test --spec gaussian:sigma=114.75
 
 Writes ``metrics.csv`` (per image and method), ``summary.md`` (mean PSNR / SSIM /
 LPIPS when its weights exist, seconds per image, command, commit) and
-``grid.png`` into ``--out`` (default ``eval/results/denoise/<set>-<spec>-<protocol>``).
+``grid.png`` into ``--out`` (default ``eval/results/denoise/<set>-<spec>-<protocol>``;
+with ``--sigmas`` one such folder per sigma). ``--weights`` takes several
+comma-separated models (e.g. the GAN and the L1-only denoiser side by side in
+one grid). ``--update-card`` writes each model's means (and the baselines' on
+the same inputs) with this command into its model card. ``--set
+fashion-mnist-test`` scores all 10,000 test images with the protocol of
+``eval/vae_metrics.py`` (the whole split corrupted once by
+``restore.corrupt.apply(images, spec, seed)``, float inputs and outputs), so
+the figures compare directly with the denoising VAE's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -33,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=sets.PROTOCOLS, default="default",
                    help="default: clipped + 8-bit input, per-image seeds; published: unclipped float "
                         "Gaussian noise with seed 0 (as DnCNN/DRUNet/SwinIR tables)")
+    p.add_argument("--sigmas", metavar="S1,S2,...",
+                   help="score gaussian:sigma=S for each S (one output folder each), e.g. 15,25,50; replaces --spec")
+    p.add_argument("--update-card", action="store_true",
+                   help="write each model's figures (and the baselines' on the same inputs) into its model card")
+    p.add_argument("--batch-size", type=int, default=500, help="fashion-mnist-test: images per model call")
     return p
 
 
@@ -40,53 +58,199 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     if not args.baselines_only and not args.weights:
-        p.error("give --weights NAME|FILE, or --baselines-only to score the classical baselines alone")
+        p.error("give --weights NAME|FILE[,NAME...], or --baselines-only to score the classical baselines alone")
+    if args.update_card and (args.baselines_only or not args.weights):
+        p.error("--update-card needs --weights (it writes the models' figures into their cards)")
     try:
+        specs = _specs(args)
+        weights = [w.strip() for w in args.weights.split(",") if w.strip()] if args.weights else []
+        models = [] if args.baselines_only else [runner.model_method("denoise", w, args.device) for w in weights]
+        if args.set == sets.FASHION_SET:
+            for spec in specs:
+                _fashion(args, spec, models, weights)
+            return 0
         if args.set not in sets.PHOTO_SETS:
-            raise sets.SetError(f"--set {args.set}: not a photo set (choose from {', '.join(sets.PHOTO_SETS)})")
-        if args.protocol == "published":
-            sets.published_spec(args.spec)  # validate early
-        names = args.baselines.split(",") if args.baselines else B.default_baselines(args.spec)
-        methods = runner.baseline_methods(names)
-        if args.weights and not args.baselines_only:
-            methods.append(runner.model_method("denoise", args.weights, args.device))
-        manifest = sets.load_manifest(args.set)
-        n = min(len(manifest["images"]), args.limit or len(manifest["images"]))
-        photos = sets.iter_photos(args.set, limit=args.limit)
-        # fail on a missing set before any work (iter_photos checks on first next())
-        first = next(photos)
-        out = args.out or Path("eval/results/denoise") / f"{args.set}-{sets.spec_slug(args.spec)}-{args.protocol}"
-
-        def samples():
-            for ph in _chain(first, photos):
-                yield sets.degrade(ph.name, ph.image, args.spec, args.seed, args.protocol,
-                                   cache=not args.no_cache, set_name=args.set)
-
-        lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)
-        labels = {m.name: m.label for m in methods}
-        notes = _notes(args, n, lp)
-
-        def partial(rows: list[dict]) -> None:
-            done = len({r["image"] for r in rows})
-            if done < n:
-                _write(out, rows, args, labels, notes + [f"PARTIAL: {done} of {n} images scored so far"])
-
-        rows, grid = runner.evaluate(samples(), methods, runner.denoise_scorer(lp), total=n,
-                                     grid_images=args.grid_images, progress=not args.quiet, desc="denoise",
-                                     on_image=partial)
+            raise sets.SetError(f"--set {args.set}: not a photo set or {sets.FASHION_SET} "
+                                f"(choose from {', '.join(sets.KNOWN_SETS)})")
+        for spec in specs:
+            _photos(args, spec, models, weights)
     except (sets.SetError, runner.EvalError, B.BaselineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    _write(out, rows, args, labels, notes)
+    return 0
+
+
+def _specs(args: argparse.Namespace) -> list[str]:
+    if not args.sigmas:
+        return [args.spec]
+    try:
+        sigmas = [float(s) for s in args.sigmas.split(",") if s.strip()]
+    except ValueError:
+        raise sets.SetError(f"--sigmas {args.sigmas!r}: expected comma-separated numbers, e.g. 15,25,50") from None
+    if not sigmas or any(not math.isfinite(s) or s < 0 for s in sigmas):
+        raise sets.SetError(f"--sigmas {args.sigmas!r}: expected non-negative numbers, e.g. 15,25,50")
+    return [f"gaussian:sigma={s:g}" for s in sigmas]
+
+
+def _photos(args: argparse.Namespace, spec: str, models: list[runner.Method], weights: list[str]) -> None:
+    """Score the baselines and ``models`` on one photo set with one spec; write the report (and cards)."""
+    if args.protocol == "published":
+        sets.published_spec(spec)  # validate early
+    names = args.baselines.split(",") if args.baselines else B.default_baselines(spec)
+    methods = runner.baseline_methods(names) + list(models)
+    manifest = sets.load_manifest(args.set)
+    n = min(len(manifest["images"]), args.limit or len(manifest["images"]))
+    photos = sets.iter_photos(args.set, limit=args.limit)
+    # fail on a missing set before any work (iter_photos checks on first next())
+    first = next(photos)
+    out = _out_dir(args, spec)
+
+    def samples():
+        for ph in _chain(first, photos):
+            yield sets.degrade(ph.name, ph.image, spec, args.seed, args.protocol,
+                               cache=not args.no_cache, set_name=args.set)
+
+    lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)
+    labels = {m.name: m.label for m in methods}
+    notes = _notes(args, n, lp, spec)
+
+    def partial(rows: list[dict]) -> None:
+        done = len({r["image"] for r in rows})
+        if done < n:
+            _write(out, rows, args, labels, notes + [f"PARTIAL: {done} of {n} images scored so far"], spec)
+
+    rows, grid = runner.evaluate(samples(), methods, runner.denoise_scorer(lp), total=n,
+                                 grid_images=args.grid_images, progress=not args.quiet, desc="denoise",
+                                 on_image=partial)
+    _write(out, rows, args, labels, notes, spec)
     if grid:
         report.save_grid(out / "grid.png", grid)
     print((out / "summary.md").read_text())
     print(f"wrote {out}/metrics.csv, summary.md" + (", grid.png" if grid else ""), file=sys.stderr)
-    return 0
+    if args.update_card:
+        _update_cards(args, spec, rows, models, weights, out, images=n)
 
 
-def _notes(args: argparse.Namespace, n: int, lp: report.LpipsScorer) -> list[str]:
-    notes = [f"set `{args.set}` ({n} images, manifest `eval/manifests/{args.set}.json`), spec `{args.spec}`, "
+def _out_dir(args: argparse.Namespace, spec: str) -> Path:
+    base = Path("eval/results/denoise") / f"{args.set}-{sets.spec_slug(spec)}-{args.protocol}"
+    if args.out is None:
+        return base
+    return args.out / base.name if args.sigmas else args.out
+
+
+def _fashion(args: argparse.Namespace, spec: str, models: list[runner.Method], weights: list[str]) -> None:
+    """All Fashion-MNIST test images, corrupted at once as eval/vae_metrics.py does; float in, float out."""
+    import torch
+
+    from restore import corrupt
+    from restore.metrics import psnr, ssim
+
+    from restore import weights as W
+    from restore.tasks.denoise import restore_batch
+
+    x, _ = sets.load_fashion_mnist_test(limit=args.limit)
+    noisy = corrupt.apply(x, spec, args.seed).input
+    n = len(x)
+    methods = [runner.Method("noisy", "noisy input (no restoration)", lambda t, info: t)] + list(models)
+    # whole batches through the task's restore function (runner.Method restores one image per call)
+    batch_fns = {}
+    for m, w in zip(models, weights):
+        model, card = W.load(w, device=args.device)
+        model.eval()
+        batch_fns[m.name] = (lambda xb, model=model, card=card: restore_batch(
+            model, {"input": xb}, card, tile=0, device=args.device).cpu())
+    rows: list[dict] = []
+    grid: list[tuple[str, list[tuple[str, torch.Tensor]]]] = []
+    shown = min(args.grid_images * 4, n)
+    outputs: dict[str, torch.Tensor] = {}
+    for m in methods:
+        t0 = time.perf_counter()
+        res = []
+        for i in range(0, n, args.batch_size):
+            xb = noisy[i : i + args.batch_size]
+            with torch.no_grad():
+                res.append(batch_fns[m.name](xb) if m.name in batch_fns else xb)
+        out = torch.cat(res).float().clamp(0, 1)
+        dt = (time.perf_counter() - t0) / n
+        if out.shape != x.shape:
+            raise runner.EvalError(f"{m.name}: returned {tuple(out.shape)}, expected {tuple(x.shape)}")
+        p_all = torch.cat([psnr(out[i : i + 1000], x[i : i + 1000]) for i in range(0, n, 1000)])
+        s_all = torch.cat([ssim(out[i : i + 1000], x[i : i + 1000]) for i in range(0, n, 1000)])
+        rows += [{"image": f"t10k-{i:05d}", "method": m.name, "psnr": float(p_all[i]), "ssim": float(s_all[i]),
+                  "runtime_s": dt} for i in range(n)]
+        outputs[m.name] = out[:shown]
+        if not args.quiet:
+            print(f"{m.name}: PSNR {float(p_all.mean()):.2f} dB, SSIM {float(s_all.mean()):.4f}", file=sys.stderr)
+    for i in range(shown):
+        cols = [(name, o[i]) for name, o in outputs.items()] + [("target", x[i])]
+        grid.append((f"t10k-{i:05d}", cols))
+    out_dir = _out_dir(args, spec)
+    labels = {m.name: m.label for m in methods}
+    notes = [f"set `{sets.FASHION_SET}` ({n} test images, manifest `eval/manifests/{sets.FASHION_SET}.json`), "
+             f"spec `{spec}`, the whole split corrupted by `restore.corrupt.apply(images, spec, seed={args.seed})` "
+             "as in eval/vae_metrics.py; float inputs and outputs (no 8-bit rounding), means of per-image values",
+             "runtime_s: seconds per image, batches of %d" % args.batch_size]
+    notes += _vae_reference(spec, args.seed)
+    report.write_metrics_csv(out_dir / "metrics.csv", rows)
+    report.write_summary_md(out_dir / "summary.md", rows, title=f"Denoising: {sets.FASHION_SET}, `{spec}`",
+                            metrics=["psnr", "ssim"], labels=labels, notes=notes)
+    report.save_grid(out_dir / "grid.png", grid)
+    print((out_dir / "summary.md").read_text())
+    print(f"wrote {out_dir}/metrics.csv, summary.md, grid.png", file=sys.stderr)
+    if args.update_card:
+        _update_cards(args, spec, rows, models, weights, out_dir, images=n, set_name=sets.FASHION_SET)
+
+
+def _vae_reference(spec: str, seed: int) -> list[str]:
+    """Figures of shipped denoising VAE cards measured on the same inputs (same spec and seed), if any."""
+    try:
+        from restore import weights as W
+
+        cards = W.available()
+    except Exception:  # noqa: BLE001 - a note is optional; never fail the evaluation over it
+        return []
+    notes = []
+    wanted = str(spec).split(",clip")[0]
+    for card in cards:
+        m = card.get("metrics") or {}
+        if card.get("task") != "vae" or str(card.get("corruption", "")).split(",clip")[0] != wanted:
+            continue
+        if "psnr" in m and m.get("seed", seed) == seed:
+            notes.append(f"reference: VAE `{card.get('name')}` on the same inputs: PSNR {m['psnr']:.2f} dB, "
+                         f"SSIM {m.get('ssim', float('nan')):.4f} (its card; {m.get('command', 'eval/vae_metrics.py')})")
+    return notes
+
+
+def _update_cards(args: argparse.Namespace, spec: str, rows: list[dict], models: list[runner.Method],
+                  weights: list[str], out: Path, *, images: int, set_name: str | None = None) -> None:
+    """Record the means of every model (and of the baselines on the same inputs) in the model cards."""
+    from restore import weights as W
+    from restore.io import atomic_output
+
+    summary = {s["method"]: s for s in report.summarize(rows, ["psnr", "ssim", "lpips", "runtime_s"])}
+    command = report.command_line()
+    commit = report.git_commit()
+
+    def figures(s: dict) -> dict:
+        return {k: round(float(s[k]), 4) for k in ("psnr", "ssim", "lpips", "runtime_s")
+                if k in s and not math.isnan(float(s[k]))}
+
+    key = f"{set_name or args.set}/{spec}" + ("" if args.protocol == "default" else f"/{args.protocol}")
+    for m, w in zip(models, weights):
+        path = W.card_path(w)
+        card = json.loads(path.read_text(encoding="utf-8"))
+        entry = {**figures(summary[m.name]), "images": images, "seed": args.seed,
+                 "baselines": {name: figures(s) for name, s in summary.items() if name != m.name},
+                 "report": str(out), "command": command, "commit": commit}
+        card.setdefault("metrics", {})[key] = entry
+        card["metrics_command"] = command
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        print(f"updated {path}: metrics[{key!r}]", file=sys.stderr)
+
+
+def _notes(args: argparse.Namespace, n: int, lp: report.LpipsScorer, spec: str) -> list[str]:
+    notes = [f"set `{args.set}` ({n} images, manifest `eval/manifests/{args.set}.json`), spec `{spec}`, "
              f"base seed {args.seed}"]
     notes.append("NLM h / TV weight tables: " + ", ".join(
         f"sigma {s:g}: h={B.NLM_H[s]:g}, w={B.TV_WEIGHT[s]:g}" for s in sorted(B.NLM_H))
@@ -96,9 +260,10 @@ def _notes(args: argparse.Namespace, n: int, lp: report.LpipsScorer) -> list[str
     return notes
 
 
-def _write(out: Path, rows: list[dict], args: argparse.Namespace, labels: dict[str, str], notes: list[str]) -> None:
+def _write(out: Path, rows: list[dict], args: argparse.Namespace, labels: dict[str, str], notes: list[str],
+           spec: str) -> None:
     report.write_metrics_csv(out / "metrics.csv", rows)
-    report.write_summary_md(out / "summary.md", rows, title=f"Denoising: {args.set}, `{args.spec}`",
+    report.write_summary_md(out / "summary.md", rows, title=f"Denoising: {args.set}, `{spec}`",
                             metrics=["psnr", "ssim", "lpips"], labels=labels, protocol=args.protocol, notes=notes)
 
 
