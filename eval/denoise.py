@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    # the command recorded in reports and cards (also when main() is called with an explicit argv)
+    args.command = report.command_line(None if argv is None else [str(Path(__file__).resolve()), *argv])
     if not args.baselines_only and not args.weights:
         p.error("give --weights NAME|FILE[,NAME...], or --baselines-only to score the classical baselines alone")
     if args.update_card and (args.baselines_only or not args.weights):
@@ -193,7 +195,7 @@ def _fashion(args: argparse.Namespace, spec: str, models: list[runner.Method], w
     notes += _vae_reference(spec, args.seed)
     report.write_metrics_csv(out_dir / "metrics.csv", rows)
     report.write_summary_md(out_dir / "summary.md", rows, title=f"Denoising: {sets.FASHION_SET}, `{spec}`",
-                            metrics=["psnr", "ssim"], labels=labels, notes=notes)
+                            metrics=["psnr", "ssim"], labels=labels, notes=notes, command=args.command)
     report.save_grid(out_dir / "grid.png", grid)
     print((out_dir / "summary.md").read_text())
     print(f"wrote {out_dir}/metrics.csv, summary.md, grid.png", file=sys.stderr)
@@ -228,7 +230,7 @@ def _update_cards(args: argparse.Namespace, spec: str, rows: list[dict], models:
     from restore.io import atomic_output
 
     summary = {s["method"]: s for s in report.summarize(rows, ["psnr", "ssim", "lpips", "runtime_s"])}
-    command = report.command_line()
+    command = args.command
     commit = report.git_commit()
 
     def figures(s: dict) -> dict:
@@ -264,7 +266,8 @@ def _write(out: Path, rows: list[dict], args: argparse.Namespace, labels: dict[s
            spec: str) -> None:
     report.write_metrics_csv(out / "metrics.csv", rows)
     report.write_summary_md(out / "summary.md", rows, title=f"Denoising: {args.set}, `{spec}`",
-                            metrics=["psnr", "ssim", "lpips"], labels=labels, protocol=args.protocol, notes=notes)
+                            metrics=["psnr", "ssim", "lpips"], labels=labels, protocol=args.protocol, notes=notes,
+                            command=args.command)
 
 
 def _chain(first, rest):

@@ -268,3 +268,52 @@ def test_fashion_mnist_mode(tmp_path: Path) -> None:
     torch.testing.assert_close(batch["input"] * 255, (batch["input"] * 255).round())
     torch.testing.assert_close(batch["sigma"], torch.full((4,), 114.75))
     assert task.model_card()["corruption"].startswith("gaussian:sigma=114.75")
+
+
+# --------------------------------------------------------------------------- demo and evaluation
+
+
+def test_demo_panels_for_a_fashion_card() -> None:
+    model = _tiny_unet(1)
+    card = {**_card(model), "dataset": "fashion-mnist", "corruption": "gaussian:sigma=114.75"}
+    panels = denoise.demo(model, card, torch.rand(1, 3, 40, 52), seed=3, device="cpu")
+    assert [name for name, _ in panels] == ["input", "restored", "target"]
+    shapes = {tuple(t.shape) for _, t in panels}
+    assert len(shapes) == 1
+    try:
+        from restore.data import load_idx_split
+
+        load_idx_split(None, "test")
+    except (OSError, ValueError):  # no Fashion-MNIST here: the photo stands in, per channel
+        assert shapes == {(1, 3, 40, 52)}
+    else:  # 8 test images, x4 nearest, stacked in one column
+        assert shapes == {(1, 1, 8 * 28 * 4, 28 * 4)}
+
+
+def test_eval_fashion_scores_and_updates_the_card(tmp_path: Path) -> None:
+    """eval/denoise.py on the first Fashion-MNIST test images: a model is scored beside the noisy input, into its card."""
+    import json
+
+    from eval import denoise as eval_denoise
+    from eval import sets
+
+    try:
+        sets.load_fashion_mnist_test(limit=1)
+    except sets.SetError as e:
+        pytest.skip(f"Fashion-MNIST test split not installed: {e}")
+    torch.manual_seed(0)
+    model = UNet(1, 1, **TINY_UNET, norm="none")
+    stem = tmp_path / "w" / "fm"
+    W.save(stem, model, {"task": "denoise", "corruption": "gaussian:sigma=114.75", "dataset": "fashion-mnist"})
+    code = eval_denoise.main(["--weights", str(stem) + ".safetensors", "--set", "fashion-mnist-test",
+                              "--spec", "gaussian:sigma=114.75", "--limit", "64", "--out", str(tmp_path / "out"),
+                              "--quiet", "--update-card"])
+    assert code == 0
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| noisy input (no restoration) | 64 |" in summary and "fm (model)" in summary
+    card = json.loads((tmp_path / "w" / "fm.json").read_text())
+    entry = card["metrics"]["fashion-mnist-test/gaussian:sigma=114.75"]
+    assert entry["images"] == 64 and "noisy" in entry["baselines"]
+    # an untrained residual UNet is the identity (zero-initialised last conv): same PSNR as the noisy input
+    assert entry["psnr"] == pytest.approx(entry["baselines"]["noisy"]["psnr"], abs=0.05)
+    assert "--update-card" in entry["command"]

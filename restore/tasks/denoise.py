@@ -40,7 +40,7 @@ from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
 
 __all__ = ["DEFAULT_WEIGHTS", "DEFAULT_TILE_OVERLAP", "DenoiseTask", "DenoiseConfigError", "add_arguments",
-           "restore_batch"]
+           "demo", "restore_batch"]
 
 log = logging.getLogger("restore.engine")
 
@@ -501,3 +501,39 @@ def restore_batch(
     elif c == 3 and cin == 1:
         out = out.reshape(n, 3, h, w)
     return out.clamp_(0.0, 1.0)
+
+
+def demo(model: nn.Module, card: dict[str, Any], photo: Tensor, seed: int, *,
+         device: torch.device | str) -> list[tuple[str, Tensor]]:
+    """Panels for ``restore demo``: photo models denoise the bundled photo; Fashion-MNIST models their test images.
+
+    A model trained on 28x28 clothing says little on a 512 px photo, so a
+    ``fashion-mnist`` card shows 8 test images (x4 nearest upscale, one column
+    each for noisy / restored / clean) when the IDX files are installed, and
+    falls back to the photo otherwise.
+    """
+    import torch.nn.functional as F
+
+    from restore import corrupt
+
+    clean = photo.float()
+    if card.get("dataset") == "fashion-mnist":
+        try:
+            from restore.data import load_idx_split
+
+            images, _ = load_idx_split(None, "test")
+            pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(seed)))[:8]
+            clean = torch.from_numpy(images[pick.numpy()].copy()).float().div_(255.0).unsqueeze(1)
+        except (OSError, ValueError):
+            pass  # no Fashion-MNIST here: the photo stands in
+    noisy = corrupt.apply(clean, str(card["corruption"]), seed).input
+    with torch.no_grad():
+        out = restore_batch(model, {"input": noisy}, card, tile=512, device=device).cpu()
+    if clean.shape[0] == 1:
+        return [("input", noisy), ("restored", out), ("target", clean)]
+
+    def column(x: Tensor) -> Tensor:  # N1HW -> 1 x 1 x (N*4H) x 4W
+        x = F.interpolate(x, scale_factor=4, mode="nearest")
+        return torch.cat(list(x), dim=1)[None]
+
+    return [("input", column(noisy)), ("restored", column(out)), ("target", column(clean))]
