@@ -149,6 +149,15 @@ def _maxrss_mb() -> float:
     return r / 2**20 if sys.platform == "darwin" else r / 1024.0
 
 
+def _rss_mb() -> float:
+    """Current RSS in MB (Linux /proc/self/statm); the high-water mark where that is unavailable."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _maxrss_mb()
+
+
 def _median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
@@ -443,7 +452,7 @@ def restore_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     tile = int(cfg["tile"])
     if options is not None:
         options.tile = tile
-    base_mb = _maxrss_mb() if device.type == "cpu" else (
+    base_mb = _rss_mb() if device.type == "cpu" else (
         torch.cuda.memory_allocated(device) / 2**20)
 
     def call() -> torch.Tensor:
@@ -513,7 +522,7 @@ def train_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         t = cls(tcfg.task)
         channels, side, patch = train_item_shape(task, t.options)
         trainer = Trainer(t, tcfg, _Synthetic(channels, side))
-        base_mb = _maxrss_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
+        base_mb = _rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
         it = iter(trainer.loader)
 
         def step() -> None:
@@ -757,7 +766,8 @@ def _row(section: str, task: str, **kw: Any) -> dict[str, Any]:
 
 def _progress(row: dict[str, Any], index: int | None = None, total: int | None = None) -> None:
     where = f"[{index}/{total}] " if index is not None else ""
-    what = " ".join(str(row[k]) for k in ("section", "task", "device", "dtype", "mode") if row.get(k) not in (None, "-"))
+    keys = ("section", "task", "model") if row["section"] == "baselines" else ("section", "task", "device", "dtype", "mode")
+    what = " ".join(str(row[k]) for k in keys if row.get(k) not in (None, "-"))
     dims = f"b{row['batch']} {row['size']}" if row.get("batch") else str(row.get("size") or "")
     res = ""
     if row.get("images_per_s") is not None:
@@ -824,7 +834,7 @@ _TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tiled": ("Tiled restoration of a large image (fresh process)",
               ("task", "model", "device", "size", "tile", "ms_per_image", "peak_mem_mb", "base_mem_mb", "status")),
     "huge": ("A huge photo end to end through `restore denoise` (read, tiled restore, write)",
-             ("task", "model", "device", "size", "tile", "ms_per_image", "peak_mem_mb", "x_cbm3d", "status")),
+             ("task", "model", "device", "size", "tile", "ms_per_image", "peak_mem_mb", "status")),
     "train": ("Training (`Trainer.train_step`, in-memory data)",
               ("task", "model", "device", "dtype", "mode", "batch", "size", "images_per_s", "ms_per_image",
                "peak_mem_mb", "status")),
