@@ -46,7 +46,7 @@ def ctx(seed: int = 0, training: bool = True, d_noise: float = 0.0) -> StepConte
 def tiny_model(seed: int = 0) -> InpaintGenerator:
     torch.manual_seed(seed)
     m = InpaintGenerator(in_channels=4, **TINY_G).eval()
-    # a trained-looking, non-trivial output (the zero-initialised attention weight would hide nothing here)
+    # as the CLI hands it over: eval mode, no gradients
     for p in m.parameters():
         p.requires_grad_(False)
     return m
@@ -247,7 +247,7 @@ def test_cli_inpaint_odd_sizes_known_pixels_and_per_file_failures(shipped_tiny, 
     for name, img in images.items():
         io.write_image(src / name, img)
     _write_mask(masks / "odd.png", _mask(1, 37, 53, seed=1)[0])
-    _write_mask(masks / "sub" / "gray.jpg".replace(".jpg", ".png"), _mask(1, 45, 31, seed=2)[0])
+    _write_mask(masks / "sub" / "gray.png", _mask(1, 45, 31, seed=2)[0])
     _write_mask(masks / "empty.png", torch.zeros(1, 20, 26))
     _write_mask(masks / "wrong.png", torch.zeros(1, 29, 30))
     _write_mask(masks / "full.png", torch.ones(1, 16, 18))
