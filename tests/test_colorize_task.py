@@ -382,3 +382,27 @@ def test_eval_checks_issue_targets():
     bad = check_targets(base + rows("m", 16.9, 22.0, 29.0), "m")
     assert not any(c["pass"] for c in bad["checks"].values())
     assert "NOT met" in target_notes(bad)[0]
+
+
+# ----------------------------------------------------------------------------- shipped weights
+
+
+def test_shipped_colorize_weights_calibration():
+    """The shipped CPU model on scikit-image's coffee photo: recorded a/b MAE (kornia CIELAB) 23.80,
+    the grayscale floor 29.74; L of the input kept."""
+    try:
+        model, card = W.load(Path(__file__).resolve().parents[1] / "weights" / "colorize.json")
+    except W.WeightsError as e:
+        pytest.skip(f"weights/colorize not shipped in this checkout: {e}")
+    from skimage import data
+
+    assert card["task"] == "colorize" and card["metrics_command"].startswith("python eval/colorize.py")
+    model.eval()
+    x = torch.from_numpy(data.coffee().copy()).permute(2, 0, 1)[None].float() / 255
+    gray = (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)
+    with torch.no_grad():
+        out = C.restore_batch(model, {"input": gray}, card)
+    lab_out, lab_gt = C.rgb_to_lab(out), C.rgb_to_lab(x)
+    assert (lab_out[:, 1:] - lab_gt[:, 1:]).abs().mean().item() == pytest.approx(23.80, abs=0.1)
+    assert lab_gt[:, 1:].abs().mean().item() == pytest.approx(29.74, abs=0.01)
+    assert (lab_out[:, :1] - C.lightness(gray)).abs().max() < 0.05
