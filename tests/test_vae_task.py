@@ -303,3 +303,29 @@ def test_cli_denoise_dispatches_on_card_task(tmp_path: Path) -> None:
 
     # a VAE card cannot serve `restore colorize` (the vae module lists only "denoise")
     assert cli.main(["colorize", str(inp), str(tmp_path / "o3"), "--weights", stem]) == 2
+
+
+# --------------------------------------------------------------------------- eval/vae_metrics.py
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_vae_metrics_on_tiny_split(idx_dir: Path, tmp_path: Path, conditional: bool) -> None:
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from eval import vae_metrics
+    from restore import weights as W
+
+    G, card = _model(conditional)
+    if conditional:
+        card["corruption"] = "gaussian:sigma=0"
+    W.save(tmp_path / "tiny", G, card)
+    m = vae_metrics.measure(str(tmp_path / "tiny"), data=str(idx_dir), per_class=4)
+    assert m["test_images"] == 32 and m["knn_train_images"] == 64
+    assert math.isfinite(m["psnr"]) and 0 <= m["ssim"] <= 1 and 0 <= m["knn5_accuracy"] <= 1
+    if conditional:  # identity corruption: no noisy baseline; samples scored by the pixel k-NN
+        assert "noisy_psnr" not in m and 0 <= m["sample_pixel_knn5_accuracy"] <= 1
+    else:
+        assert m["noisy_psnr"] < 12 and m["psnr_gain"] == pytest.approx(m["psnr"] - m["noisy_psnr"])
