@@ -326,3 +326,32 @@ def test_tiny_model_loss_falls_through_trainer(tmp_path):
     trainer.logger.close()
     after = fixed_l1()
     assert after < 0.8 * before, (before, after)  # deterministic batch: a 20 % drop is learning, not noise
+
+
+# --------------------------------------------------------------------------- eval/inpaint.py target logic
+
+
+def test_eval_targets_and_mean_fill_floor():
+    ev = pytest.importorskip("eval.inpaint")
+    x = torch.tensor([[[0.2, 0.4], [0.6, 0.9]]])
+    mask = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])
+    filled = ev.mean_fill(x, {"mask": mask})
+    assert torch.equal(filled[:, :, :1], x[:, :, :1]) and float(filled[0, 1, 0]) == pytest.approx(0.6)
+    assert float(filled[0, 1, 1]) == pytest.approx(0.4)  # mean of the three known pixels
+
+    def rows(model_small, model_large, known=0.0):
+        out = []
+        for band, grp, telea, model in (("small", "S", 19.0, model_small), ("large", "L", 17.0, model_large)):
+            out += [{"group": grp, "image": "a", "method": "telea", "psnr_hole": telea, "ssim_hole": 0.6,
+                     "known_max_diff": 0.0},
+                    {"group": grp, "image": "a", "method": "m", "psnr_hole": model, "ssim_hole": 0.7,
+                     "known_max_diff": known}]
+        return out
+
+    ok = ev.check_targets(rows(19.0, 18.0), "m", {"small": "S", "large": "L"})
+    assert ok["all_pass"] and ok["bands"]["large"]["pass"] and ok["known_pixels_identical"]
+    short = ev.check_targets(rows(19.0, 17.9), "m", {"small": "S", "large": "L"})
+    assert not short["bands"]["large"]["pass"] and not short["all_pass"]  # large needs Telea + 1 dB
+    touched = ev.check_targets(rows(20.0, 19.0, known=1.0), "m", {"small": "S", "large": "L"})
+    assert not touched["known_pixels_identical"] and not touched["all_pass"]
+    assert any("NOT met" in n for n in ev.target_notes(short))

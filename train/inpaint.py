@@ -6,7 +6,8 @@
 
 Configs: ``inpaint.yaml`` (full recipe: L1 hole/valid + hinge + perceptual +
 style + TV), ``inpaint-deepfill.yaml`` (DeepFill v2: L1 + hinge only),
-``inpaint-cpu.yaml`` (the small model shipped as ``weights/inpaint``).
+``inpaint-cpu.yaml`` (a small L1-only model that a shared CPU can train in
+half an hour; its measured figures, below the mean-fill floor, are in the file).
 Every option is listed in `restore.tasks.inpaint.InpaintTask.defaults`;
 override any with ``--set task.lambda_adv=0.05``.
 """
