@@ -416,19 +416,20 @@ def _aligned_size(size: int, tile: int, overlap: int, multiple: int) -> int:
         s += multiple
 
 
-def _pad_bottom_right(x: Tensor, height: int, width: int) -> Tensor:
-    """Reflect-pad NCHW ``x`` at the bottom/right to ``height`` x ``width`` (replicate where reflect cannot)."""
+def _reflect_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    """Reflect-pad NCHW ``x`` (mirroring repeatedly for pads larger than the image; replicate for 1-px sides)."""
     import torch.nn.functional as F
 
-    ph, pw = height - x.shape[-2], width - x.shape[-1]
-    if ph == 0 and pw == 0:
-        return x
-    while ph > 0 or pw > 0:  # reflect needs pad < size: mirror repeatedly for large pads
-        sh, sw = min(ph, x.shape[-2] - 1), min(pw, x.shape[-1] - 1)
-        if sh <= 0 and ph > 0 or sw <= 0 and pw > 0:
-            return F.pad(x, (0, pw, 0, ph), mode="replicate")
-        x = F.pad(x, (0, sw, 0, sh), mode="reflect")
-        ph, pw = ph - sh, pw - sw
+    for dim, (before, after) in ((2, (top, bottom)), (3, (left, right))):
+        while before > 0 or after > 0:
+            size = x.shape[dim]
+            if size == 1:
+                pad = (0, 0, before, after) if dim == 2 else (before, after, 0, 0)
+                x = F.pad(x, pad, mode="replicate")
+                break
+            b, a = min(before, size - 1), min(after, size - 1)
+            x = F.pad(x, (0, 0, b, a) if dim == 2 else (b, a, 0, 0), mode="reflect")
+            before, after = before - b, after - a
     return x
 
 
@@ -483,19 +484,22 @@ def restore_batch(
     def run(t: Tensor) -> Tensor:
         return model(t.to(device, dtype)).float()
 
-    # Pad bottom/right only, and put every tile at a multiple of the UNet's stride: the stride-2
-    # encoder then sees every tile on the same sampling grid as the whole image, so tiled and
-    # whole-image outputs differ only where a tile border cuts the receptive field (and there the
-    # overlap ramps blend it away), instead of everywhere.
+    # Whole image: the UNet pads itself (reflect, split between both sides) exactly as in training
+    # and validation; a model trained on one size (Fashion-MNIST: 28 px in a 32 px frame) depends on
+    # that layout. Tiles: the same top/left padding, so every tile sits on the whole image's stride
+    # grid, plus bottom/right padding up to a size where `tiled` puts every tile start on a multiple
+    # of the stride. Tiled and whole-image outputs then differ only where a tile border cuts the
+    # receptive field (blended away by the overlap ramps) and at the bottom/right image border.
     m = int(getattr(model, "multiple", 1))
     if tile and (h > tile or w > tile):
         t = max(m, tile // m * m)
         ov = min(overlap, t // 2)
-        hp, wp = _aligned_size(h, t, ov, m), _aligned_size(w, t, ov, m)
-        out = tiled(run, _pad_bottom_right(inp, hp, wp), tile=t, overlap=ov, multiple=m)
+        top, left = ((-h) % m) // 2, ((-w) % m) // 2
+        hp, wp = _aligned_size(h + top, t, ov, m), _aligned_size(w + left, t, ov, m)
+        padded = _reflect_pad(inp, top, hp - h - top, left, wp - w - left)
+        out = tiled(run, padded, tile=t, overlap=ov, multiple=m)[..., top : top + h, left : left + w]
     else:
-        out = run(_pad_bottom_right(inp, -(-h // m) * m, -(-w // m) * m))
-    out = out[..., :h, :w]
+        out = run(inp)
     if c == 1 and cin == 3:
         out = out.mean(dim=1, keepdim=True)
     elif c == 3 and cin == 1:
