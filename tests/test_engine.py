@@ -265,6 +265,44 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
         TrainConfig.from_dict({"amp": "fp8"})
 
 
+def test_nested_task_options_deep_merge(tmp_path: Path) -> None:
+    """``--set task.unet.X`` changes one UNet argument; the YAML's other ``task.unet`` keys stay.
+
+    The bug this guards: a one-level merge replaced the YAML's whole
+    ``task.unet`` by ``{base_channels: 16}``, so a depth-2 recipe trained at
+    the task's default depth 4 without a word.
+    """
+    from restore.tasks.denoise import DenoiseTask
+
+    y = tmp_path / "fmnist.yaml"
+    y.write_text("task:\n  dataset: fashion-mnist\n  lambda_adv: 0.0\n"
+                 "  unet: {base_channels: 48, depth: 2, convs_per_level: 2}\n")
+    parser = build_parser(DenoiseTask)
+
+    def resolve(*sets: str) -> TrainConfig:
+        argv = ["--data", "d", "--out", str(tmp_path / "r"), "--config", str(y)]
+        for s in sets:
+            argv += ["--set", s]
+        return resolve_config(DenoiseTask, parser.parse_args(argv))
+
+    cfg = resolve("task.unet.base_channels=16")
+    unet = cfg.task["unet"]
+    assert unet["base_channels"] == 16 and unet["depth"] == 2 and unet["convs_per_level"] == 2  # --set > YAML
+    assert unet["upsample"] == DenoiseTask.defaults()["task"]["unet"]["upsample"]  # untouched: task default
+    assert cfg.task["patchgan"] == DenoiseTask.defaults()["task"]["patchgan"]  # sibling mapping intact
+    G = DenoiseTask(cfg.task).build_models()["G"]
+    assert G.config["depth"] == 2 and G.config["base_channels"] == 16
+    assert resolve().task["unet"]["base_channels"] == 48  # without --set: the YAML's value (default 64)
+    # unknown keys are still refused: at the top level by the config, nested ones by the task's model builder
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) unett"):
+        resolve("task.unett.depth=3")
+    with pytest.raises(ConfigError, match="bogus"):
+        DenoiseTask(resolve("task.unet.bogus=1").task).build_models()
+    # a scalar where a mapping belongs replaces it, and the task says what it expected
+    with pytest.raises(ConfigError, match="task.unet: expected a mapping"):
+        DenoiseTask(resolve("task.unet=3").task)
+
+
 # ---------------------------------------------------------------------------- AMP / export
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_on_cpu_trains(tmp_path: Path, amp: str) -> None:

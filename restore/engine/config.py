@@ -2,6 +2,8 @@
 
 Precedence (lowest first): `TrainConfig` defaults < the task's
 `Task.defaults()` < ``--config`` YAML < command-line flags and ``--set k=v``.
+``task`` options merge at every depth, so ``--set task.unet.base_channels=16``
+changes that one argument and keeps the rest of the YAML's ``task.unet``.
 Unknown keys are errors naming the key and its source, so a typo never
 silently trains with a default.
 """
@@ -193,7 +195,7 @@ def apply_dict(cfg: TrainConfig, d: dict[str, Any], source: str) -> None:
         if key == "task":
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: task must be a mapping of task options")
-            cfg.task.update(copy.deepcopy(value))
+            merge_nested(cfg.task, value)
         elif key == "optim":
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: optim must be a mapping model -> options")
@@ -204,6 +206,22 @@ def apply_dict(cfg: TrainConfig, d: dict[str, Any], source: str) -> None:
                 _apply_optim(target, opts, f"optim.{model}", source)
         else:
             setattr(cfg, key, _coerce(value, getattr(cfg, key), key, source))
+
+
+def merge_nested(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``new`` into ``base`` in place: mappings key by key at every depth, anything else replaced.
+
+    Replacing a nested mapping whole would make ``--set task.unet.base_channels=16``
+    silently drop every other ``task.unet`` key of the YAML (back to the task's
+    defaults). Lists are values, not mappings: they are replaced. ``new`` is
+    deep-copied, so later merges never alias the caller's data.
+    """
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_nested(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
 
 
 def _apply_optim(target: OptimConfig, opts: dict[str, Any], prefix: str, source: str) -> None:
