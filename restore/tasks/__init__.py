@@ -5,7 +5,9 @@ Each task module (``restore.tasks.<name>``) provides the training side
 folder driver and `restore demo`: ``DEFAULT_WEIGHTS``,
 ``restore_batch(model, batch, card, *, tile, device, options=None)`` and the
 optional ``add_arguments`` / ``demo`` (docs/internals.md, "Task restoring API"). Tasks are looked up lazily by name so the CLI
-only imports what it runs.
+only imports what it runs. What several tasks need alike (nested model options,
+the discriminator's loss and scalars, photo-folder splits, gray/colour channel
+adaptation) lives once in `restore.tasks.common`.
 """
 
 from __future__ import annotations

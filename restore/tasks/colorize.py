@@ -16,7 +16,6 @@ equals the input's (no detail of the original is lost or shifted).
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import math
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch.utils.data import Dataset
 
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
+from restore.tasks.common import discriminator_terms, is_int, is_number, list_photos, merge_model_options, option
 
 log = logging.getLogger("restore.tasks.colorize")
 
@@ -242,12 +242,12 @@ class PhotoCrops(Dataset):
     ) -> None:
         from restore.io import ImageReadError, read_image
 
-        if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 8:
+        if not is_int(crop_size) or crop_size < 8:
             raise ColorizeConfigError(f"crop_size: must be an integer >= 8, got {crop_size!r}")
         lo, hi = _size_range(load_size, "load_size")
         if lo < crop_size:
             raise ColorizeConfigError(f"load_size: {lo} is smaller than crop_size {crop_size}")
-        if isinstance(crops_per_image, bool) or not isinstance(crops_per_image, int) or crops_per_image < 1:
+        if not is_int(crops_per_image) or crops_per_image < 1:
             raise ColorizeConfigError(f"crops_per_image: must be an integer >= 1, got {crops_per_image!r}")
         self.crop_size, self.load_range = crop_size, (lo, hi)
         self.flip, self.random, self.crops_per_image, self.seed = bool(flip), bool(random), crops_per_image, seed
@@ -308,7 +308,7 @@ def _size_range(value: Any, name: str) -> tuple[int, int]:
     else:
         lo = hi = value
     for v in (lo, hi):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_int(v) or v < 1:
             raise ColorizeConfigError(f"{name}: sizes must be positive integers, got {value!r}")
     if lo > hi:
         raise ColorizeConfigError(f"{name}: low {lo} > high {hi}")
@@ -346,21 +346,6 @@ GENERATOR_DEFAULTS: dict[str, Any] = {
 }
 #: pix2pix 70x70 PatchGAN judging the (L, ab) pair
 DISCRIMINATOR_DEFAULTS: dict[str, Any] = {"base_channels": 64, "n_layers": 3, "norm": "batch", "init": "normal"}
-
-
-def _merge_model_options(defaults: dict[str, Any], given: Any, cls: type, fixed: set[str], name: str) -> dict[str, Any]:
-    if given is None:
-        given = {}
-    if not isinstance(given, dict):
-        raise ColorizeConfigError(f"task.{name}: expected a mapping of {cls.__name__} arguments, got {given!r}")
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"} - fixed
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise ColorizeConfigError(
-            f"task.{name}: unknown or fixed {cls.__name__} argument(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
-    return {**defaults, **given}
 
 
 class ColorizeTask(Task):
@@ -416,19 +401,20 @@ class ColorizeTask(Task):
         _size_range(opts["load_size"], "task.load_size")
         for key in ("crop_size", "work_size", "max_work_side"):
             v = opts[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 8:
+            if not is_int(v) or v < 8:
                 raise ColorizeConfigError(f"task.{key}: must be an integer >= 8, got {v!r}")
         if opts["max_work_side"] < opts["work_size"]:
             raise ColorizeConfigError(f"task.max_work_side: {opts['max_work_side']} is below work_size {opts['work_size']}")
         for key in ("lambda_l1", "lambda_adv"):
             if not isinstance(opts[key], (int, float)) or isinstance(opts[key], bool) or opts[key] < 0:
                 raise ColorizeConfigError(f"task.{key}: must be a number >= 0, got {opts[key]!r}")
-        opts["generator"] = _merge_model_options(
-            GENERATOR_DEFAULTS, opts["generator"], UNet, {"in_channels", "out_channels", "residual", "out_activation"},
-            "generator",
+        opts["generator"] = merge_model_options(
+            GENERATOR_DEFAULTS, opts["generator"], name="generator", error=ColorizeConfigError, cls=UNet,
+            fixed=("in_channels", "out_channels", "residual", "out_activation"),
         )
-        opts["discriminator"] = _merge_model_options(
-            DISCRIMINATOR_DEFAULTS, opts["discriminator"], PatchGAN, {"in_channels"}, "discriminator"
+        opts["discriminator"] = merge_model_options(
+            DISCRIMINATOR_DEFAULTS, opts["discriminator"], name="discriminator", error=ColorizeConfigError,
+            cls=PatchGAN, fixed=("in_channels",),
         )
         super().__init__(opts)
         sm = opts["label_smoothing"]
@@ -451,12 +437,7 @@ class ColorizeTask(Task):
         from restore.io import list_images
 
         o = self.options
-        root = Path(data)
-        if not root.exists():
-            raise ColorizeConfigError(f"--data {root}: no such folder")
-        paths = list_images(root)
-        if not paths:
-            raise ColorizeConfigError(f"--data {root}: no images found")
+        paths = list_photos(data, ColorizeConfigError)
         if o["val_data"]:
             train_paths, val_paths = sorted(paths), list_images(Path(o["val_data"]))
         else:
@@ -485,10 +466,7 @@ class ColorizeTask(Task):
     def discriminator_losses(self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module, ctx: StepContext) -> LossTerms:
         real = D(ctx.d_noise(self.pair(batch["L"], batch["ab"])))
         fake = D(ctx.d_noise(self.pair(batch["L"], out["output"])))
-        ctx.log("D/real_mean", torch.sigmoid(real.float()).mean())
-        ctx.log("D/fake_mean", torch.sigmoid(fake.float()).mean())
-        g = ctx.generator
-        return {"real": 0.5 * self.adv(real, True, True, g), "fake": 0.5 * self.adv(fake, False, True, g)}
+        return discriminator_terms(self.adv, real, fake, ctx, self.options["gan_mode"])
 
     def generator_losses(self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module | None, ctx: StepContext) -> LossTerms:
         from restore.losses import l1_loss
@@ -545,7 +523,7 @@ def working_size(height: int, width: int, work_size: int, max_side: int) -> tupl
 def _card_scales(card: dict[str, Any]) -> tuple[float, float, float]:
     color = card.get("color") or {}
     values = (color.get("l_center", L_CENTER), color.get("l_scale", L_SCALE), color.get("ab_scale", AB_SCALE))
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values) or values[1] <= 0:
+    if not all(is_number(v) for v in values) or values[1] <= 0:
         raise ColorizeError(f"model card {card.get('name')!r}: bad colour scaling {color!r}")
     return float(values[0]), float(values[1]), float(values[2])
 
@@ -593,9 +571,8 @@ def restore_batch(model: nn.Module, batch: dict[str, Tensor], card: dict[str, An
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
-    work_size = getattr(options, "work_size", None) if options is not None else None
-    saturation = getattr(options, "saturation", None) if options is not None else None
-    saturation = 1.0 if saturation is None else float(saturation)
+    work_size = option(options, "work_size")
+    saturation = float(option(options, "saturation", 1.0))
     L = lightness(x.to(device, torch.float32))
     ab = predict_ab(model, L, card, tile=tile, work_size=work_size) * saturation
     return lab_to_rgb_keep_l(L, ab)

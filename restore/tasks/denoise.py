@@ -28,16 +28,27 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
+from restore.tasks.common import (
+    discriminator_terms,
+    follow_device,
+    from_model_channels,
+    is_int,
+    is_number,
+    merge_model_options,
+    model_device_dtype,
+    option,
+    photo_patch_datasets,
+    to_model_channels,
+)
 
 __all__ = ["DEFAULT_WEIGHTS", "DEFAULT_TILE_OVERLAP", "DenoiseTask", "DenoiseConfigError", "add_arguments",
            "demo", "restore_batch"]
@@ -124,12 +135,8 @@ class DenoiseTask(Task):
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         base = self.defaults()["task"]
         opts = {**base, **(options or {})}
-        # nested model options merge over the defaults, so `--set task.unet.base_channels=16` keeps the rest
         for key in ("unet", "patchgan"):
-            given = (options or {}).get(key)
-            if given is not None and not isinstance(given, dict):
-                raise DenoiseConfigError(f"task.{key}: expected a mapping of constructor arguments, got {given!r}")
-            opts[key] = {**base[key], **(given or {})}
+            opts[key] = merge_model_options(base[key], opts[key], name=key, error=DenoiseConfigError)
         super().__init__(opts)
         self._validate()
         from restore.corrupt import CorruptionSpecError, parse_spec
@@ -156,7 +163,6 @@ class DenoiseTask(Task):
             self.loss_names_D = ()
             self.adversarial_term = None
         self.perceptual: nn.Module | None = None
-        self._perc_device: torch.device | None = None
         self.perc_enabled = float(opts["lambda_perc"]) > 0 and self._build_perceptual()
         if not self.perc_enabled and "perc" in self.loss_names_G:
             self.loss_names_G = tuple(n for n in self.loss_names_G if n != "perc")
@@ -175,13 +181,13 @@ class DenoiseTask(Task):
         if o["dataset"] not in _DATASETS:
             raise bad("dataset", f"must be one of {', '.join(_DATASETS)}")
         for key in ("patch_size", "patches_per_image", "val_patch_size", "val_patches_per_image"):
-            if isinstance(o[key], bool) or not isinstance(o[key], int) or o[key] < 1:
+            if not is_int(o[key]) or o[key] < 1:
                 raise bad(key, "must be a positive integer")
         for key in ("val_images", "val_size"):
-            if isinstance(o[key], bool) or not isinstance(o[key], int) or o[key] < 0:
+            if not is_int(o[key]) or o[key] < 0:
                 raise bad(key, "must be an integer >= 0")
         for key in ("lambda_l1", "lambda_adv", "lambda_perc"):
-            if isinstance(o[key], bool) or not isinstance(o[key], (int, float)) or not math.isfinite(o[key]) or o[key] < 0:
+            if not is_number(o[key]) or o[key] < 0:
                 raise bad(key, "must be a finite number >= 0")
         if o["gan_mode"] not in ("vanilla", "lsgan", "hinge"):
             raise bad("gan_mode", "must be vanilla, lsgan or hinge")
@@ -237,40 +243,13 @@ class DenoiseTask(Task):
         return self._photo_datasets(data)
 
     def _photo_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
-        from restore.data import ImageFolderPatches
-        from restore.io import list_images
-
-        root = Path(data)
-        if not root.exists():
-            raise DenoiseConfigError(f"--data {root}: no such photo folder")
-        paths = list_images(root)
-        if not paths:
-            raise DenoiseConfigError(f"--data {root}: no images found (png, jpg, bmp, tif, webp; searched recursively)")
         o = self.options
-        n_val = min(o["val_images"], len(paths) - 1)
-        if n_val < o["val_images"]:
-            log.warning("denoise: only %d photo(s) in %s: %d held back for validation", len(paths), root, n_val)
-        # spread the held-back photos over the sorted list (not all from one package / theme)
-        val_idx = {round((i + 0.5) * len(paths) / n_val) for i in range(n_val)} if n_val else set()
-        val_idx = {min(i, len(paths) - 1) for i in val_idx}
-        train_paths = [p for i, p in enumerate(paths) if i not in val_idx]
-        val_paths = [p for i, p in enumerate(paths) if i in val_idx]
-        train = ConcatDataset([
-            ImageFolderPatches(p, o["patch_size"], patches_per_image=o["patches_per_image"], augment=True,
-                               cache=o["cache"])
-            for p in train_paths
-        ])
-        val = None
-        if val_paths:
-            # fixed crops (seeded, no flips): the validation curve compares like with like
-            val = ConcatDataset([
-                ImageFolderPatches(p, o["val_patch_size"], patches_per_image=o["val_patches_per_image"],
-                                   augment=False, cache=o["cache"], seed=1234 + k)
-                for k, p in enumerate(val_paths)
-            ])
-        log.info("denoise: %d training photo(s), %d validation photo(s): %s", len(train_paths), len(val_paths),
-                 ", ".join(p.name for p in val_paths) or "-")
-        self._data_info = {"train_images": [p.name for p in train_paths], "val_images": [p.name for p in val_paths]}
+        train, val, self._data_info = photo_patch_datasets(
+            data, task="denoise", error=DenoiseConfigError, patch_size=o["patch_size"],
+            patches_per_image=o["patches_per_image"], val_images=o["val_images"],
+            val_patch_size=o["val_patch_size"], val_patches_per_image=o["val_patches_per_image"],
+            cache=o["cache"], val_seed=1234,
+        )
         return train, val
 
     def _fashion_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
@@ -320,7 +299,7 @@ class DenoiseTask(Task):
             pred = D(self._d_input(batch, output, ctx))
             terms["adv"] = o["lambda_adv"] * self.adv_loss(pred, True, for_discriminator=False)
         if self.perc_enabled:
-            self._move_perceptual(output.device)
+            follow_device(self.perceptual, output.device)
             # VGG sees the clamped image a user would see; the L1 term keeps gradients outside [0, 1]
             terms["perc"] = o["lambda_perc"] * self.perceptual(output.float().clamp(0, 1), target.float())
         return terms
@@ -330,22 +309,7 @@ class DenoiseTask(Task):
     ) -> LossTerms:
         real = D(self._d_input(batch, batch["target"], ctx))
         fake = D(self._d_input(batch, out["output"], ctx))
-        if self.options["gan_mode"] == "vanilla":
-            ctx.log("D/real_mean", torch.sigmoid(real.float()).mean())
-            ctx.log("D/fake_mean", torch.sigmoid(fake.float()).mean())
-        else:  # lsgan targets are 0/1 and hinge margins +-1: the raw outputs are on a comparable scale
-            ctx.log("D/real_mean", real.float().mean())
-            ctx.log("D/fake_mean", fake.float().mean())
-        g = ctx.generator
-        return {
-            "real": 0.5 * self.adv_loss(real, True, for_discriminator=True, generator=g),
-            "fake": 0.5 * self.adv_loss(fake, False, for_discriminator=True, generator=g),
-        }
-
-    def _move_perceptual(self, device: torch.device) -> None:
-        if self._perc_device != device:
-            self.perceptual.to(device)
-            self._perc_device = device
+        return discriminator_terms(self.adv_loss, real, fake, ctx, self.options["gan_mode"])
 
     @torch.no_grad()
     def validation_step(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[Tensor, Tensor]:
@@ -455,31 +419,18 @@ def restore_batch(
     x = batch.get("input") if isinstance(batch, dict) else None
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"restore_batch: batch['input'] must be an NCHW tensor, got {getattr(x, 'shape', type(x))}")
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     cin = _model_channels(model, card)
     if c not in (1, 3):
         raise ValueError(f"restore_batch: images must have 1 or 3 channels (alpha is kept aside by the CLI), got {c}")
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
-    overlap = int(getattr(options, "tile_overlap", DEFAULT_TILE_OVERLAP) if options is not None else DEFAULT_TILE_OVERLAP)
+    device, dtype = model_device_dtype(model, device)
+    overlap = int(option(options, "tile_overlap", DEFAULT_TILE_OVERLAP))
     if overlap < 0:
         raise ValueError(f"--tile-overlap must be >= 0, got {overlap}")
     if tile < 0:
         raise ValueError(f"--tile must be >= 0 (0 = whole image), got {tile}")
 
-    x = x.float()
-    if c == cin:
-        inp = x
-    elif c == 1 and cin == 3:
-        inp = x.expand(n, 3, h, w)
-    elif c == 3 and cin == 1:
-        inp = x.reshape(n * 3, 1, h, w)
-    else:
-        raise ValueError(f"restore_batch: cannot feed {c}-channel images to a {cin}-channel model")
-
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    inp = to_model_channels(x.float(), cin, ValueError, "model")
 
     def run(t: Tensor) -> Tensor:
         return model(t.to(device, dtype)).float()
@@ -500,11 +451,7 @@ def restore_batch(
         out = tiled(run, padded, tile=t, overlap=ov, multiple=m)[..., top : top + h, left : left + w]
     else:
         out = run(inp)
-    if c == 1 and cin == 3:
-        out = out.mean(dim=1, keepdim=True)
-    elif c == 3 and cin == 1:
-        out = out.reshape(n, 3, h, w)
-    return out.clamp_(0.0, 1.0)
+    return from_model_channels(out, c, cin).clamp_(0.0, 1.0)
 
 
 def demo(model: nn.Module, card: dict[str, Any], photo: Tensor, seed: int, *,

@@ -42,16 +42,27 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from restore.engine.task import LossTerms, StepContext, Task
+from restore.tasks.common import (
+    discriminator_terms,
+    follow_device,
+    from_model_channels,
+    is_int,
+    is_number,
+    merge_model_options,
+    model_device_dtype,
+    option,
+    photo_patch_datasets,
+    to_model_channels,
+)
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -98,10 +109,6 @@ _GENERATOR_DEFAULTS: dict[str, Any] = {
     "act": "elu",
 }
 _DISCRIMINATOR_DEFAULTS: dict[str, Any] = {"base_channels": 64, "n_layers": 6}
-
-
-def _is_number(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 class InpaintTask(Task):
@@ -160,14 +167,9 @@ class InpaintTask(Task):
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         base = self.defaults()["task"]
-        given = dict(options or {})
-        opts = {**base, **given}
-        # nested model options merge over the defaults, so `--set task.generator.base_channels=16` keeps the rest
+        opts = {**base, **(options or {})}
         for key in ("generator", "discriminator"):
-            sub = given.get(key)
-            if sub is not None and not isinstance(sub, dict):
-                raise InpaintConfigError(f"task.{key}: expected a mapping of constructor arguments, got {sub!r}")
-            opts[key] = {**base[key], **(sub or {})}
+            opts[key] = merge_model_options(base[key], opts[key], name=key, error=InpaintConfigError)
         super().__init__(opts)
         self._validate()
         self.corruptions = self._parse_masks()
@@ -185,7 +187,6 @@ class InpaintTask(Task):
         self.vgg: nn.Module | None = None
         self.perceptual: nn.Module | None = None
         self.style: nn.Module | None = None
-        self._vgg_device: torch.device | None = None
         self._vgg_note: str | None = None
         want_perc, want_style = float(opts["lambda_perc"]) > 0, float(opts["lambda_style"]) > 0
         if (want_perc or want_style) and not self._build_vgg(want_perc, want_style):
@@ -214,23 +215,23 @@ class InpaintTask(Task):
             return InpaintConfigError(f"task.{key}: {why}, got {o[key]!r}")
 
         for key in ("patch_size", "patches_per_image", "val_patches_per_image", "work_size"):
-            if isinstance(o[key], bool) or not isinstance(o[key], int) or o[key] < 1:
+            if not is_int(o[key]) or o[key] < 1:
                 raise bad(key, "must be a positive integer")
         if o["patch_size"] < 16:
             raise bad("patch_size", "must be >= 16 (free-form strokes need room)")
-        if isinstance(o["val_images"], bool) or not isinstance(o["val_images"], int) or o["val_images"] < 0:
+        if not is_int(o["val_images"]) or o["val_images"] < 0:
             raise bad("val_images", "must be an integer >= 0")
         sr = o["scale_range"]
-        if (not isinstance(sr, (list, tuple)) or len(sr) != 2 or not all(_is_number(v) for v in sr)
+        if (not isinstance(sr, (list, tuple)) or len(sr) != 2 or not all(is_number(v) for v in sr)
                 or not 1.0 <= float(sr[0]) <= float(sr[1])):
             raise bad("scale_range", "must be [low, high] with 1 <= low <= high (crop side / patch side)")
         for key in ("lambda_hole", "lambda_valid", "lambda_coarse", "lambda_adv", "lambda_perc", "lambda_style",
                     "lambda_tv"):
-            if not _is_number(o[key]) or o[key] < 0:
+            if not is_number(o[key]) or o[key] < 0:
                 raise bad(key, "must be a finite number >= 0")
         if o["lambda_hole"] == 0 and o["lambda_valid"] == 0:
             raise InpaintConfigError("task.lambda_hole / task.lambda_valid: at least one L1 weight must be > 0")
-        if isinstance(o["tv_dilation"], bool) or not isinstance(o["tv_dilation"], int) or o["tv_dilation"] < 0:
+        if not is_int(o["tv_dilation"]) or o["tv_dilation"] < 0:
             raise bad("tv_dilation", "must be an integer >= 0")
         if o["gan_mode"] not in ("hinge", "vanilla", "lsgan"):
             raise bad("gan_mode", "must be hinge, vanilla or lsgan")
@@ -241,7 +242,7 @@ class InpaintTask(Task):
             raise bad("masks", "must be a non-empty list of mask spec strings (mask:freeform / mask:box)")
         if probs is None:
             probs = o["mask_probs"] = [1.0 / len(masks)] * len(masks)
-        if (not isinstance(probs, list) or len(probs) != len(masks) or not all(_is_number(p) and p >= 0 for p in probs)
+        if (not isinstance(probs, list) or len(probs) != len(masks) or not all(is_number(p) and p >= 0 for p in probs)
                 or sum(probs) <= 0):
             raise bad("mask_probs", f"must be {len(masks)} non-negative numbers (one per task.masks entry), not all 0")
 
@@ -295,39 +296,15 @@ class InpaintTask(Task):
 
     def build_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
         """Per-photo crop datasets; ``val_images`` photos (spread over the sorted list) held back."""
-        from restore.data import ImageFolderPatches
-        from restore.io import list_images
-
-        root = Path(data)
-        if not root.exists():
-            raise InpaintConfigError(f"--data {root}: no such photo folder")
-        paths = list_images(root)
-        if not paths:
-            raise InpaintConfigError(f"--data {root}: no images found (png, jpg, bmp, tif, webp; searched recursively)")
         o = self.options
-        n_val = min(o["val_images"], len(paths) - 1)
-        if n_val < o["val_images"]:
-            log.warning("inpaint: only %d photo(s) in %s: %d held back for validation", len(paths), root, n_val)
-        val_idx = {min(len(paths) - 1, round((i + 0.5) * len(paths) / n_val)) for i in range(n_val)} if n_val else set()
-        train_paths = [p for i, p in enumerate(paths) if i not in val_idx]
-        val_paths = [p for i, p in enumerate(paths) if i in val_idx]
         # crops of the largest side the scale range asks for; prepare_batch picks the actual scale
+        # (validation: the middle of the range)
         load = self._load_size()
-        train = ConcatDataset([
-            ImageFolderPatches(p, load, patches_per_image=o["patches_per_image"], augment=True, cache=o["cache"])
-            for p in train_paths
-        ])
-        val = None
-        if val_paths:
-            # fixed crops (seeded, no flips) at the middle of the scale range: like is compared with like
-            val = ConcatDataset([
-                ImageFolderPatches(p, load, patches_per_image=o["val_patches_per_image"], augment=False,
-                                   cache=o["cache"], seed=4321 + k)
-                for k, p in enumerate(val_paths)
-            ])
-        log.info("inpaint: %d training photo(s), %d validation photo(s): %s", len(train_paths), len(val_paths),
-                 ", ".join(p.name for p in val_paths) or "-")
-        self._data_info = {"train_images": [p.name for p in train_paths], "val_images": [p.name for p in val_paths]}
+        train, val, self._data_info = photo_patch_datasets(
+            data, task="inpaint", error=InpaintConfigError, patch_size=load,
+            patches_per_image=o["patches_per_image"], val_images=o["val_images"], val_patch_size=load,
+            val_patches_per_image=o["val_patches_per_image"], cache=o["cache"], val_seed=4321,
+        )
         return train, val
 
     def _load_size(self) -> int:
@@ -404,7 +381,7 @@ class InpaintTask(Task):
             pred = D(self._d_input(out["output"], mask, ctx))
             terms["adv"] = o["lambda_adv"] * self.adv_loss(pred, True, for_discriminator=False)
         if self.perc_enabled or self.style_enabled:
-            self._move_vgg(target.device)
+            follow_device(self.vgg, target.device)
             # composited output and raw prediction (Liu et al. 2018), one VGG pass for both losses
             x = torch.cat([out["output"], out["refined"]], dim=0).float().clamp(0, 1)
             fx = self.vgg(x)
@@ -425,22 +402,7 @@ class InpaintTask(Task):
         mask = batch["mask"]
         real = D(self._d_input(batch["target"], mask, ctx))
         fake = D(self._d_input(out["output"], mask, ctx))
-        if self.options["gan_mode"] == "vanilla":
-            ctx.log("D/real_mean", torch.sigmoid(real.float()).mean())
-            ctx.log("D/fake_mean", torch.sigmoid(fake.float()).mean())
-        else:  # hinge margins +-1 / lsgan targets 0-1: raw outputs are on a comparable scale
-            ctx.log("D/real_mean", real.float().mean())
-            ctx.log("D/fake_mean", fake.float().mean())
-        g = ctx.generator
-        return {
-            "real": 0.5 * self.adv_loss(real, True, for_discriminator=True, generator=g),
-            "fake": 0.5 * self.adv_loss(fake, False, for_discriminator=True, generator=g),
-        }
-
-    def _move_vgg(self, device: torch.device) -> None:
-        if self._vgg_device != device:
-            self.vgg.to(device)
-            self._vgg_device = device
+        return discriminator_terms(self.adv_loss, real, fake, ctx, self.options["gan_mode"])
 
     @torch.no_grad()
     def validation_step(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[Tensor, Tensor]:
@@ -565,29 +527,18 @@ def restore_batch(
     if int(counts.max()) == 0:
         return x.clone()  # nothing to fill anywhere: copy through
 
-    work = getattr(options, "work_size", None) if options is not None else None
+    work = option(options, "work_size")
     if work is None:
         work = int(card.get("work_size") or DEFAULT_WORK_SIZE)
     if work < 0:
         raise InpaintInputError(f"--work-size must be >= 0 (0 = full resolution), got {work}")
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    device, dtype = model_device_dtype(model, device)
     cin = int(getattr(model, "image_channels", (card.get("config") or {}).get("in_channels", 4) - 1))
 
     xd, hd = x.to(device), hole.to(device)
-    if c == cin:
-        feed = xd
-    elif c == 1 and cin == 3:
-        feed = xd.expand(n, 3, h, w)
-    elif c == 3 and cin == 1:
-        feed = xd.reshape(n * 3, 1, h, w)
-        hd_feed = hd.repeat_interleave(3, dim=0)
-    else:
-        raise InpaintInputError(f"cannot feed {c}-channel images to a {cin}-channel inpainting model")
-    hmask = hd if not (c == 3 and cin == 1) else hd_feed
+    feed = to_model_channels(xd, cin, InpaintInputError, "inpainting model")
+    # a gray model fills each colour channel on its own, each with the image's hole
+    hmask = hd.repeat_interleave(3, dim=0) if feed.shape[0] != n else hd
 
     scale = min(1.0, work / min(h, w)) if work > 0 else 1.0
     if scale < 1.0:
@@ -609,11 +560,7 @@ def restore_batch(
         filled = run(packed)
     if scale < 1.0:
         filled = F.interpolate(filled, size=(h, w), mode="bilinear", align_corners=False)
-    filled = filled.clamp_(0, 1)
-    if c == 1 and cin == 3:
-        filled = filled.mean(dim=1, keepdim=True)
-    elif c == 3 and cin == 1:
-        filled = filled.reshape(n, 3, h, w)
+    filled = from_model_channels(filled.clamp_(0, 1), c, cin)
     # the known region is the input itself, selected (not blended): bit-exact
     return torch.where(hd, filled, xd)
 

@@ -43,6 +43,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from restore.engine.task import StepContext, Task
+from restore.tasks.common import option
 
 __all__ = [
     "COMMANDS",
@@ -575,11 +576,6 @@ def add_arguments(parser: argparse._ActionsContainer) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
 
 
-def _option(options: Any, name: str, default: Any) -> Any:
-    value = getattr(options, name, None) if options is not None else None
-    return default if value is None else value
-
-
 def _to_gray28(x: Tensor, card: dict) -> Tensor:
     size = card.get("input", {}) if isinstance(card.get("input"), dict) else {}
     h, w = int(size.get("height", 28)), int(size.get("width", 28))
@@ -657,8 +653,8 @@ def restore_batch(
     """
     device = torch.device(device)
     x = _to_gray28(batch["input"], card).to(device)
-    uncertainty = bool(_option(options, "uncertainty", False))
-    k = int(_option(options, "samples", 0))
+    uncertainty = bool(option(options, "uncertainty", False))
+    k = int(option(options, "samples", 0))
     if k < 0:
         raise VAEInputError(f"--samples must be >= 0, got {k}")
     if uncertainty and k == 0:
@@ -667,13 +663,13 @@ def restore_batch(
         raise VAEInputError(f"--uncertainty needs --samples >= 2 (a std of {k} sample is meaningless)")
     y = None
     if _is_conditional(model):
-        label = _option(options, "label", None)
+        label = option(options, "label", None)
         names = card.get("class_names") or [str(i) for i in range(int(model.num_classes))]
         y = _resolve_label(label, names, x.shape[0], device) if label is not None else infer_labels(model, x)
     if k == 0:
         return _run_model(model, x, y, sample=False)["recon"]
     gen = torch.Generator(device=device if device.type == "cuda" else "cpu")
-    gen.manual_seed(int(_option(options, "seed", 0)))
+    gen.manual_seed(int(option(options, "seed", 0)))
     samples = posterior_samples(model, x, y, k, gen)
     mean = samples.mean(0)
     if not uncertainty:

@@ -1,0 +1,236 @@
+"""What the image tasks share, written once so that they cannot drift apart.
+
+The denoise, inpaint and colorize tasks were written side by side and grew the
+same pieces: merging nested model options over their defaults, the
+discriminator's real/fake loss with its ``D/real_mean`` / ``D/fake_mean``
+scalars (which the trainer's collapse watch compares), keeping a frozen VGG on
+the batch's device, splitting a photo folder into training and held-back
+validation patches, and feeding gray or colour files to a 1- or 3-channel
+network. Each task module keeps only what is specific to it and calls these.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.utils.data import ConcatDataset, Dataset
+
+from restore.engine.task import LossTerms, StepContext
+
+__all__ = [
+    "discriminator_terms",
+    "follow_device",
+    "from_model_channels",
+    "is_int",
+    "is_number",
+    "list_photos",
+    "merge_model_options",
+    "model_device_dtype",
+    "option",
+    "photo_patch_datasets",
+    "to_model_channels",
+]
+
+log = logging.getLogger("restore.engine")
+
+
+# --------------------------------------------------------------------------- options
+
+
+def is_int(value: Any) -> bool:
+    """A real integer option: YAML's ``true`` is an ``int`` to Python but never a size or a count."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite real number (not a bool): loss weights and ranges must not be inf/nan or ``true``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def merge_model_options(
+    defaults: Mapping[str, Any],
+    given: Any,
+    *,
+    name: str,
+    error: type[Exception],
+    cls: type | None = None,
+    fixed: Iterable[str] = (),
+) -> dict[str, Any]:
+    """``{**defaults, **given}`` for a nested ``task.<name>`` mapping of constructor arguments.
+
+    Merging key by key (rather than replacing the mapping) is what lets a run
+    change one argument, e.g. ``task.unet.base_channels``, and keep the rest.
+    With ``cls``, keys that are not arguments of ``cls.__init__``, or that the
+    task sets itself (``fixed``, e.g. channel counts), are rejected up front
+    with the list of allowed ones; ``error`` is the task's config error type.
+    """
+    if given is None:
+        given = {}
+    what = f"{cls.__name__} arguments" if cls is not None else "constructor arguments"
+    if not isinstance(given, dict):
+        raise error(f"task.{name}: expected a mapping of {what}, got {given!r}")
+    if cls is not None:
+        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"} - set(fixed)
+        unknown = sorted(set(given) - allowed)
+        if unknown:
+            raise error(
+                f"task.{name}: unknown or fixed {cls.__name__} argument(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+    return {**defaults, **given}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def discriminator_terms(adv_loss: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext,
+                        gan_mode: str) -> LossTerms:
+    """D's loss on its outputs for real and fake inputs (half each), and the D/real_mean, D/fake_mean scalars.
+
+    The scalars feed the trainer's collapse watch, which reads their gap as
+    "how sure D is": for ``vanilla`` (logits) they are sigmoid probabilities;
+    lsgan targets are 0/1 and hinge margins +-1, so the raw outputs are already
+    on a comparable scale. The loss draws its label smoothing from
+    ``ctx.generator`` so a resumed run repeats it exactly.
+    """
+    if gan_mode == "vanilla":
+        ctx.log("D/real_mean", torch.sigmoid(real.float()).mean())
+        ctx.log("D/fake_mean", torch.sigmoid(fake.float()).mean())
+    else:
+        ctx.log("D/real_mean", real.float().mean())
+        ctx.log("D/fake_mean", fake.float().mean())
+    g = ctx.generator
+    return {
+        "real": 0.5 * adv_loss(real, True, for_discriminator=True, generator=g),
+        "fake": 0.5 * adv_loss(fake, False, for_discriminator=True, generator=g),
+    }
+
+
+def follow_device(module: nn.Module, device: torch.device) -> nn.Module:
+    """Move a frozen loss network (VGG16) to ``device`` if it is not there yet; returns it.
+
+    Such networks belong to the task, not to the trainer's models, so nothing
+    else moves them to the training device; checking one tensor per step is
+    cheaper than remembering where they went.
+    """
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    if first is not None and first.device != torch.device(device):
+        module.to(device)
+    return module
+
+
+def list_photos(data: str, error: type[Exception]) -> list[Path]:
+    """The images of the training folder ``--data`` (recursive, sorted); ``error`` when there are none."""
+    from restore.io import list_images
+
+    root = Path(data)
+    if not root.exists():
+        raise error(f"--data {root}: no such folder")
+    paths = list_images(root)
+    if not paths:
+        raise error(f"--data {root}: no images found (png, jpg, bmp, tif, webp; searched recursively)")
+    return paths
+
+
+def photo_patch_datasets(
+    data: str,
+    *,
+    task: str,
+    error: type[Exception],
+    patch_size: int,
+    patches_per_image: int,
+    val_images: int,
+    val_patch_size: int,
+    val_patches_per_image: int,
+    cache: bool,
+    val_seed: int,
+) -> tuple[Dataset, Dataset | None, dict[str, list[str]]]:
+    """Random patches of a photo folder for training, fixed patches of held-back photos for validation.
+
+    ``val_images`` photos (at most all but one, with a warning) are spread over
+    the sorted list, so validation does not come from one package or theme;
+    their crops are seeded (``val_seed + k``) and never flipped, so the
+    validation curve compares like with like. Every photo is its own
+    `restore.data.ImageFolderPatches` (``patches_per_image`` items each).
+    Returns (train, validation or None, the split's photo names for the card).
+    """
+    from restore.data import ImageFolderPatches
+
+    paths = list_photos(data, error)
+    n_val = min(val_images, len(paths) - 1)
+    if n_val < val_images:
+        log.warning("%s: only %d photo(s) in %s: %d held back for validation", task, len(paths), data, n_val)
+    val_idx = {min(len(paths) - 1, round((i + 0.5) * len(paths) / n_val)) for i in range(n_val)} if n_val else set()
+    train_paths = [p for i, p in enumerate(paths) if i not in val_idx]
+    val_paths = [p for i, p in enumerate(paths) if i in val_idx]
+    train = ConcatDataset([
+        ImageFolderPatches(p, patch_size, patches_per_image=patches_per_image, augment=True, cache=cache)
+        for p in train_paths
+    ])
+    val = None
+    if val_paths:
+        val = ConcatDataset([
+            ImageFolderPatches(p, val_patch_size, patches_per_image=val_patches_per_image, augment=False,
+                               cache=cache, seed=val_seed + k)
+            for k, p in enumerate(val_paths)
+        ])
+    log.info("%s: %d training photo(s), %d validation photo(s): %s", task, len(train_paths), len(val_paths),
+             ", ".join(p.name for p in val_paths) or "-")
+    info = {"train_images": [p.name for p in train_paths], "val_images": [p.name for p in val_paths]}
+    return train, val, info
+
+
+# --------------------------------------------------------------------------- restoring
+
+
+def option(options: Any, name: str, default: Any = None) -> Any:
+    """A task flag of ``restore <task>`` (see ``add_arguments``), or ``default``.
+
+    ``restore demo`` and the eval scripts pass ``options=None``, and a flag the
+    user did not give is ``None``: both mean "use the default".
+    """
+    value = getattr(options, name, None) if options is not None else None
+    return default if value is None else value
+
+
+def model_device_dtype(model: nn.Module, device: torch.device | str | None) -> tuple[torch.device, torch.dtype]:
+    """The device to restore on (``device``, else where the model's weights are, else CPU) and the weights' dtype."""
+    first = next(iter(model.parameters()), None)
+    if device is None:
+        device = first.device if first is not None else torch.device("cpu")
+    return torch.device(device), (first.dtype if first is not None else torch.float32)
+
+
+def to_model_channels(x: Tensor, model_channels: int, error: type[Exception], what: str) -> Tensor:
+    """Feed NCHW ``x`` (C = 1 or 3) to a network that takes ``model_channels`` channels.
+
+    A colour network sees a gray image as three equal channels; a gray network
+    restores each colour channel on its own (the batch grows to N*3 x 1).
+    `from_model_channels` undoes either. ``what`` names the network in errors.
+    """
+    n, c, h, w = x.shape
+    if c == model_channels:
+        return x
+    if c == 1 and model_channels == 3:
+        return x.expand(n, 3, h, w)
+    if c == 3 and model_channels == 1:
+        return x.reshape(n * 3, 1, h, w)
+    raise error(f"cannot feed {c}-channel images to a {model_channels}-channel {what}")
+
+
+def from_model_channels(y: Tensor, channels: int, model_channels: int) -> Tensor:
+    """Inverse of `to_model_channels`: back to ``channels`` per image (a colour output of a gray input is averaged)."""
+    if channels == 1 and model_channels == 3:
+        return y.mean(dim=1, keepdim=True)
+    if channels == 3 and model_channels == 1:
+        return y.reshape(-1, 3, *y.shape[-2:])
+    return y
