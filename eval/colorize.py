@@ -30,19 +30,16 @@ from eval import baselines as B  # noqa: E402
 from eval import report, runner, sets  # noqa: E402
 
 
+def colour_metrics(out: torch.Tensor, s: sets.Sample) -> dict:
+    """CIELAB a/b MAE and colorfulness of the output, of the ground truth, and their ratio."""
+    c, cg = report.colorfulness(out), report.colorfulness(s.target)
+    return {"ab_mae": report.ab_mae(out, s.target), "colorfulness": c, "colorfulness_gt": cg,
+            "colorfulness_ratio": c / cg if cg > 0 else float("nan")}
+
+
 def colorize_scorer(lpips: report.LpipsScorer) -> runner.Scorer:
     """PSNR, SSIM, CIELAB a/b MAE, colorfulness (output, GT, ratio) and LPIPS when available."""
-
-    def score(out: torch.Tensor, s: sets.Sample) -> dict:
-        r = report.psnr_ssim(out, s.target)
-        r["ab_mae"] = report.ab_mae(out, s.target)
-        c, cg = report.colorfulness(out), report.colorfulness(s.target)
-        r.update(colorfulness=c, colorfulness_gt=cg, colorfulness_ratio=c / cg if cg > 0 else float("nan"))
-        if lpips.available:
-            r["lpips"] = lpips(out, s.target)
-        return r
-
-    return score
+    return runner.image_scorer(lpips, colour_metrics)
 
 
 #: issue 7 "done when", relative to the grayscale baseline and the ground truth
@@ -90,10 +87,7 @@ def target_notes(result: dict) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python eval/colorize.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    runner.common_arguments(p, "colorize", "photos-eval", "gray")
+    p = runner.script_parser(__doc__, "colorize", "photos-eval", "gray")
     return p
 
 
@@ -109,15 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         methods = runner.baseline_methods(names)
         if args.weights and not args.baselines_only:
             methods.append(runner.model_method("colorize", args.weights, args.device))
-        n = len(sets.load_manifest(args.set)["images"][: args.limit or None])
-        next(sets.iter_photos(args.set, limit=1))  # fail early when the set is not built
+        n, samples = runner.photo_samples(args, args.spec)
         out = args.out or Path("eval/results/colorize") / f"{args.set}-{sets.spec_slug(args.spec)}"
         lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)
-        samples = (sets.degrade(ph.name, ph.image, args.spec, args.seed, "default", cache=not args.no_cache,
-                                set_name=args.set) for ph in sets.iter_photos(args.set, limit=args.limit))
         rows, grid = runner.evaluate(samples, methods, colorize_scorer(lp), total=n,
                                      grid_images=args.grid_images, progress=not args.quiet, desc="colorize")
-    except (sets.SetError, runner.EvalError, B.BaselineError) as e:
+    except runner.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     notes = [f"set `{args.set}` ({n} images), input spec `{args.spec}`",

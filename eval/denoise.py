@@ -39,10 +39,7 @@ from eval import report, runner, sets  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python eval/denoise.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    runner.common_arguments(p, "denoise", "photos-eval", "gaussian:sigma=25")
+    p = runner.script_parser(__doc__, "denoise", "photos-eval", "gaussian:sigma=25")
     p.add_argument("--protocol", choices=sets.PROTOCOLS, default="default",
                    help="default: clipped + 8-bit input, per-image seeds; published: unclipped float "
                         "Gaussian noise with seed 0 (as DnCNN/DRUNet/SwinIR tables)")
@@ -76,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"(choose from {', '.join(sets.KNOWN_SETS)})")
         for spec in specs:
             _photos(args, spec, models, weights)
-    except (sets.SetError, runner.EvalError, B.BaselineError) as e:
+    except runner.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -100,18 +97,8 @@ def _photos(args: argparse.Namespace, spec: str, models: list[runner.Method], we
         sets.published_spec(spec)  # validate early
     names = args.baselines.split(",") if args.baselines else B.default_baselines(spec)
     methods = runner.baseline_methods(names) + list(models)
-    manifest = sets.load_manifest(args.set)
-    n = min(len(manifest["images"]), args.limit or len(manifest["images"]))
-    photos = sets.iter_photos(args.set, limit=args.limit)
-    # fail on a missing set before any work (iter_photos checks on first next())
-    first = next(photos)
+    n, samples = runner.photo_samples(args, spec, args.protocol)
     out = _out_dir(args, spec)
-
-    def samples():
-        for ph in _chain(first, photos):
-            yield sets.degrade(ph.name, ph.image, spec, args.seed, args.protocol,
-                               cache=not args.no_cache, set_name=args.set)
-
     lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)
     labels = {m.name: m.label for m in methods}
     notes = _notes(args, n, lp, spec)
@@ -121,7 +108,7 @@ def _photos(args: argparse.Namespace, spec: str, models: list[runner.Method], we
         if done < n:
             _write(out, rows, args, labels, notes + [f"PARTIAL: {done} of {n} images scored so far"], spec)
 
-    rows, grid = runner.evaluate(samples(), methods, runner.denoise_scorer(lp), total=n,
+    rows, grid = runner.evaluate(samples, methods, runner.denoise_scorer(lp), total=n,
                                  grid_images=args.grid_images, progress=not args.quiet, desc="denoise",
                                  on_image=partial)
     _write(out, rows, args, labels, notes, spec)
@@ -274,11 +261,6 @@ def _write(out: Path, rows: list[dict], args: argparse.Namespace, labels: dict[s
     report.write_summary_md(out / "summary.md", rows, title=f"Denoising: {args.set}, `{spec}`",
                             metrics=["psnr", "ssim", "lpips"], labels=labels, protocol=args.protocol, notes=notes,
                             command=args.command)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 if __name__ == "__main__":

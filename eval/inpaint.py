@@ -105,27 +105,23 @@ def target_notes(result: dict) -> list[str]:
     return notes
 
 
+def hole_metrics(out: torch.Tensor, s: sets.Sample) -> dict:
+    """PSNR/SSIM inside the holes, the largest change to known pixels, and the mask coverage."""
+    return {
+        "psnr_hole": report.masked_psnr(out, s.target, s.mask),
+        "ssim_hole": report.masked_ssim(out, s.target, s.mask),
+        "known_max_diff": report.known_max_diff(out, s.input, s.mask),
+        "coverage": float(s.mask.mean()),
+    }
+
+
 def inpaint_scorer(lpips: report.LpipsScorer) -> runner.Scorer:
     """Whole-image and in-hole PSNR/SSIM, known-pixel check, mask coverage (+ LPIPS when available)."""
-
-    def score(out: torch.Tensor, s: sets.Sample) -> dict:
-        r = report.psnr_ssim(out, s.target)
-        r["psnr_hole"] = report.masked_psnr(out, s.target, s.mask)
-        r["ssim_hole"] = report.masked_ssim(out, s.target, s.mask)
-        r["known_max_diff"] = report.known_max_diff(out, s.input, s.mask)
-        r["coverage"] = float(s.mask.mean())
-        if lpips.available:
-            r["lpips"] = lpips(out, s.target)
-        return r
-
-    return score
+    return runner.image_scorer(lpips, hole_metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python eval/inpaint.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    runner.common_arguments(p, "inpaint", "photos-eval", "")
+    p = runner.script_parser(__doc__, "inpaint", "photos-eval", "")
     p.add_argument("--masks", default="small,large",
                    help=f"comma-separated coverage bands: {', '.join(f'{k}={v}' for k, v in COVERAGE.items())} "
                         "(default small,large)")
@@ -155,22 +151,19 @@ def main(argv: list[str] | None = None) -> int:
             methods.append(runner.Method("meanfill", "mean colour fill (trivial floor)", mean_fill))
         if args.weights and not args.baselines_only:
             methods.append(runner.model_method("inpaint", args.weights, args.device))
-        n = len(sets.load_manifest(args.set)["images"][: args.limit or None])
-        next(sets.iter_photos(args.set, limit=1))  # fail early when the set is not built
         out = args.out or Path("eval/results/inpaint") / f"{args.set}-{args.mask_kind}"
         lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)
         rows, grid = [], []
         groups: dict[str, str] = {}
         for band, spec in specs.items():
-            samples = (sets.degrade(ph.name, ph.image, spec, args.seed, "default", cache=not args.no_cache,
-                                    set_name=args.set) for ph in sets.iter_photos(args.set, limit=args.limit))
+            n, samples = runner.photo_samples(args, spec)
             groups[band] = f"{band} holes (`{spec}`)"
             r, g = runner.evaluate(samples, methods, inpaint_scorer(lp), group=groups[band],
                                    total=n, grid_images=args.grid_images, progress=not args.quiet,
                                    desc=f"inpaint {band}")
             rows += r
             grid += [(f"{name} ({band})", cols) for name, cols in g]
-    except (sets.SetError, runner.EvalError, B.BaselineError) as e:
+    except runner.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     notes = [f"set `{args.set}` ({n} images), base seed {args.seed}; holes are filled with 0 in the input",

@@ -10,15 +10,17 @@ weights to it through ``restore.weights.load`` and the task's restore function.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from eval import baselines as B
+from eval import sets
 from eval.report import LpipsScorer
 from eval.sets import Sample, quantize8
 
@@ -27,6 +29,10 @@ Scorer = Callable[[torch.Tensor, Sample], dict]
 
 class EvalError(Exception):
     """A user-fixable problem with an evaluation run (missing weights, bad options)."""
+
+
+#: What an eval script reports as ``error: ...`` with exit status 1 (anything else is a bug: traceback).
+USER_ERRORS: tuple[type[Exception], ...] = (EvalError, sets.SetError, B.BaselineError)
 
 
 @dataclass
@@ -149,17 +155,57 @@ def evaluate(
     return rows, grid
 
 
-def denoise_scorer(lpips: LpipsScorer) -> Scorer:
-    """PSNR, SSIM and (when available) LPIPS against the clean target."""
+def image_scorer(lpips: LpipsScorer, extra: Scorer | None = None) -> Scorer:
+    """PSNR and SSIM against the clean target, then the task's own metrics (``extra``), then LPIPS if available.
+
+    Every task scores its whole images the same way, so a PSNR in one report
+    means what it means in another; ``extra`` adds what only that task
+    measures (in-hole PSNR, a/b error ...).
+    """
     from eval.report import psnr_ssim
 
     def score(out: torch.Tensor, s: Sample) -> dict:
         r = psnr_ssim(out, s.target)
+        if extra is not None:
+            r.update(extra(out, s))
         if lpips.available:
             r["lpips"] = lpips(out, s.target)
         return r
 
     return score
+
+
+def denoise_scorer(lpips: LpipsScorer) -> Scorer:
+    """PSNR, SSIM and (when available) LPIPS against the clean target."""
+    return image_scorer(lpips)
+
+
+def photo_samples(args: argparse.Namespace, spec: str, protocol: str = "default") -> tuple[int, Iterator[Sample]]:
+    """(number of images, degraded samples) of the photo set ``args.set`` under ``spec``.
+
+    Honours the shared options (``--limit``, ``--seed``, ``--no-cache``). The
+    first photo is read here, so a set that is not built fails with its
+    build command before any method runs; the samples are produced lazily.
+    """
+    n = len(sets.load_manifest(args.set)["images"][: args.limit or None])
+    photos = sets.iter_photos(args.set, limit=args.limit)
+    first = next(photos)  # iter_photos checks the files on the first next()
+
+    def samples() -> Iterator[Sample]:
+        for ph in itertools.chain([first], photos):
+            yield sets.degrade(ph.name, ph.image, spec, args.seed, protocol, cache=not args.no_cache,
+                               set_name=args.set)
+
+    return n, samples()
+
+
+def script_parser(doc: str, task: str, default_set: str, default_spec: str) -> argparse.ArgumentParser:
+    """The parser of ``eval/<task>.py``: its docstring's first paragraph as description, the rest
+    (examples, outputs) as epilog, and the options every eval script shares."""
+    p = argparse.ArgumentParser(prog=f"python eval/{task}.py", description=doc.split("\n\n")[0],
+                                epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_arguments(p, task, default_set, default_spec)
+    return p
 
 
 def common_arguments(parser: argparse.ArgumentParser, task: str, default_set: str, default_spec: str) -> None:
