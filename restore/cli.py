@@ -104,7 +104,15 @@ def _load_model(command: str, weights: str | None, task: ModuleType, device: tor
     name = weights or getattr(task, "DEFAULT_WEIGHTS", None)
     if not name:
         raise W.WeightsError(f"task {command!r} names no DEFAULT_WEIGHTS; pass --weights NAME|FILE")
-    model, card = W.load(name, device=device)
+    try:
+        model, card = W.load(name, device=device)
+    except W.WeightsError as e:
+        if weights is None:  # the task's default is missing: say how to get weights, not just that they're unknown
+            raise W.WeightsError(
+                f"{e}. No default {name!r} weights ship yet: train them with "
+                f"train/{task.__name__.rsplit('.', 1)[-1]}.py (README.md, Training) and pass --weights FILE"
+            ) from e
+        raise
     if card.get("task") not in (None, command) and command not in getattr(task, "COMMANDS", ()):
         raise W.WeightsError(f"weights {name!r} are for task {card.get('task')!r}, not {command!r}")
     model.eval()

@@ -374,3 +374,15 @@ def test_help_and_bad_command(capsys):
     assert cli.main(["--help"]) == 0
     assert "corrupt" in capsys.readouterr().out
     assert cli.main(["nosuch"]) == 2
+
+
+def test_missing_default_weights_say_how_to_get_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RESTORE_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    (tmp_path / "no-weights").mkdir()
+    inp = tmp_path / "in"
+    inp.mkdir()
+    cv2.imwrite(str(inp / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    assert cli.main(["denoise", str(inp), str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "No default 'denoise-gaussian' weights ship yet" in err and "train/denoise.py" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
