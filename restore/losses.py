@@ -486,13 +486,15 @@ class _FeatureLoss(nn.Module):
 
     def __init__(
         self,
-        layers: Mapping[str, float],
-        criterion: Literal["l1", "l2"],
-        weights_path: str | os.PathLike | None,
-        pretrained: bool,
-        features: VGGFeatures | None,
+        layers: Mapping[str, float] | None = None,
+        criterion: Literal["l1", "l2"] = "l1",
+        weights_path: str | os.PathLike | None = None,
+        pretrained: bool = True,
+        features: VGGFeatures | None = None,
     ) -> None:
         super().__init__()
+        if layers is None:
+            layers = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
         self.layer_weights = _check_layer_weights(layers, self._who)
         self.criterion = criterion
         self._crit = _criterion(criterion, self._who)
@@ -520,8 +522,18 @@ class _FeatureLoss(nn.Module):
         fx, fy = self._features(x, y)
         return self.from_features(fx, fy)
 
-    def from_features(self, fx: Mapping[str, Tensor], fy: Mapping[str, Tensor]) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @staticmethod
+    def _compare_as(feat: Tensor) -> Tensor:
+        """What of a feature map the loss compares (the map itself; Gram matrices for style)."""
+        return feat.float()
+
+    def from_features(self, fx: Mapping[str, Tensor], fy: Mapping[str, Tensor]) -> Tensor:
+        """Loss from precomputed ``VGGFeatures`` outputs (``fy`` treated as given), so VGG runs once for several losses."""
+        total = None
+        for name, w in self.layer_weights.items():
+            term = w * self._crit(self._compare_as(fx[name]), self._compare_as(fy[name]))
+            total = term if total is None else total + term
+        return total
 
 
 class PerceptualLoss(_FeatureLoss):
@@ -534,26 +546,6 @@ class PerceptualLoss(_FeatureLoss):
     """
 
     _who = "PerceptualLoss"
-
-    def __init__(
-        self,
-        layers: Mapping[str, float] | None = None,
-        criterion: Literal["l1", "l2"] = "l1",
-        weights_path: str | os.PathLike | None = None,
-        pretrained: bool = True,
-        features: VGGFeatures | None = None,
-    ) -> None:
-        if layers is None:
-            layers = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
-        super().__init__(layers, criterion, weights_path, pretrained, features)
-
-    def from_features(self, fx: Mapping[str, Tensor], fy: Mapping[str, Tensor]) -> Tensor:
-        """Loss from precomputed ``VGGFeatures`` outputs (``fy`` treated as given)."""
-        total = None
-        for name, w in self.layer_weights.items():
-            term = w * self._crit(fx[name].float(), fy[name].float())
-            total = term if total is None else total + term
-        return total
 
 
 def gram_matrix(feat: Tensor) -> Tensor:
@@ -574,25 +566,9 @@ class StyleLoss(_FeatureLoss):
 
     _who = "StyleLoss"
 
-    def __init__(
-        self,
-        layers: Mapping[str, float] | None = None,
-        criterion: Literal["l1", "l2"] = "l1",
-        weights_path: str | os.PathLike | None = None,
-        pretrained: bool = True,
-        features: VGGFeatures | None = None,
-    ) -> None:
-        if layers is None:
-            layers = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
-        super().__init__(layers, criterion, weights_path, pretrained, features)
-
-    def from_features(self, fx: Mapping[str, Tensor], fy: Mapping[str, Tensor]) -> Tensor:
-        """Loss from precomputed ``VGGFeatures`` outputs."""
-        total = None
-        for name, w in self.layer_weights.items():
-            term = w * self._crit(gram_matrix(fx[name]), gram_matrix(fy[name]))
-            total = term if total is None else total + term
-        return total
+    @staticmethod
+    def _compare_as(feat: Tensor) -> Tensor:
+        return gram_matrix(feat)
 
 
 # --------------------------------------------------------------------------- #
