@@ -144,7 +144,18 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def _maxrss_mb() -> float:
-    """This process's RSS high-water mark in MB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """This process's RSS high-water mark in MB.
+
+    Linux: VmHWM of this address space. ru_maxrss would also count the RSS the
+    forking parent had when this process was exec'd, inflating every figure
+    measured in a child of a big process. Elsewhere: ru_maxrss (KiB, or bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 2**20 if sys.platform == "darwin" else r / 1024.0
 
@@ -630,14 +641,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """Sum of VmRSS over ``pid`` and its descendants (Linux /proc; 0 where unavailable)."""
+def _tree_rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Sum of ``field`` (VmRSS, or the high-water mark VmHWM) over ``pid`` and its descendants (Linux /proc)."""
     total, todo = 0.0, [pid]
     while todo:
         p = todo.pop()
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     total += int(line.split()[1]) / 1024.0
                     break
         except OSError:
@@ -649,10 +660,12 @@ def _tree_rss_mb(pid: int) -> float:
 def run_tree(cmd: list[str], timeout: float) -> tuple[int, float, float, str]:
     """Run ``cmd``; return (exit status, wall seconds, peak RSS MB of the process tree, stderr tail).
 
-    The peak is the larger of the ``wait4`` high-water mark (the process and
-    its reaped descendants) and the largest sampled sum over the live tree
-    (every 20 ms), so neither one big process nor several concurrent ones
-    are missed.
+    The peak is the larger of the summed high-water marks (VmHWM) and the
+    largest summed VmRSS over the live tree, sampled every 20 ms, so neither one
+    big process nor several concurrent ones are missed. ``wait4``'s ru_maxrss is
+    not used: Linux carries the forking parent's RSS into the child's ru_maxrss
+    at exec, so a benchmark started from a 1.3 GB pytest process would report
+    >= 1.3 GB whatever it used.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
@@ -665,31 +678,30 @@ def run_tree(cmd: list[str], timeout: float) -> tuple[int, float, float, str]:
         def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, _tree_rss_mb(proc.pid))
+                peak = max(peak, _tree_rss_mb(proc.pid), _tree_rss_mb(proc.pid, "VmHWM"))
                 done.wait(0.02)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        status, rusage = None, None
+        status = None
         deadline = time.monotonic() + timeout
         while status is None:
-            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+            pid, st, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
-                status, rusage = os.waitstatus_to_exitcode(st), ru
+                status = os.waitstatus_to_exitcode(st)
             elif time.monotonic() > deadline:
                 proc.kill()
-                _, st, ru = os.wait4(proc.pid, 0)
-                status, rusage = -9, ru
+                os.wait4(proc.pid, 0)
+                status = -9
             else:
                 time.sleep(0.02)
         proc.returncode = status
         done.set()
         sampler.join()
         wall = time.perf_counter() - t0
-        maxrss = rusage.ru_maxrss / (2**20 if sys.platform == "darwin" else 1024.0)
         err.seek(0)
         tail = " | ".join(err.read().strip().splitlines()[-3:])
-    return status, wall, max(peak, maxrss), tail
+    return status, wall, peak, tail
 
 
 def huge_file(size: tuple[int, int], folder: Path) -> Path:
