@@ -122,17 +122,7 @@ def spectral_norm_conv(
     """
     if padding is None:
         padding = _same_padding(kernel_size, dilation)
-    conv = nn.Conv2d(
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        bias=bias,
-        padding_mode=padding_mode,
-    )
-    return nn.utils.parametrizations.spectral_norm(conv)
+    return _conv(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, True, padding_mode)
 
 
 def _conv(
@@ -146,11 +136,7 @@ def _conv(
     spectral_norm: bool,
     padding_mode: str,
 ) -> nn.Conv2d:
-    if spectral_norm:
-        return spectral_norm_conv(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode
-        )
-    return nn.Conv2d(
+    conv = nn.Conv2d(
         in_channels,
         out_channels,
         kernel_size,
@@ -160,6 +146,7 @@ def _conv(
         bias=bias,
         padding_mode=padding_mode,
     )
+    return nn.utils.parametrizations.spectral_norm(conv) if spectral_norm else conv
 
 
 class ConvNormAct(nn.Sequential):
