@@ -34,6 +34,7 @@ __all__ = [
     "is_number",
     "list_photos",
     "merge_model_options",
+    "merge_task_options",
     "model_device_dtype",
     "option",
     "photo_patch_datasets",
@@ -87,6 +88,16 @@ def merge_model_options(
                 f"allowed: {', '.join(sorted(allowed))}"
             )
     return {**defaults, **given}
+
+
+def merge_task_options(
+    defaults: Mapping[str, Any], options: Mapping[str, Any] | None, model_keys: Iterable[str], error: type[Exception]
+) -> dict[str, Any]:
+    """A task's options over its defaults, with each nested model mapping (``model_keys``) merged key by key."""
+    opts = {**defaults, **(options or {})}
+    for key in model_keys:
+        opts[key] = merge_model_options(defaults[key], opts[key], name=key, error=error)
+    return opts
 
 
 # --------------------------------------------------------------------------- training

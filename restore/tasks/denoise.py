@@ -43,7 +43,7 @@ from restore.tasks.common import (
     from_model_channels,
     is_int,
     is_number,
-    merge_model_options,
+    merge_task_options,
     model_device_dtype,
     option,
     photo_patch_datasets,
@@ -133,10 +133,7 @@ class DenoiseTask(Task):
         }
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
-        base = self.defaults()["task"]
-        opts = {**base, **(options or {})}
-        for key in ("unet", "patchgan"):
-            opts[key] = merge_model_options(base[key], opts[key], name=key, error=DenoiseConfigError)
+        opts = merge_task_options(self.defaults()["task"], options, ("unet", "patchgan"), DenoiseConfigError)
         super().__init__(opts)
         self._validate()
         from restore.corrupt import CorruptionSpecError, parse_spec

@@ -57,7 +57,7 @@ from restore.tasks.common import (
     from_model_channels,
     is_int,
     is_number,
-    merge_model_options,
+    merge_task_options,
     model_device_dtype,
     option,
     photo_patch_datasets,
@@ -166,10 +166,7 @@ class InpaintTask(Task):
         }
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
-        base = self.defaults()["task"]
-        opts = {**base, **(options or {})}
-        for key in ("generator", "discriminator"):
-            opts[key] = merge_model_options(base[key], opts[key], name=key, error=InpaintConfigError)
+        opts = merge_task_options(self.defaults()["task"], options, ("generator", "discriminator"), InpaintConfigError)
         super().__init__(opts)
         self._validate()
         self.corruptions = self._parse_masks()
