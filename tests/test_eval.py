@@ -156,7 +156,7 @@ def test_grid_png_layout_and_mismatch_errors(tmp_path):
 # --------------------------------------------------------------------------- baselines
 
 
-@pytest.mark.parametrize("name", ["noisy", "nlm", "tv", "wavelet", "median3", "median5", "grayscale", "blur"])
+@pytest.mark.parametrize("name", ["noisy", "nlm", "tv", "wavelet", "median3", "median5", "switch", "grayscale", "blur"])
 def test_baselines_return_same_shape_in_range(name):
     # cbm3d is covered (once: bm3d has a fixed cost of seconds) by test_denoisers_beat_the_noisy_input
     clean = _photo()
@@ -180,6 +180,18 @@ def test_denoisers_beat_the_noisy_input():
         out = B.run(name, noisy, {"sigma": 25.0})
         assert out.shape == noisy.shape and 0 <= float(out.min()) and float(out.max()) <= 1, name
         assert report.psnr_ssim(out, clean)["psnr"] > base + 2, name
+
+
+def test_switching_mean_only_touches_impulses_and_beats_the_median():
+    from restore.corrupt import apply
+
+    clean = sets.quantize8(_photo(48, 64).clamp(0.02, 0.98))
+    noisy = apply(clean[None], "saltpepper:amount=0.1", seed=0).input[0]
+    hit = ((noisy == 0) | (noisy == 1)).all(0, keepdim=True).expand_as(noisy)
+    out = B.run("switch", noisy, {})
+    assert torch.equal(out[~hit], noisy[~hit])
+    med = report.psnr_ssim(B.run("median3", noisy, {}), clean)["psnr"]
+    assert report.psnr_ssim(out, clean)["psnr"] > med + 2
 
 
 @pytest.mark.parametrize("name", ["telea", "ns"])
@@ -212,7 +224,7 @@ def test_speckle_equivalent_sigma_and_tables():
     assert B.interp_table({10: 1.0, 20: 3.0}, 15) == pytest.approx(2.0)
     assert B.interp_table({10: 1.0, 20: 3.0}, 40) == pytest.approx(6.0)
     assert B.default_baselines("mask:freeform") == ["telea", "ns"]
-    assert B.default_baselines("saltpepper:amount=0.1")[1:] == ["median3", "median5"]
+    assert B.default_baselines("saltpepper:amount=0.1")[1:] == ["median3", "median5", "switch"]
     assert "cbm3d" in B.default_baselines("speckle:std=0.2")
 
 

@@ -126,6 +126,10 @@ def test_norm_and_activation_factories():
     assert isinstance(make_norm("none", 8), nn.Identity)
     assert isinstance(make_activation("leaky"), nn.LeakyReLU)
     assert make_activation("leaky").negative_slope == 0.2
+    with pytest.raises(ModelConfigError, match="keep_input='impulse' needs in_channels == out_channels"):
+        UNet(in_channels=1, out_channels=2, residual=False, keep_input="impulse")
+    with pytest.raises(ModelConfigError, match="keep_input"):
+        UNet(keep_input="mask")
     with pytest.raises(ModelConfigError, match="norm='layer'"):
         make_norm("layer", 8)
     with pytest.raises(ModelConfigError, match="act='swish'"):
@@ -304,6 +308,36 @@ def test_unet_residual_adds_prediction_to_input():
 def test_unet_fuse_input_sees_the_exact_input():
     model = tiny_unet(residual=False, fuse_input=True, norm="none")
     assert model.fuse[0].in_channels == model.widths[0] + 3
+
+
+def test_unet_impulse_switch_keeps_unhit_pixels_and_fills_hits():
+    from restore.corrupt import apply
+    from restore.models.unet import fill_impulses, impulse_mask
+
+    clean = torch.rand(2, 3, 33, 45) * 0.8 + 0.1  # no genuine 0/1 pixels
+    noisy = apply(clean, "saltpepper:amount=0.2", seed=3).input
+    hit = impulse_mask(noisy)
+    assert 0.15 < hit.float().mean() < 0.25
+    assert torch.equal(hit, ((noisy == 0) | (noisy == 1)).all(1, keepdim=True))
+    model = tiny_unet(residual=True, norm="none", keep_input="impulse")
+    init_weights(model, "kaiming")
+    out = model(noisy)
+    keep = ~hit.expand_as(noisy)
+    assert torch.equal(out[keep], noisy[keep])  # bit-exact outside the hits
+    assert (out - noisy)[~keep].abs().min() > 0  # hits take the network's value
+    out.sum().backward()  # gradients reach the network through the hits
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+    # untrained residual model = the switching mean filter, far better than the noisy input
+    fresh = tiny_unet(residual=True, keep_input="impulse").eval()
+    with torch.no_grad():
+        filled = fresh(noisy)
+    torch.testing.assert_close(filled, fill_impulses(noisy, hit))
+    assert (filled - clean).abs().mean() < 0.5 * (noisy - clean).abs().mean()
+    # a hit with no unhit neighbour in the largest window keeps its value (inside a black area)
+    dark = torch.full((1, 3, 20, 20), 0.5)
+    dark[..., 2:18, 2:18] = 0.0
+    kept = fill_impulses(dark, impulse_mask(dark))
+    assert kept[0, 0, 10, 10] == 0.0 and kept[0, 0, 2, 2] > 0.0
 
 
 def test_unet_config_errors():

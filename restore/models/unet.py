@@ -43,7 +43,33 @@ from restore.models.blocks import (
     pad_to_multiple,
 )
 
-__all__ = ["UNet"]
+__all__ = ["KEEP_INPUT", "UNet", "fill_impulses", "impulse_mask"]
+
+#: ``keep_input`` choices: which input pixels the UNet returns unchanged.
+KEEP_INPUT = ("none", "impulse")
+
+
+def impulse_mask(x: Tensor, tol: float = 0.5 / 255.0) -> Tensor:
+    """N1HW bool: pixels whose channels are all ~0 (pepper) or all ~1 (salt), as `corrupt.SaltPepper` writes them."""
+    return (x <= tol).all(dim=1, keepdim=True) | (x >= 1.0 - tol).all(dim=1, keepdim=True)
+
+
+def fill_impulses(x: Tensor, hit: Tensor, windows: Sequence[int] = (3, 5, 7)) -> Tensor:
+    """Replace each hit pixel by the mean of its unhit neighbours (switching mean filter).
+
+    Growing windows fill clusters of hits from the outside in; a hit with no
+    unhit pixel within the largest window (the inside of a genuinely black or
+    white area) keeps its value, which is then usually right.
+    """
+    out, valid = x, (~hit).to(x.dtype)
+    for k in windows:
+        weight = F.avg_pool2d(valid, k, 1, k // 2, count_include_pad=False)
+        total = F.avg_pool2d(out * valid, k, 1, k // 2, count_include_pad=False)
+        fill = (valid == 0) & (weight > 0)
+        out = torch.where(fill, total / weight.clamp_min(1e-6), out)
+        valid = torch.where(fill, torch.ones_like(valid), valid)
+    return out
+
 
 _UNET_NORMS = ("batch", "instance", "group", "none")
 
@@ -110,6 +136,14 @@ class UNet(nn.Module):
         init: weight init scheme (``kaiming`` works with and without norm;
             ``normal`` is pix2pix's N(0, 0.02)).
         pad_mode: how inputs are padded to the stride (``reflect`` default).
+        keep_input: ``none`` | ``impulse``. ``impulse`` is the switching-filter
+            rule for salt-and-pepper noise: pixels whose channels are all at 0
+            or all at 1 (within half an 8-bit step) are treated as hits, first
+            pre-filled by `fill_impulses` (the network then refines that
+            estimate, residually when ``residual``) and finally take the
+            network's value; every other pixel is returned exactly as it came
+            in, since impulse noise leaves it untouched (needs
+            ``in_channels == out_channels``).
     """
 
     def __init__(
@@ -131,6 +165,7 @@ class UNet(nn.Module):
         act: str = "relu",
         init: str = "kaiming",
         pad_mode: str = "reflect",
+        keep_input: str = "none",
     ) -> None:
         super().__init__()
         _check_positive("UNet", "in_channels", in_channels)
@@ -143,6 +178,12 @@ class UNet(nn.Module):
         _check_choice("UNet", "act", act, ("relu", "leaky", "gelu", "elu", "silu"))
         _check_choice("UNet", "init", init, ("normal", "xavier", "kaiming", "orthogonal"))
         _check_choice("UNet", "pad_mode", pad_mode, ("reflect", "replicate", "constant"))
+        _check_choice("UNet", "keep_input", keep_input, KEEP_INPUT)
+        if keep_input != "none" and in_channels != out_channels:
+            raise ModelConfigError(
+                f"UNet: keep_input={keep_input!r} needs in_channels == out_channels "
+                f"(got {in_channels} and {out_channels})"
+            )
         if depth > 12:
             raise ModelConfigError(f"UNet: depth={depth} is unreasonably deep (max 12)")
         if not 0.0 <= float(dropout) < 1.0:
@@ -197,6 +238,7 @@ class UNet(nn.Module):
             "act": act,
             "init": init,
             "pad_mode": pad_mode,
+            "keep_input": keep_input,
         }
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -205,6 +247,7 @@ class UNet(nn.Module):
         self.residual = bool(residual)
         self.fuse_input = bool(fuse_input)
         self.pad_mode = pad_mode
+        self.keep_input = keep_input
         self.multiple = 2**depth
 
         # Encoder: level i maps to resolution H / 2**(i+1) with widths[i] channels.
@@ -295,7 +338,11 @@ class UNet(nn.Module):
             raise ModelInputError(
                 f"UNet: expected an N x {self.in_channels} x H x W tensor, got shape {tuple(x.shape)}"
             )
-        padded, pads = pad_to_multiple(x, self.multiple, mode=self.pad_mode)
+        x_in, hit = x, None
+        if self.keep_input == "impulse":
+            hit = impulse_mask(x)
+            x_in = fill_impulses(x, hit)
+        padded, pads = pad_to_multiple(x_in, self.multiple, mode=self.pad_mode)
         skips: list[Tensor] = []
         h = padded
         for level in self.encoder:
@@ -310,5 +357,7 @@ class UNet(nn.Module):
         out = self.out_act(self.out_conv(h))
         out = crop_padding(out, pads)
         if self.residual:
-            out = x + out
+            out = x_in + out
+        if hit is not None:
+            out = torch.where(hit, out, x)
         return out
