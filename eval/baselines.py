@@ -214,7 +214,7 @@ def switching_mean(x: ArrayLike, info: dict) -> torch.Tensor:
     the same `restore.models.unet.fill_impulses` that the salt-and-pepper
     UNet starts from, so the table shows what the network adds.
     """
-    from restore.models.unet import fill_impulses, impulse_mask
+    from restore.models.fill import fill_impulses, impulse_mask
 
     t = _to_chw(np.clip(_to_hwc(x), 0.0, 1.0))[None]
     return fill_impulses(t, impulse_mask(t))[0]
@@ -232,6 +232,19 @@ def _inpaint(flag_name: str) -> BaselineFn:
 
     inpaint.__doc__ = f"OpenCV cv2.inpaint ({flag_name}, radius {INPAINT_RADIUS}); known pixels are untouched."
     return inpaint
+
+
+def push_pull(x: ArrayLike, info: dict) -> torch.Tensor:
+    """Pull-push membrane fill of the holes (`restore.models.fill.push_pull_fill`); known pixels untouched.
+
+    The smooth classical fill the ``prefill: pushpull`` inpainting generator
+    starts from, so the tables show what the network adds to it.
+    """
+    from restore.models.fill import push_pull_fill
+
+    img = np.clip(_to_hwc(x), 0.0, 1.0)
+    hole = torch.from_numpy(_mask(info, img.shape[:2], "pushpull") > 0)[None, None]
+    return push_pull_fill(_to_chw(img)[None], hole)[0]
 
 
 def grayscale(x: ArrayLike, info: dict) -> torch.Tensor:
@@ -274,6 +287,7 @@ BASELINES: dict[str, Baseline] = {
         Baseline("switch", switching_mean, "switching mean (impulses only)"),
         Baseline("telea", _inpaint("INPAINT_TELEA"), "OpenCV Telea"),
         Baseline("ns", _inpaint("INPAINT_NS"), "OpenCV Navier-Stokes"),
+        Baseline("pushpull", push_pull, "pull-push fill"),
         Baseline("grayscale", grayscale, "grayscale (a=b=0)"),
         Baseline("blur", gaussian_blur, f"Gaussian blur ({FASHION_BLUR_SIGMA:g} px)"),
     )
@@ -300,7 +314,7 @@ def default_baselines(spec: str, fashion: bool = False) -> list[str]:
     if fashion:
         return ["noisy", "blur", "median3"]
     if any(n.startswith("mask") for n in names):
-        return ["telea", "ns"]
+        return ["telea", "ns", "pushpull"]
     if "gray" in names:
         return ["grayscale"]
     chosen = ["noisy"]

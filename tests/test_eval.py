@@ -194,7 +194,7 @@ def test_switching_mean_only_touches_impulses_and_beats_the_median():
     assert report.psnr_ssim(out, clean)["psnr"] > med + 2
 
 
-@pytest.mark.parametrize("name", ["telea", "ns"])
+@pytest.mark.parametrize("name", ["telea", "ns", "pushpull"])
 def test_inpainting_baselines_keep_known_pixels_and_fill_holes(name):
     clean = _photo()
     mask = torch.zeros(1, 32, 40)
@@ -223,7 +223,7 @@ def test_speckle_equivalent_sigma_and_tables():
     assert B.denoise_sigma(y2, {"spec": "speckle:std=0.2"}) == pytest.approx(0.2 * 0.5 * 255, rel=1e-5)
     assert B.interp_table({10: 1.0, 20: 3.0}, 15) == pytest.approx(2.0)
     assert B.interp_table({10: 1.0, 20: 3.0}, 40) == pytest.approx(6.0)
-    assert B.default_baselines("mask:freeform") == ["telea", "ns"]
+    assert B.default_baselines("mask:freeform") == ["telea", "ns", "pushpull"]
     assert B.default_baselines("saltpepper:amount=0.1")[1:] == ["median3", "median5", "switch"]
     assert "cbm3d" in B.default_baselines("speckle:std=0.2")
 

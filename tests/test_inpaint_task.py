@@ -179,6 +179,25 @@ def test_restore_batch_keeps_known_pixels_exactly(work):
     assert out.min() >= 0 and out.max() <= 1
 
 
+def test_restore_batch_pushpull_model_adds_its_correction_to_the_full_resolution_fill():
+    from restore.models.fill import push_pull_fill
+
+    torch.manual_seed(0)
+    model = InpaintGenerator(base_channels=8, dilations=(2,), prefill="pushpull").eval()
+    x = torch.rand(1, 3, 61, 83)
+    mask = _mask(1, 61, 83, seed=4)
+    opts = type("O", (), {"work_size": 24})()
+    # untrained: no correction, so the result is the full-resolution pull-push fill, not an upscaled one
+    out = T.restore_batch(model, {"input": x, "mask": mask}, {}, tile=0, options=opts)
+    torch.testing.assert_close(out, push_pull_fill(x, mask.bool()).clamp(0, 1))
+    with torch.no_grad():  # a trained model's correction shows up inside the holes only
+        model.refine.out.bias.fill_(0.05)
+    moved = T.restore_batch(model, {"input": x, "mask": mask}, {}, tile=0, options=opts)
+    known = ~mask.bool().expand_as(x)
+    assert torch.equal(moved[known], x[known])
+    assert (moved - out)[~known].mean() > 0.02
+
+
 def test_restore_batch_gray_tiles_empty_and_full_masks():
     model = tiny_model()
     gray = torch.rand(1, 1, 40, 52)

@@ -312,7 +312,7 @@ def test_unet_fuse_input_sees_the_exact_input():
 
 def test_unet_impulse_switch_keeps_unhit_pixels_and_fills_hits():
     from restore.corrupt import apply
-    from restore.models.unet import fill_impulses, impulse_mask
+    from restore.models.fill import fill_impulses, impulse_mask
 
     clean = torch.rand(2, 3, 33, 45) * 0.8 + 0.1  # no genuine 0/1 pixels
     noisy = apply(clean, "saltpepper:amount=0.2", seed=3).input
@@ -338,6 +338,42 @@ def test_unet_impulse_switch_keeps_unhit_pixels_and_fills_hits():
     dark[..., 2:18, 2:18] = 0.0
     kept = fill_impulses(dark, impulse_mask(dark))
     assert kept[0, 0, 10, 10] == 0.0 and kept[0, 0, 2, 2] > 0.0
+
+
+def test_push_pull_fill_keeps_known_pixels_and_interpolates():
+    from restore.models.fill import push_pull_fill
+
+    # a linear ramp with a hole: the fill stays within the ramp's range and close to it
+    ramp = torch.linspace(0, 1, 37).view(1, 1, 1, 37).expand(2, 3, 29, 37).contiguous()
+    hole = torch.zeros(2, 1, 29, 37, dtype=torch.bool)
+    hole[:, :, 8:20, 10:25] = True
+    out = push_pull_fill(ramp, hole)
+    assert torch.equal(out[~hole.expand_as(out)], ramp[~hole.expand_as(ramp)])
+    assert (out - ramp)[hole.expand_as(out)].abs().max() < 0.15
+    const = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.allclose(push_pull_fill(const, hole[:1, :, :16, :16]), const)
+    everything = torch.ones(1, 1, 5, 7, dtype=torch.bool)
+    torch.testing.assert_close(push_pull_fill(torch.rand(1, 3, 5, 7), everything), torch.full((1, 3, 5, 7), 0.5))
+
+
+def test_inpaint_pushpull_prefill_starts_as_the_fill_and_learns():
+    from restore.models.fill import push_pull_fill
+
+    torch.manual_seed(0)
+    g = InpaintGenerator(base_channels=8, dilations=(2,), prefill="pushpull")
+    img = torch.rand(2, 3, 30, 34)
+    mask = torch.zeros(2, 1, 30, 34)
+    mask[:, :, 5:20, 8:22] = 1
+    out = g(img, mask)
+    expected = push_pull_fill(img, mask.bool())
+    torch.testing.assert_close(out["output"], expected)
+    torch.testing.assert_close(out["coarse"], expected)
+    assert torch.equal(out["output"][mask.expand_as(img) == 0], img[mask.expand_as(img) == 0])
+    (out["output"] - img).abs().mean().backward()
+    assert g.refine.out.weight.grad.abs().sum() > 0  # the residual output convs receive gradients
+    assert g.config["prefill"] == "pushpull"
+    with pytest.raises(ModelConfigError, match="prefill"):
+        InpaintGenerator(prefill="telea")
 
 
 def test_unet_config_errors():

@@ -42,34 +42,12 @@ from restore.models.blocks import (
     make_norm,
     pad_to_multiple,
 )
+from restore.models.fill import fill_impulses, impulse_mask
 
-__all__ = ["KEEP_INPUT", "UNet", "fill_impulses", "impulse_mask"]
+__all__ = ["KEEP_INPUT", "UNet"]
 
 #: ``keep_input`` choices: which input pixels the UNet returns unchanged.
 KEEP_INPUT = ("none", "impulse")
-
-
-def impulse_mask(x: Tensor, tol: float = 0.5 / 255.0) -> Tensor:
-    """N1HW bool: pixels whose channels are all ~0 (pepper) or all ~1 (salt), as `corrupt.SaltPepper` writes them."""
-    return (x <= tol).all(dim=1, keepdim=True) | (x >= 1.0 - tol).all(dim=1, keepdim=True)
-
-
-def fill_impulses(x: Tensor, hit: Tensor, windows: Sequence[int] = (3, 5, 7)) -> Tensor:
-    """Replace each hit pixel by the mean of its unhit neighbours (switching mean filter).
-
-    Growing windows fill clusters of hits from the outside in; a hit with no
-    unhit pixel within the largest window (the inside of a genuinely black or
-    white area) keeps its value, which is then usually right.
-    """
-    out, valid = x, (~hit).to(x.dtype)
-    for k in windows:
-        weight = F.avg_pool2d(valid, k, 1, k // 2, count_include_pad=False)
-        total = F.avg_pool2d(out * valid, k, 1, k // 2, count_include_pad=False)
-        fill = (valid == 0) & (weight > 0)
-        out = torch.where(fill, total / weight.clamp_min(1e-6), out)
-        valid = torch.where(fill, torch.ones_like(valid), valid)
-    return out
-
 
 _UNET_NORMS = ("batch", "instance", "group", "none")
 

@@ -33,8 +33,10 @@ covers the whole image is refused with a clear error (there is nothing to
 inpaint *from*: the model's unconditional output would be a meaningless gray
 texture, not a restoration); images are inpainted at a working resolution
 (shorter side at most ``work_size``: the hole is filled with context from the
-whole image, only the hole content is upscaled) and the known region is kept
-bit-exactly at full resolution.
+whole image, only the hole content is upscaled; a ``prefill: pushpull``
+generator's correction of its pull-push fill is upscaled and added to the same
+fill computed at full resolution) and the known region is kept bit-exactly at
+full resolution.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from restore.engine.task import LossTerms, StepContext, Task
+from restore.models.fill import push_pull_fill
 from restore.tasks.common import (
     discriminator_terms,
     follow_device,
@@ -556,7 +559,14 @@ def restore_batch(
     else:
         filled = run(packed)
     if scale < 1.0:
-        filled = F.interpolate(filled, size=(h, w), mode="bilinear", align_corners=False)
+        if getattr(model, "prefill", "constant") == "pushpull":
+            # the network corrects a pull-push fill at the working scale; add its upscaled
+            # correction to the full-resolution fill, which keeps the hole edges sharp
+            correction = filled - push_pull_fill(small, small_hole)
+            filled = push_pull_fill(feed, hmask) + F.interpolate(
+                correction, size=(h, w), mode="bilinear", align_corners=False)
+        else:
+            filled = F.interpolate(filled, size=(h, w), mode="bilinear", align_corners=False)
     filled = from_model_channels(filled.clamp_(0, 1), c, cin)
     # the known region is the input itself, selected (not blended): bit-exact
     return torch.where(hd, filled, xd)
