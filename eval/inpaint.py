@@ -17,7 +17,9 @@ at least Telea's + 1 dB on large masks and at least Telea's on small masks
 (SSIM inside the holes reported beside it), and every known pixel of every
 model output bit-identical to the input (a violation makes the exit status 1).
 ``meanfill`` (holes filled with the mean colour of the known pixels) is the
-trivial floor a model must clear to be worth shipping. The grid shows masked
+trivial floor a model must clear to be worth shipping; ``pushpull`` (the
+pull-push membrane fill a ``prefill: pushpull`` generator starts from) shows
+what such a network adds to its classical start. The grid shows masked
 input, Telea, the model and the target.
 """
 
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.set not in sets.PHOTO_SETS:
             raise sets.SetError(f"--set {args.set}: not a photo set (choose from {', '.join(sets.PHOTO_SETS)})")
-        names = args.baselines.split(",") if args.baselines else ["telea", "ns", "meanfill"]
+        names = args.baselines.split(",") if args.baselines else ["telea", "ns", "pushpull", "meanfill"]
         methods = runner.baseline_methods([b for b in names if b != "meanfill"])
         if "meanfill" in names:
             methods.append(runner.Method("meanfill", "mean colour fill (trivial floor)", mean_fill))
