@@ -211,7 +211,7 @@ def switching_mean(x: ArrayLike, info: dict) -> torch.Tensor:
 
     The adaptive answer to salt-and-pepper noise that a fair comparison needs
     beside the plain median (which also blurs every untouched pixel); it is
-    the same `restore.models.unet.fill_impulses` that the salt-and-pepper
+    the same `restore.models.fill.fill_impulses` that the salt-and-pepper
     UNet starts from, so the table shows what the network adds.
     """
     from restore.models.fill import fill_impulses, impulse_mask

@@ -204,6 +204,12 @@ class InpaintGenerator(nn.Module):
                 nn.init.zeros_(stage.out.weight)
                 nn.init.zeros_(stage.out.bias)
 
+    def _stage_image(self, stage_input: Tensor, out: Tensor) -> Tensor:
+        """A stage's tanh output as an image in [0, 1]: a residual over its input with the pull-push prefill."""
+        if self.prefill == "pushpull":
+            return (stage_input + out).clamp(0.0, 1.0)
+        return out * 0.5 + 0.5
+
     def _network_input(self, image: Tensor, hole: Tensor) -> Tensor:
         x = image * 2.0 - 1.0
         return torch.cat([x, torch.ones_like(hole), hole], dim=1)
@@ -228,15 +234,9 @@ class InpaintGenerator(nn.Module):
         padded, pads = pad_to_multiple(torch.cat([filled, hole], dim=1), self.multiple)
         img_p, hole_p = padded[:, :-1], padded[:, -1:]
         attn_hole = hole_p if self.attend_to_known else None
-        coarse_out = self.coarse(self._network_input(img_p, hole_p), None)
-        if self.prefill == "pushpull":
-            coarse_p = (img_p + coarse_out).clamp(0.0, 1.0)
-            pasted = torch.where(hole_p > 0.5, coarse_p, img_p)
-            refined_p = (pasted + self.refine(self._network_input(pasted, hole_p), attn_hole)).clamp(0.0, 1.0)
-        else:
-            coarse_p = coarse_out * 0.5 + 0.5
-            pasted = torch.where(hole_p > 0.5, coarse_p, img_p)
-            refined_p = self.refine(self._network_input(pasted, hole_p), attn_hole) * 0.5 + 0.5
+        coarse_p = self._stage_image(img_p, self.coarse(self._network_input(img_p, hole_p), None))
+        pasted = torch.where(hole_p > 0.5, coarse_p, img_p)
+        refined_p = self._stage_image(pasted, self.refine(self._network_input(pasted, hole_p), attn_hole))
 
         coarse = crop_padding(coarse_p, pads)
         refined = crop_padding(refined_p, pads)
