@@ -88,7 +88,33 @@ def target_notes(result: dict) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = runner.script_parser(__doc__, "colorize", "photos-eval", "gray")
+    p.add_argument("--update-card", action="store_true",
+                   help="record the model's and the grayscale baseline's figures (and this command) in the "
+                        "shipped model card given by --weights")
     return p
+
+
+def card_entry(rows: list[dict], model: str, result: dict, args: argparse.Namespace, out: Path) -> dict:
+    """The card's ``metrics[<set>]`` entry: model and grayscale means side by side, and the target check."""
+    keys = ["psnr", "ssim", "ab_mae", "colorfulness", "colorfulness_gt", "colorfulness_ratio"]
+    by = {s["method"]: s for s in report.summarize(rows, keys)}
+
+    def figures(name: str) -> dict:
+        return {k: round(float(by[name][k]), 4) for k in keys}
+
+    c = result["checks"]
+    return {
+        "images": result["images"],
+        "input": f"eval spec {args.spec!r} of each photo; outputs rounded to 8 bits before scoring",
+        "model": figures(model),
+        "grayscale_baseline": figures(result["baseline"]),
+        "ab_mae_reduction_vs_gray": round(c["ab_mae"]["reduction"], 4),
+        "colorfulness_fraction_of_gt": round(c["colorfulness"]["fraction"], 4),
+        "targets_issue7": {k: v["pass"] for k, v in c.items()},
+        "report": str(out),
+        "command": args.command,
+        "commit": report.git_commit(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.baselines_only and not args.weights:
         p.error("give --weights NAME|FILE, or --baselines-only to score the grayscale baseline alone")
+    if args.update_card and (args.baselines_only or not args.weights):
+        p.error("--update-card needs --weights (it writes the model's figures into its card)")
+    args.command = report.command_line(None if argv is None else [str(Path(__file__).resolve()), *argv])
     try:
         if args.set not in sets.PHOTO_SETS:
             raise sets.SetError(f"--set {args.set}: not a photo set (choose from {', '.join(sets.PHOTO_SETS)})")
@@ -117,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if not lp.available:
         notes.append(f"LPIPS not reported: {lp.reason}")
     model_names = [m.name for m in methods if m.kind == "model"]
+    result = None
     if model_names and "grayscale" in {m.name for m in methods}:
         result = check_targets(rows, model_names[0])
         notes += target_notes(result)
@@ -126,10 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     report.write_summary_md(out / "summary.md", rows, title=f"Colorization: {args.set}",
                             metrics=["psnr", "ssim", "lpips", "ab_mae", "colorfulness", "colorfulness_gt",
                                      "colorfulness_ratio"],
-                            labels={m.name: m.label for m in methods}, notes=notes)
+                            labels={m.name: m.label for m in methods}, notes=notes, command=args.command)
     if grid:
         report.save_grid(out / "grid.png", grid)
     print((out / "summary.md").read_text())
+    if args.update_card:
+        try:
+            if result is None:
+                raise runner.EvalError("--update-card needs the grayscale baseline beside the model")
+            runner.record_in_card(args.weights, {args.set: card_entry(rows, model_names[0], result, args, out)},
+                                  args.command)
+        except runner.USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -216,7 +216,6 @@ def _update_cards(args: argparse.Namespace, spec: str, rows: list[dict], models:
                   weights: list[str], out: Path, *, images: int, set_name: str | None = None) -> None:
     """Record the means of every model (and of the baselines on the same inputs) in the model cards."""
     from restore import weights as W
-    from restore.io import atomic_output
 
     summary = {s["method"]: s for s in report.summarize(rows, ["psnr", "ssim", "lpips", "runtime_s"])}
     command = args.command
@@ -228,20 +227,15 @@ def _update_cards(args: argparse.Namespace, spec: str, rows: list[dict], models:
 
     key = f"{set_name or args.set}/{spec}" + ("" if args.protocol == "default" else f"/{args.protocol}")
     for m, w in zip(models, weights):
-        path = W.card_path(w)
-        card = json.loads(path.read_text(encoding="utf-8"))
+        card = json.loads(W.card_path(w).read_text(encoding="utf-8"))
         entry = {**figures(summary[m.name]), "images": images, "seed": args.seed,
                  "baselines": {name: figures(s) for name, s in summary.items() if name != m.name},
                  "report": str(out), "command": command, "commit": commit}
-        old = card.setdefault("metrics", {}).get(key)
+        old = (card.get("metrics") or {}).get(key)
         if isinstance(old, dict) and old.get("images") == images and old.get("seed") == args.seed:
             # same inputs (set, spec, seed, images): keep baselines scored by an earlier run, e.g. CBM3D
             entry["baselines"] = {**old.get("baselines", {}), **entry["baselines"]}
-        card["metrics"][key] = entry
-        card["metrics_command"] = command
-        with atomic_output(path) as tmp:
-            Path(tmp).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-        print(f"updated {path}: metrics[{key!r}]", file=sys.stderr)
+        runner.record_in_card(w, {key: entry}, command)
 
 
 def _notes(args: argparse.Namespace, n: int, lp: report.LpipsScorer, spec: str) -> list[str]:

@@ -129,7 +129,42 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default small,large)")
     p.add_argument("--mask-kind", choices=("freeform", "box"), default="freeform",
                    help="mask generator (default freeform: DeepFill v2 strokes)")
+    p.add_argument("--update-card", action="store_true",
+                   help="record the model's and the baselines' figures per band (and this command) in the "
+                        "shipped model card given by --weights")
     return p
+
+
+def card_entries(rows: list[dict], model: str, specs: dict[str, str], groups: dict[str, str],
+                 args: argparse.Namespace, out: Path, targets: dict | None) -> dict[str, dict]:
+    """The card's ``metrics`` entries: one per scored band (``<set>/<spec>``), plus the target check.
+
+    Beside the issue-8 targets, each band records what the network adds over
+    the pull-push fill it may start from (``over_pushpull_db``), so a card
+    cannot present a classical fill's figures as learned ones.
+    """
+    keys = ("psnr", "ssim", "psnr_hole", "ssim_hole")
+    by = {(s["group"], s["method"]): s for s in report.summarize(rows, list(keys))}
+    command, commit = args.command, report.git_commit()
+    entries: dict[str, dict] = {}
+    for band, spec in specs.items():
+        g = groups[band]
+        figures = {name: {k: round(float(s[k]), 4) for k in keys} | {"images": s["n"]}
+                   for (grp, name), s in by.items() if grp == g}
+        mine = figures.pop(model)
+        entries[f"{args.set}/{spec}"] = {**mine, "seed": args.seed, "baselines": figures, "report": str(out),
+                                         "command": command, "commit": commit}
+    if targets is not None:
+        summary: dict[str, dict] = {}
+        for band, e in targets["bands"].items():
+            pp = by.get((groups[band], "pushpull"))
+            summary[band] = {"target": e.get("target"), "pass": e.get("pass"),
+                             "delta_vs_telea_db": round(e["psnr_hole"]["delta_db"], 4),
+                             "over_pushpull_db": (round(e["psnr_hole"]["model"] - pp["psnr_hole"], 4)
+                                                  if pp else None)}
+        entries["issue8_targets"] = {"bands": summary, "known_pixels_identical": targets["known_pixels_identical"],
+                                     "all_pass": targets["all_pass"]}
+    return entries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.baselines_only and not args.weights:
         p.error("give --weights NAME|FILE, or --baselines-only to score the classical baselines alone")
+    if args.update_card and (args.baselines_only or not args.weights):
+        p.error("--update-card needs --weights (it writes the model's figures into its card)")
+    args.command = report.command_line(None if argv is None else [str(Path(__file__).resolve()), *argv])
     bands = [b.strip() for b in args.masks.split(",") if b.strip()]
     unknown = [b for b in bands if b not in COVERAGE]
     if unknown or not bands:
@@ -176,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"LPIPS not reported: {lp.reason}")
     model_names = [m.name for m in methods if m.kind == "model"]
     status = 0
+    result = None
     if model_names:
         known = {m: max((r["known_max_diff"] for r in rows if r["method"] == m), default=0.0) for m in model_names}
         changed = [m for m, d in known.items() if d != 0]
@@ -197,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     report.write_summary_md(out / "summary.md", rows, title=f"Inpainting: {args.set}",
                             metrics=["psnr", "ssim", "lpips", "psnr_hole", "ssim_hole", "known_max_diff",
                                      "coverage"],
-                            labels={m.name: m.label for m in methods}, notes=notes)
+                            labels={m.name: m.label for m in methods}, notes=notes, command=args.command)
     if grid:
         report.save_grid(out / "grid.png", grid)
     print((out / "summary.md").read_text())
+    if args.update_card and status == 0:
+        try:
+            runner.record_in_card(args.weights, card_entries(rows, model_names[0], specs, groups, args, out, result),
+                                  args.command)
+        except runner.USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return status
 
 

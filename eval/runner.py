@@ -223,3 +223,30 @@ def common_arguments(parser: argparse.ArgumentParser, task: str, default_set: st
     parser.add_argument("--device", default="cpu", help="device for the model and LPIPS (default cpu)")
     parser.add_argument("--no-cache", action="store_true", help="do not read/write eval/data/cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def record_in_card(weights: str, entries: dict[str, dict], command: str) -> Path:
+    """Write ``entries`` into ``metrics`` of the shipped card ``weights`` (atomically) and return its path.
+
+    Why one place: a card's figures must be the ones an eval command printed,
+    so every script records them the same way, with that command beside them
+    (``metrics_command``), instead of someone copying numbers by hand.
+    """
+    import json
+
+    from restore import weights as W
+    from restore.io import atomic_output
+
+    try:
+        path = W.card_path(weights)
+    except W.WeightsError as e:
+        raise EvalError(f"--update-card: {e}") from e
+    if not path.is_file():
+        raise EvalError(f"--update-card: {path} not found")
+    card = json.loads(path.read_text(encoding="utf-8"))
+    card.setdefault("metrics", {}).update(entries)
+    card["metrics_command"] = command
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"updated {path}: metrics[{', '.join(map(repr, entries))}]", file=sys.stderr)
+    return path

@@ -120,7 +120,27 @@ TRAIN_SOURCES: tuple[Source, ...] = tuple(
     + _deb("lomiri-wallpapers-20.04", _DEB, "lomiri20", ["Kleiber_by_Lukas_Baubkus.jpg"])
 )
 
-PHOTO_SETS: dict[str, tuple[Source, ...]] = {"photos-eval": EVAL_SOURCES, "photos-train": TRAIN_SOURCES}
+#: More training photographs: the real photographs among KDE Plasma's wallpapers (the
+#: others are renders). Kept apart from ``photos-train`` so the cards of models trained on
+#: those 15 photos stay exact; ``photos-train-plus`` is the union.
+KDE_SOURCES: tuple[Source, ...] = tuple(
+    Source(
+        f"kde-{name.lower()}",
+        "deb",
+        f"/usr/share/wallpapers/{name}/contents/images/2560x1600.jpg",
+        "plasma-workspace-wallpapers",
+    )
+    for name in (
+        "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+        "Kite", "OneStandsOut", "Path", "summer_1am",
+    )
+)
+
+PHOTO_SETS: dict[str, tuple[Source, ...]] = {
+    "photos-eval": EVAL_SOURCES,
+    "photos-train": TRAIN_SOURCES,
+    "photos-train-plus": TRAIN_SOURCES + KDE_SOURCES,
+}
 FASHION_SET = "fashion-mnist-test"
 KNOWN_SETS = (*PHOTO_SETS, FASHION_SET)
 

@@ -384,6 +384,24 @@ def test_eval_checks_issue_targets():
     assert "NOT met" in target_notes(bad)[0]
 
 
+def test_eval_card_entry_records_model_beside_gray():
+    pytest.importorskip("eval.colorize")
+    import argparse
+
+    from eval.colorize import card_entry, check_targets
+
+    rows = [{"image": f"im{i}", "method": m, "psnr": p, "ssim": 0.8, "ab_mae": ab, "colorfulness": cf,
+             "colorfulness_gt": 50.0, "colorfulness_ratio": cf / 50.0}
+            for i in range(2) for m, p, ab, cf in (("grayscale", 17.0, 24.0, 0.0), ("m", 17.4, 21.0, 35.0))]
+    args = argparse.Namespace(spec="gray", command="python eval/colorize.py --weights m --update-card")
+    entry = card_entry(rows, "m", check_targets(rows, "m"), args, Path("out"))
+    assert entry["images"] == 2 and entry["model"]["psnr"] == 17.4 and entry["grayscale_baseline"]["ab_mae"] == 24.0
+    assert entry["ab_mae_reduction_vs_gray"] == pytest.approx(0.125)
+    assert entry["colorfulness_fraction_of_gt"] == pytest.approx(0.7)
+    assert entry["targets_issue7"] == {"psnr": True, "ab_mae": True, "colorfulness": True}
+    assert entry["command"] == args.command
+
+
 # ----------------------------------------------------------------------------- shipped weights
 
 

@@ -6,6 +6,8 @@ images of a few dozen pixels, so the whole file takes seconds.
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import math
 from pathlib import Path
@@ -350,7 +352,7 @@ def test_tiny_model_loss_falls_through_trainer(tmp_path):
 # --------------------------------------------------------------------------- eval/inpaint.py target logic
 
 
-def test_eval_targets_and_mean_fill_floor():
+def test_eval_targets_and_mean_fill_floor(tmp_path: Path):
     ev = pytest.importorskip("eval.inpaint")
     x = torch.tensor([[[0.2, 0.4], [0.6, 0.9]]])
     mask = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])
@@ -374,3 +376,31 @@ def test_eval_targets_and_mean_fill_floor():
     touched = ev.check_targets(rows(20.0, 19.0, known=1.0), "m", {"small": "S", "large": "L"})
     assert not touched["known_pixels_identical"] and not touched["all_pass"]
     assert any("NOT met" in n for n in ev.target_notes(short))
+
+    # --update-card: one entry per band with the baselines beside the model, plus what it adds over pull-push
+    both = rows(20.5, 19.5)
+    for grp, pp in (("S", 20.0), ("L", 19.6)):
+        both.append({"group": grp, "image": "a", "method": "pushpull", "psnr_hole": pp, "ssim_hole": 0.65,
+                     "known_max_diff": 0.0})
+    for r in both:
+        r.update(psnr=30.0, ssim=0.9)
+    args = argparse.Namespace(set="photos-eval", seed=0, command="python eval/inpaint.py --weights m --update-card")
+    specs = {"small": "mask:freeform,coverage=0.1-0.2", "large": "mask:freeform,coverage=0.3-0.45"}
+    result = ev.check_targets(both, "m", {"small": "S", "large": "L"})
+    entries = ev.card_entries(both, "m", specs, {"small": "S", "large": "L"}, args, Path("out"), result)
+    small = entries["photos-eval/mask:freeform,coverage=0.1-0.2"]
+    assert small["psnr_hole"] == 20.5 and small["images"] == 1 and set(small["baselines"]) == {"telea", "pushpull"}
+    assert small["command"] == args.command
+    bands = entries["issue8_targets"]["bands"]
+    assert bands["small"]["over_pushpull_db"] == pytest.approx(0.5)
+    assert bands["large"]["over_pushpull_db"] == pytest.approx(-0.1) and bands["large"]["pass"]
+    card = tmp_path / "m.json"
+    card.write_text(json.dumps({"name": "m", "metrics": {"val_psnr": 25.0}}))
+    from eval import runner
+
+    runner.record_in_card(str(card), entries, args.command)
+    written = json.loads(card.read_text())
+    assert written["metrics"]["val_psnr"] == 25.0 and written["metrics_command"] == args.command
+    assert written["metrics"]["issue8_targets"]["all_pass"]
+    with pytest.raises(runner.EvalError, match="not found"):
+        runner.record_in_card(str(tmp_path / "nope.json"), entries, args.command)
