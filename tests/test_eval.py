@@ -341,3 +341,16 @@ def test_fashion_mnist_test_split_matches_manifest():
     x, y = sets.load_fashion_mnist_test(limit=5)
     assert x.shape == (5, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (5,)
     assert 0 <= float(x.min()) and float(x.max()) <= 1
+
+
+def test_training_sets_never_hold_an_evaluation_photo() -> None:
+    """Every photo set has its manifest; no training set shares a source file with the held-out set."""
+    held_out = {s.file for s in sets.PHOTO_SETS["photos-eval"]}
+    for name, sources in sets.PHOTO_SETS.items():
+        manifest = sets.load_manifest(name)
+        assert [e["name"] for e in manifest["images"]] == [s.name for s in sources]
+        if name != "photos-eval":
+            assert not held_out & {s.file for s in sources}, name
+    plus = {s.name for s in sets.PHOTO_SETS["photos-train-plus"]}
+    assert {s.name for s in sets.PHOTO_SETS["photos-train"]} < plus
+    assert "photos-train-plus" not in sets._selected("all")  # needs one more package: built when named
