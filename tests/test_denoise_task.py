@@ -160,6 +160,21 @@ def test_l1_only_builds_no_discriminator() -> None:
     assert gan.objective("G") == ("l1", "adv")
 
 
+def test_mse_term_replaces_or_joins_l1() -> None:
+    """lambda_mse trains towards the posterior mean (PSNR-optimal); a zero weight drops its term."""
+    mse = DenoiseTask({"lambda_adv": 0.0, "lambda_l1": 0.0, "lambda_mse": 1.0, "unet": TINY_UNET, "patch_size": 32})
+    assert mse.objective("G") == ("mse",)
+    both = DenoiseTask({"lambda_adv": 0.0, "lambda_mse": 0.5, "unet": TINY_UNET, "patch_size": 32})
+    assert both.objective("G") == ("l1", "mse")
+    target = torch.zeros(1, 3, 4, 4)
+    output = torch.full_like(target, 0.5)
+    terms = both.generator_losses({"target": target}, {"output": output}, None, None)
+    assert terms["l1"].item() == pytest.approx(0.5) and terms["mse"].item() == pytest.approx(0.5 * 0.25)
+    assert mse.model_card()["losses"]["lambda_mse"] == 1.0
+    with pytest.raises(DenoiseConfigError, match="lambda_l1.*lambda_mse are both 0"):
+        DenoiseTask({"lambda_l1": 0.0, "lambda_mse": 0.0})
+
+
 def test_bad_options_raise_config_errors() -> None:
     with pytest.raises(DenoiseConfigError, match="task.spec"):
         DenoiseTask({"spec": "gausian:sigma=25"})
