@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --weights NAME|FILE, or --baselines-only to score the grayscale baseline alone")
     if args.update_card and (args.baselines_only or not args.weights):
         p.error("--update-card needs --weights (it writes the model's figures into its card)")
-    args.command = report.command_line(None if argv is None else [str(Path(__file__).resolve()), *argv])
+    args.command = report.command_line(argv, script=__file__)
     try:
         if args.set not in sets.PHOTO_SETS:
             raise sets.SetError(f"--set {args.set}: not a photo set (choose from {', '.join(sets.PHOTO_SETS)})")

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     # the command recorded in reports and cards (also when main() is called with an explicit argv)
-    args.command = report.command_line(None if argv is None else [str(Path(__file__).resolve()), *argv])
+    args.command = report.command_line(argv, script=__file__)
     if not args.baselines_only and not args.weights:
         p.error("give --weights NAME|FILE[,NAME...], or --baselines-only to score the classical baselines alone")
     if args.update_card and (args.baselines_only or not args.weights):

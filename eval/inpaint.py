@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --weights NAME|FILE, or --baselines-only to score the classical baselines alone")
     if args.update_card and (args.baselines_only or not args.weights):
         p.error("--update-card needs --weights (it writes the model's figures into its card)")
-    args.command = report.command_line(None if argv is None else [str(Path(__file__).resolve()), *argv])
+    args.command = report.command_line(argv, script=__file__)
     bands = [b.strip() for b in args.masks.split(",") if b.strip()]
     unknown = [b for b in bands if b not in COVERAGE]
     if unknown or not bands:

@@ -236,8 +236,15 @@ def git_commit(repo: Path = REPO) -> str:
     return sha + ("+dirty" if dirty else "")
 
 
-def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command that produced a report, runnable from the repository root."""
+def command_line(argv: Sequence[str] | None = None, script: str | os.PathLike | None = None) -> str:
+    """The command that produced a report, runnable from the repository root.
+
+    ``argv`` without ``script`` is a whole command line (default ``sys.argv``);
+    with ``script``, ``argv`` holds only the arguments given to that script's
+    ``main(argv)`` (tests call it so), and ``None`` still means ``sys.argv``.
+    """
+    if argv is not None and script is not None:
+        argv = [str(Path(script).resolve()), *argv]
     argv = list(sys.argv if argv is None else argv)
     if argv:
         try:

@@ -238,12 +238,10 @@ def record_in_card(weights: str, entries: dict[str, dict], command: str) -> Path
     from restore.io import atomic_output
 
     try:
-        path = W.card_path(weights)
-    except W.WeightsError as e:
+        path = W.card_path(weights)  # raises when the card does not exist
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (W.WeightsError, OSError, ValueError) as e:
         raise EvalError(f"--update-card: {e}") from e
-    if not path.is_file():
-        raise EvalError(f"--update-card: {path} not found")
-    card = json.loads(path.read_text(encoding="utf-8"))
     card.setdefault("metrics", {}).update(entries)
     card["metrics_command"] = command
     with atomic_output(path) as tmp:
