@@ -131,7 +131,8 @@ def test_report_writes_every_file(tmp_path: Path, idx_dir: Path, weights_dir: Pa
                 ("denoising", "median3", "mse"), ("denoising", "vae-tiny", "psnr_gain"),
                 ("latent", "vae-tiny", "knn5_accuracy"), ("latent", "vae-tiny", "linear_probe_accuracy"),
                 ("latent", "vae-tiny", "explained_variance_pc1"), ("uncertainty", "vae-tiny", "spearman_overall"),
-                ("classifier", "fmnist-cnn", "test_accuracy"), ("conditional", "cvae-tiny", "intended_class_accuracy"),
+                ("classifier", "fmnist-cnn", "test_accuracy"), ("classifier", "fmnist-cnn", "accuracy_blurred"),
+                ("conditional", "cvae-tiny", "intended_class_accuracy"),
                 ("study", "vae-latent-2", "final_test_psnr")]:
         assert key in got, key
     assert got[("denoising", "vae-tiny", "psnr_gain")] == pytest.approx(
@@ -228,3 +229,27 @@ def test_classifier_learns_and_cache_is_keyed(tmp_path: Path, idx_dir: Path) -> 
         FC.load_cached(cache)
     with pytest.raises(FC.ClassifierError, match=r"\(N, 1, 28, 28\)"):
         FC.predict(model, torch.zeros(2, 28, 28))
+
+
+def test_judge_blur_keeps_mass_and_flat_images() -> None:
+    flat = torch.full((2, 1, 28, 28), 0.3)
+    assert torch.allclose(FC.gaussian_blur(flat, 1.2), flat, atol=1e-6)
+    dot = torch.zeros(1, 1, 28, 28)
+    dot[0, 0, 14, 14] = 1.0
+    out = FC.gaussian_blur(dot, 1.0)
+    assert out.shape == dot.shape
+    assert float(out.sum()) == pytest.approx(1.0, abs=1e-5)  # away from the border nothing leaks
+    assert float(out[0, 0, 14, 14]) < 0.2 and float(out[0, 0, 14, 15]) == pytest.approx(float(out[0, 0, 15, 14]))
+    # the judge's blur augmentation is part of its cache key and is checked
+    assert "blur_prob" in FC.ClassifierSettings().__dataclass_fields__
+    for bad in (dict(blur_prob=1.5), dict(blur_sigma_min=0.0), dict(blur_sigma_min=2.0, blur_sigma_max=1.0)):
+        with pytest.raises(FC.ClassifierError, match="blur"):
+            FC.ClassifierSettings(**bad).check()
+
+
+def test_classifier_cache_not_reused_across_blur_settings(tmp_path: Path, idx_dir: Path) -> None:
+    x, y = R.load_split(str(idx_dir), "train")
+    cache = tmp_path / "clf.safetensors"
+    FC.load_or_train(cache, (x, y), (x, y), FC.ClassifierSettings(epochs=1, max_steps=2, blur_prob=0.0))
+    _, info = FC.load_or_train(cache, (x, y), (x, y), FC.ClassifierSettings(epochs=1, max_steps=2, blur_prob=0.5))
+    assert not info["cached"]
