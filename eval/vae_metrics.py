@@ -9,7 +9,7 @@ MSE / PSNR / SSIM of the noisy input and of the VAE's z_mean reconstruction
 against the clean image (means of per-image values), the improvement, and the
 k-nearest-neighbour (k=5) accuracy of z_mean: a k-NN classifier fit on the
 z_mean of the (equally corrupted, seed + 1) training split, scored on the test
-split. For conditional VAEs (whose z is meant to be class-free, so a low k-NN
+split, and the same probe with clean images given to the encoder. For conditional VAEs (whose z is meant to be class-free, so a low k-NN
 is good there) it also scores ``--samples-per-class`` prior samples per class
 with a raw-pixel k-NN fit on the clean training images. ``--update-card`` writes the figures and this command into the model
 card (the weights are re-saved unchanged, with a fresh hash record).
@@ -88,6 +88,12 @@ def measure(weights: str, data: str | None = None, seed: int = 0, k: int = 5, de
         f"knn{k}_accuracy": knn,
         "knn_train_images": int(len(x_train)),
     }
+    if r["noisy_mse"] > 0.0:
+        # the same probe when the encoder sees clean images (train and test): does the latent
+        # space separate classes for a clean garment too, not only for the noise it was trained on?
+        out[f"knn{k}_accuracy_clean_input"] = knn_accuracy(
+            encode(model, x_train, y_train, device=device), y_train,
+            encode(model, x_test, y_test, device=device), y_test, k=k)
     if r["noisy_mse"] == 0.0:  # identity corruption (conditional VAEs): no noisy baseline to compare with
         for key in ("noisy_mse", "noisy_psnr", "noisy_ssim", "psnr_gain", "ssim_gain"):
             out.pop(key)

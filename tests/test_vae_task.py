@@ -128,6 +128,31 @@ def test_losses_match_hand_computation(idx_dir: Path, tmp_path: Path) -> None:
     assert float(terms["supcon"]) == 0.0
 
 
+def test_supcon_clean_view_is_a_second_view(idx_dir: Path, tmp_path: Path) -> None:
+    from restore.losses import SupConLoss
+
+    task = _task(warmup_epochs=0, beta_max=0.5, gamma=2.0, supcon_clean_view=True)
+    task.build_datasets(str(idx_dir))
+    G = task.build_models()["G"].train()
+    cfg = _config(tmp_path, idx_dir)
+    x, y = _shapes(8, 3)
+    batch = {"target": torch.from_numpy(x).float().div(255).unsqueeze(1), "label": torch.from_numpy(y).long()}
+    ctx = _ctx(0, cfg)
+    batch = task.prepare_batch(batch, ctx)
+    out = task.forward(G, batch, ctx)
+    # the recon / KL terms see the noisy half only; the clean half adds its z_mean as a view
+    assert out["output"].shape == (8, 1, 28, 28) and out["z_mean"].shape == out["z_mean_clean"].shape == (8, 2)
+    with torch.no_grad():
+        zc, _ = G.encode(batch["target"])
+    assert torch.allclose(out["z_mean_clean"].detach(), zc, atol=1e-5)
+    terms = task.generator_losses(batch, out, None, ctx)
+    views = torch.stack([out["z_mean"], out["z_mean_clean"]], dim=1).detach()
+    assert float(terms["supcon"]) == pytest.approx(2.0 * float(SupConLoss(0.1)(views, batch["label"])), rel=1e-5)
+    assert out["z_mean_clean"].requires_grad  # the encoder learns from the clean view
+    # validation decodes the noisy input only
+    assert "z_mean_clean" not in task.forward(G, batch, _ctx(0, cfg, training=False))
+
+
 def test_bad_options_are_rejected() -> None:
     with pytest.raises(ValueError, match="conditioning"):
         V.VAETask({"conditioning": "film"})
@@ -137,6 +162,10 @@ def test_bad_options_are_rejected() -> None:
         V.VAETask({"corruption": "gausian:sigma=3"})
     with pytest.raises(ValueError, match="class_names"):
         V.VAETask({"class_names": ["a", "b"]})  # 2 names, num_classes 10
+    with pytest.raises(ValueError, match="supcon_clean_view"):
+        V.VAETask({"supcon_clean_view": True, "conditioning": "onehot"})
+    with pytest.raises(ValueError, match="supcon_clean_view"):
+        V.VAETask({"supcon_clean_view": True, "gamma": 0.0})
 
 
 # --------------------------------------------------------------------------- training through the Trainer
@@ -329,3 +358,4 @@ def test_vae_metrics_on_tiny_split(idx_dir: Path, tmp_path: Path, conditional: b
         assert "noisy_psnr" not in m and 0 <= m["sample_pixel_knn5_accuracy"] <= 1
     else:
         assert m["noisy_psnr"] < 12 and m["psnr_gain"] == pytest.approx(m["psnr"] - m["noisy_psnr"])
+        assert 0 <= m["knn5_accuracy_clean_input"] <= 1

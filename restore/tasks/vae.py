@@ -5,6 +5,10 @@ Input = corrupted image (any `restore.corrupt` spec, applied on the device in
 `VAETask.prepare_batch` with ``ctx.generator``), target = clean image. Loss =
 reconstruction (BCE from logits, summed over pixels and averaged over the
 batch; or the same with squared error) + beta * KL + gamma * SupCon(z_mean).
+With ``supcon_clean_view`` the clean image is a second SupCon view of each
+sample: the encoder then maps a garment and its noisy copy to the same place,
+so the latent space separates classes for clean inputs as well as for the
+noisy ones it denoises (the encoder otherwise never sees a clean image).
 Beta rises linearly from 0 to ``beta_max`` over ``warmup_epochs`` (per step,
 so the ramp has no stairs; logged as ``kl/beta``). After every epoch the task
 writes one row of ``runs/NAME/history.csv`` (losses, beta, train and test
@@ -294,6 +298,7 @@ class VAETask(Task):
                 "free_bits": 0.0,
                 "gamma": 1.0,  # SupCon weight on z_mean
                 "temperature": 0.1,
+                "supcon_clean_view": False,  # also encode the clean image: a second SupCon view (unconditional VAE)
                 # outputs
                 "history": True,
                 "snapshot_latents": 0,  # save z_mean of this many test images per epoch (latent GIFs)
@@ -320,6 +325,8 @@ class VAETask(Task):
                 raise ValueError(f"task {key}: must be >= 0, got {o[key]}")
         if float(o["temperature"]) <= 0:
             raise ValueError(f"task temperature: must be > 0, got {o['temperature']}")
+        if o["supcon_clean_view"] and (o["conditioning"] != "none" or float(o["gamma"]) <= 0):
+            raise ValueError("task supcon_clean_view: needs an unconditional VAE (conditioning none) and gamma > 0")
         self.class_names = _class_names(str(o["dataset"]), o["class_names"], int(o["num_classes"]))
         from restore.losses import SupConLoss
 
@@ -376,9 +383,19 @@ class VAETask(Task):
         return batch
 
     def forward(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
-        out = _run_model(G, batch["input"], batch.get("label"), generator=ctx.generator)
-        return {"output": out["recon"], "logits": out["logits"], "z_mean": out["z_mean"],
-                "z_log_var": out["z_log_var"]}
+        x = batch["input"]
+        clean_view = bool(self.options["supcon_clean_view"]) and ctx.training
+        if clean_view:
+            # one forward over [noisy; clean] (DDP wants one forward per backward); the clean
+            # half only contributes its z_mean to SupCon, its decoding is not trained
+            x = torch.cat([x, batch["target"].to(x.dtype)], dim=0)
+        out = _run_model(G, x, batch.get("label"), generator=ctx.generator)
+        n = batch["input"].shape[0]
+        res = {"output": out["recon"][:n], "logits": out["logits"][:n], "z_mean": out["z_mean"][:n],
+               "z_log_var": out["z_log_var"][:n]}
+        if clean_view:
+            res["z_mean_clean"] = out["z_mean"][n:]
+        return res
 
     def _steps_per_epoch(self, ctx: StepContext) -> int:
         n = len(self.train_set) if self.train_set is not None else 0
@@ -412,7 +429,10 @@ class VAETask(Task):
         kl = kl_divergence(out["z_mean"], out["z_log_var"], free_bits=float(o["free_bits"]))
         gamma = float(o["gamma"])
         if gamma > 0 and "label" in batch:
-            supcon = self.supcon(out["z_mean"].float(), batch["label"])
+            z = out["z_mean"].float()
+            if "z_mean_clean" in out:
+                z = torch.stack([z, out["z_mean_clean"].float()], dim=1)  # (N, 2 views, D)
+            supcon = self.supcon(z, batch["label"])
         else:
             supcon = torch.zeros((), device=target.device)
         beta = self.beta(ctx)
@@ -521,7 +541,8 @@ class VAETask(Task):
             "class_names": list(self.class_names),
             "input": {"channels": 1, "height": 28, "width": 28, "range": [0, 1]},
             "loss": {"recon": o["recon"], "beta_max": float(o["beta_max"]), "warmup_epochs": float(o["warmup_epochs"]),
-                     "gamma": float(o["gamma"]), "temperature": float(o["temperature"])},
+                     "gamma": float(o["gamma"]), "temperature": float(o["temperature"]),
+                     "supcon_clean_view": bool(o["supcon_clean_view"])},
             "options": dict(o),
         }
 
