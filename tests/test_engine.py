@@ -29,7 +29,7 @@ from restore.engine import checkpoint as ckpt
 from restore.engine.cli import build_parser, resolve_config
 from restore.engine.config import ConfigError, TrainConfig, apply_dict
 from restore.engine.ema import EMA, effective_decay
-from restore.engine.schedule import anneal, cyclical, lr_multiplier
+from restore.engine.schedule import anneal, continued, cyclical, lr_multiplier
 from restore.engine.task import StepContext
 from restore.engine.trainer import Trainer, TrainingDiverged
 from restore.engine.watch import CollapseWatch
@@ -85,6 +85,46 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     assert not torch.equal(a["G.conv1.weight"], TinyGAN().build_models()["G"].conv1.weight)
     # validation (EMA generator, fixed corruption seed) agrees too
     assert full.summary()["val/psnr"] == pytest.approx(second.summary()["val/psnr"])
+
+
+def test_resume_with_a_longer_run_continues_the_cosine(tmp_path: Path) -> None:
+    """Extending a finished cosine run keeps its low LR (no warm restart); 'redraw' restores the old behaviour."""
+    cos = {"optim": {"G": {"lr": 1e-2, "schedule": "cosine", "min_lr_factor": 0.1}}}
+    first = make_trainer(tmp_path / "run", steps=4, **cos)
+    first.fit()
+    assert first.optimizers["G"].param_groups[0]["lr"] == pytest.approx(1e-3)  # cosine ended at x0.1
+    longer = make_trainer(tmp_path / "run", steps=8, **cos)
+    longer.fit(resume=True)
+    assert longer.step == 8
+    assert longer.optimizers["G"].param_groups[0]["lr"] == pytest.approx(1e-3)
+    redraw = make_trainer(tmp_path / "run2", steps=4, **cos)
+    redraw.fit()
+    again = make_trainer(tmp_path / "run2", steps=8, resume_schedule="redraw", **cos)
+    again.fit(resume=True)
+    # the old behaviour: the curve for 8 steps, whose value at step 8 is its end, but which
+    # went back up to x0.55 at step 4 on the way
+    assert again.schedulers["G"].lr_lambdas[0](4) == pytest.approx(0.55)
+    assert longer.schedulers["G"].lr_lambdas[0](4) == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="resume_schedule"):
+        make_trainer(tmp_path / "bad", steps=4, resume_schedule="restart")
+
+
+def test_continued_schedule_formula() -> None:
+    before = lr_multiplier("cosine", 1000, min_factor=0.1)
+    f = continued(before, "cosine", 500, 2000, 0.1)
+    assert f(499) == before(499) and f(500) == pytest.approx(before(500)) == pytest.approx(0.55)
+    assert f(2000) == pytest.approx(0.1) and f(1250) == pytest.approx(0.1 + 0.45 * 0.5)  # half-way: mid value
+    assert all(f(s) >= f(s + 1) - 1e-12 for s in range(500, 2000))  # no jump back up
+    # nothing to continue: constant / step schedules, a resume inside the warm-up, a linear decay not begun
+    assert continued(before, "step", 500, 2000, 0.1) is None
+    assert continued(lr_multiplier("cosine", 1000, warmup_steps=100), "cosine", 50, 2000, 0.0, warmup_steps=100) is None
+    lin = lr_multiplier("linear", 1000, decay_start=500)
+    assert continued(lin, "linear", 400, 2000, 0.0, decay_start=500) is None
+    g = continued(lin, "linear", 750, 2000, 0.0, decay_start=500)
+    assert g(750) == pytest.approx(0.5) and g(2000) == pytest.approx(0.0) and g(1375) == pytest.approx(0.25)
+    # shortening works too: it still ends at the end value, at the new last step
+    h = continued(before, "cosine", 500, 600, 0.1)
+    assert h(600) == pytest.approx(0.1)
 
 
 # ---------------------------------------------------------------------------- formulas

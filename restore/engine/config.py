@@ -90,6 +90,10 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_last: int = 3
     progress: bool = True
+    # a run resumed with another length (more epochs/steps): 'continue' decays from the LR
+    # reached to the schedule's end value over the new remaining steps; 'redraw' re-draws
+    # the whole cosine/linear curve for the new length (the LR jumps back up: a warm restart)
+    resume_schedule: str = "continue"  # continue | redraw
 
     # ---- conversion ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +116,8 @@ class TrainConfig:
 
         if self.amp not in ("fp32", "bf16", "fp16"):
             raise bad("amp", f"must be fp32, bf16 or fp16, got {self.amp!r}")
+        if self.resume_schedule not in ("continue", "redraw"):
+            raise bad("resume_schedule", f"must be continue or redraw, got {self.resume_schedule!r}")
         if self.steps < 0 or self.epochs < 0:
             raise bad("steps/epochs", "must be >= 0")
         if self.batch_size < 1:

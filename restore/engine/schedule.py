@@ -79,6 +79,37 @@ def lr_multiplier(
     return factor
 
 
+def continued(
+    before: Callable[[int], float], kind: str, from_step: int, total_steps: int, min_factor: float,
+    warmup_steps: int = 0, decay_start: int = 0,
+) -> Callable[[int], float] | None:
+    """The LR factor of a run resumed at ``from_step`` with a new length ``total_steps``.
+
+    ``before`` is the schedule the run was trained with. Up to ``from_step``
+    it is kept; from there the factor goes from the value reached to
+    ``min_factor`` at ``total_steps`` with the same shape (cosine or linear),
+    so extending a finished cosine run fine-tunes at its low LR instead of
+    jumping back to a high one. Returns None where re-drawing the curve for the
+    new length is already right: constant and step schedules (they do not
+    depend on the length), a resume inside the warm-up, or a linear schedule
+    whose decay had not begun.
+    """
+    if kind not in ("cosine", "linear") or from_step < warmup_steps:
+        return None
+    if kind == "linear" and from_step <= decay_start:
+        return None
+    start = float(before(from_step))
+    end = min(float(min_factor), start)
+    span = max(1, total_steps - from_step)
+
+    def factor(step: int) -> float:
+        if step < from_step:
+            return before(step)
+        return anneal(kind, start, end, span, step - from_step)
+
+    return factor
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> LambdaLR:
     return LambdaLR(optimizer, lr_lambda=factor)
 

@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from restore.engine import distributed as dist_utils
 from restore.engine.config import ConfigError, TrainConfig
 from restore.engine.ema import EMA
 from restore.engine.logging import RunLogger, run_info
-from restore.engine.schedule import anneal, build_scheduler, lr_multiplier
+from restore.engine.schedule import anneal, build_scheduler, continued, lr_multiplier
 from restore.engine.task import StepContext, Task, check_terms
 from restore.engine.watch import CollapseWatch
 
@@ -176,16 +176,10 @@ class Trainer:
             raise ConfigError("config steps/epochs: set steps > 0 or epochs > 0")
 
         # ---- schedules, AMP -----------------------------------------------------
-        self.schedulers = {}
-        for name, opt in self.optimizers.items():
-            o = cfg.optim[name]
-            unit = self.steps_per_epoch if o.schedule_unit == "epochs" else 1
-            decay_start = o.decay_start * unit if o.decay_start >= 0 else self.total_steps // 2
-            factor = lr_multiplier(
-                o.schedule, self.total_steps, warmup_steps=o.warmup * unit, step_size=o.step_size * unit,
-                gamma=o.gamma, decay_start=decay_start, min_factor=o.min_lr_factor,
-            )
-            self.schedulers[name] = build_scheduler(opt, factor)
+        self.schedulers = {
+            name: build_scheduler(opt, self._lr_factor(name, self.total_steps)[0])
+            for name, opt in self.optimizers.items()
+        }
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         if self.amp_dtype is not None and not torch.amp.autocast_mode.is_autocast_available(self.device.type):
             raise ConfigError(f"config amp: autocast is not available on {self.device.type}")
@@ -447,6 +441,36 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ checkpoints
+    def _lr_factor(self, name: str, total_steps: int) -> tuple[Callable[[int], float], int, int]:
+        """(LR factor, warm-up steps, decay start) of optimiser ``name`` for a run of ``total_steps``."""
+        o = self.cfg.optim[name]
+        unit = self.steps_per_epoch if o.schedule_unit == "epochs" else 1
+        decay_start = o.decay_start * unit if o.decay_start >= 0 else total_steps // 2
+        factor = lr_multiplier(
+            o.schedule, total_steps, warmup_steps=o.warmup * unit, step_size=o.step_size * unit,
+            gamma=o.gamma, decay_start=decay_start, min_factor=o.min_lr_factor,
+        )
+        return factor, o.warmup * unit, decay_start
+
+    def _continue_schedules(self, state: dict[str, Any]) -> None:
+        """After loading a checkpoint of a run of another length: see ``TrainConfig.resume_schedule``."""
+        old = state.get("config") or {}
+        old_total = int(old.get("steps") or 0) or int(old.get("epochs") or 0) * self.steps_per_epoch
+        if self.cfg.resume_schedule != "continue" or old_total <= 0 or old_total == self.total_steps:
+            return
+        step = int(state["step"])
+        for name, sched in self.schedulers.items():
+            o = self.cfg.optim[name]
+            before, warmup, decay_start = self._lr_factor(name, old_total)
+            factor = continued(before, o.schedule, step, self.total_steps, o.min_lr_factor, warmup, decay_start)
+            if factor is None:
+                continue
+            sched.lr_lambdas[0] = factor
+            if self.is_main:
+                log.info("%s: run length %d -> %d steps: %s LR continues from x%.3g at step %d to x%.3g at step %d "
+                         "(resume_schedule: redraw re-draws the curve instead)", name, old_total, self.total_steps,
+                         o.schedule, factor(step), step, factor(self.total_steps), self.total_steps)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs, as tensors and plain containers (weights_only-loadable)."""
         rngs = dist_utils.all_gather_objects(ckpt.rng_state(self.generator))
@@ -500,6 +524,7 @@ class Trainer:
             o.load_state_dict(state["optimizers"][k])
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
+        self._continue_schedules(state)
         for k, s in self.scalers.items():
             if k in state.get("scalers", {}) and state["scalers"][k]:
                 s.load_state_dict(state["scalers"][k])
