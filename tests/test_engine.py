@@ -109,6 +109,14 @@ def test_resume_with_a_longer_run_continues_the_cosine(tmp_path: Path) -> None:
         make_trainer(tmp_path / "bad", steps=4, resume_schedule="restart")
 
 
+def test_continuing_a_schedule_that_reached_zero_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cos = {"optim": {"G": {"lr": 1e-2, "schedule": "cosine", "min_lr_factor": 0.0}}}
+    make_trainer(tmp_path / "run", steps=4, **cos).fit()
+    with caplog.at_level("WARNING", logger="restore.engine"):
+        make_trainer(tmp_path / "run", steps=6, **cos).fit(resume=True)
+    assert any("resume_schedule=redraw" in r.getMessage() for r in caplog.records)
+
+
 def test_continued_schedule_formula() -> None:
     before = lr_multiplier("cosine", 1000, min_factor=0.1)
     f = continued(before, "cosine", 500, 2000, 0.1)

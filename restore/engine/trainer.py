@@ -466,6 +466,10 @@ class Trainer:
             if factor is None:
                 continue
             sched.lr_lambdas[0] = factor
+            if self.is_main and factor(step) < 1e-3:
+                log.warning("%s: the run had decayed to LR x%.2g, and continuing keeps it there, so the extra "
+                            "steps will barely train; --set resume_schedule=redraw restarts the %s curve for "
+                            "the new length", name, factor(step), o.schedule)
             if self.is_main:
                 log.info("%s: run length %d -> %d steps: %s LR continues from x%.3g at step %d to x%.3g at step %d "
                          "(resume_schedule: redraw re-draws the curve instead)", name, old_total, self.total_steps,
