@@ -68,6 +68,17 @@ def _ctx(step: int = 0, config: TrainConfig | None = None, training: bool = True
                        training=training, config=config)
 
 
+def _training_batch(task: V.VAETask, data: Path, tmp: Path) -> tuple[torch.nn.Module, TrainConfig, StepContext, dict]:
+    """(G in train mode, config, step context, a prepared batch of 8 noisy/clean images with labels)."""
+    task.build_datasets(str(data))
+    G = task.build_models()["G"].train()
+    cfg = _config(tmp, data)
+    x, y = _shapes(8, 3)
+    batch = {"target": torch.from_numpy(x).float().div(255).unsqueeze(1), "label": torch.from_numpy(y).long()}
+    ctx = _ctx(0, cfg)
+    return G, cfg, ctx, task.prepare_batch(batch, ctx)
+
+
 # --------------------------------------------------------------------------- beta schedule
 
 
@@ -99,13 +110,7 @@ def test_losses_match_hand_computation(idx_dir: Path, tmp_path: Path) -> None:
     from restore.losses import SupConLoss
 
     task = _task(warmup_epochs=0, beta_max=0.5, gamma=2.0)
-    task.build_datasets(str(idx_dir))
-    G = task.build_models()["G"].train()
-    cfg = _config(tmp_path, idx_dir)
-    x, y = _shapes(8, 3)
-    batch = {"target": torch.from_numpy(x).float().div(255).unsqueeze(1), "label": torch.from_numpy(y).long()}
-    ctx = _ctx(0, cfg)
-    batch = task.prepare_batch(batch, ctx)
+    G, cfg, ctx, batch = _training_batch(task, idx_dir, tmp_path)
     assert batch["input"].shape == batch["target"].shape and not torch.equal(batch["input"], batch["target"])
     out = task.forward(G, batch, ctx)
     terms = task.generator_losses(batch, out, None, ctx)
@@ -132,13 +137,7 @@ def test_supcon_clean_view_is_a_second_view(idx_dir: Path, tmp_path: Path) -> No
     from restore.losses import SupConLoss
 
     task = _task(warmup_epochs=0, beta_max=0.5, gamma=2.0, supcon_clean_view=True)
-    task.build_datasets(str(idx_dir))
-    G = task.build_models()["G"].train()
-    cfg = _config(tmp_path, idx_dir)
-    x, y = _shapes(8, 3)
-    batch = {"target": torch.from_numpy(x).float().div(255).unsqueeze(1), "label": torch.from_numpy(y).long()}
-    ctx = _ctx(0, cfg)
-    batch = task.prepare_batch(batch, ctx)
+    G, cfg, ctx, batch = _training_batch(task, idx_dir, tmp_path)
     out = task.forward(G, batch, ctx)
     # the recon / KL terms see the noisy half only; the clean half adds its z_mean as a view
     assert out["output"].shape == (8, 1, 28, 28) and out["z_mean"].shape == out["z_mean_clean"].shape == (8, 2)
