@@ -253,3 +253,16 @@ def test_classifier_cache_not_reused_across_blur_settings(tmp_path: Path, idx_di
     FC.load_or_train(cache, (x, y), (x, y), FC.ClassifierSettings(epochs=1, max_steps=2, blur_prob=0.0))
     _, info = FC.load_or_train(cache, (x, y), (x, y), FC.ClassifierSettings(epochs=1, max_steps=2, blur_prob=0.5))
     assert not info["cached"]
+
+
+def test_noisy_ceiling_classifier_learns_on_a_tiny_split(idx_dir: Path) -> None:
+    from eval import fmnist_noisy_ceiling as NC
+
+    x, y = R.load_split(str(idx_dir), "train")
+    xt, yt = R.load_split(str(idx_dir), "test")
+    for arch in ("small", "wide"):
+        assert NC.build(arch)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    logs: list[str] = []
+    acc = NC.train_on_noise(x, y, xt, yt, arch="small", epochs=2, batch_size=16, std=0.1, log=logs.append)
+    assert len(logs) == 2 and 0.0 <= acc <= 1.0
+    assert acc > 0.5  # the synthetic classes survive mild noise
