@@ -109,6 +109,19 @@ def test_resume_with_a_longer_run_continues_the_cosine(tmp_path: Path) -> None:
         make_trainer(tmp_path / "bad", steps=4, resume_schedule="restart")
 
 
+def test_an_extended_run_interrupted_again_keeps_its_continued_curve(tmp_path: Path) -> None:
+    cos = {"optim": {"G": {"lr": 1e-2, "schedule": "cosine", "min_lr_factor": 0.1}}}
+    make_trainer(tmp_path / "run", steps=4, **cos).fit()
+    make_trainer(tmp_path / "run", steps=8, ckpt_every=2, keep_last=5, **cos).fit(resume=True)
+    (tmp_path / "run" / "checkpoints" / "step_00000008.pt").unlink()  # as if stopped at step 6
+    again = make_trainer(tmp_path / "run", steps=8, **cos)
+    again.resume()
+    assert again.step == 6 and again.lr_segments == [(0, 4), (4, 8)]
+    # still the continued curve (x0.1 from step 4 on), not the plain 8-step cosine (x0.55 at step 4)
+    assert again.schedulers["G"].lr_lambdas[0](4) == pytest.approx(0.1)
+    assert again.schedulers["G"].lr_lambdas[0](7) == pytest.approx(0.1)
+
+
 def test_continuing_a_schedule_that_reached_zero_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cos = {"optim": {"G": {"lr": 1e-2, "schedule": "cosine", "min_lr_factor": 0.0}}}
     make_trainer(tmp_path / "run", steps=4, **cos).fit()

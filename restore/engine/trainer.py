@@ -180,6 +180,8 @@ class Trainer:
             name: build_scheduler(opt, self._lr_factor(name, self.total_steps)[0])
             for name, opt in self.optimizers.items()
         }
+        # [(0, length), (resume step, new length), ...]: the run lengths its LR curve was built for
+        self.lr_segments: list[tuple[int, int]] = [(0, self.total_steps)]
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         if self.amp_dtype is not None and not torch.amp.autocast_mode.is_autocast_available(self.device.type):
             raise ConfigError(f"config amp: autocast is not available on {self.device.type}")
@@ -452,28 +454,43 @@ class Trainer:
         )
         return factor, o.warmup * unit, decay_start
 
+    def _chained_factor(self, name: str, segments: list[tuple[int, int]]) -> Callable[[int], float]:
+        """The LR factor of a run whose length changed at resumes: ``segments`` = [(0, first length),
+        (resume step, new length), ...]; each change continues the decay (see ``schedule.continued``)."""
+        o = self.cfg.optim[name]
+        factor, warmup, decay_start = self._lr_factor(name, segments[0][1])
+        for step, total in segments[1:]:
+            nxt = continued(factor, o.schedule, step, total, o.min_lr_factor, warmup, decay_start)
+            factor, warmup, decay_start = (nxt, warmup, decay_start) if nxt is not None else self._lr_factor(name, total)
+        return factor
+
     def _continue_schedules(self, state: dict[str, Any]) -> None:
-        """After loading a checkpoint of a run of another length: see ``TrainConfig.resume_schedule``."""
+        """After loading a checkpoint: rebuild the LR curve the run has followed (see ``TrainConfig.resume_schedule``)."""
         old = state.get("config") or {}
         old_total = int(old.get("steps") or 0) or int(old.get("epochs") or 0) * self.steps_per_epoch
-        if self.cfg.resume_schedule != "continue" or old_total <= 0 or old_total == self.total_steps:
-            return
+        saved = state.get("trainer", {}).get("lr_segments")
+        segments = [(int(a), int(b)) for a, b in saved] if saved else [(0, old_total or self.total_steps)]
         step = int(state["step"])
+        if self.cfg.resume_schedule == "redraw":
+            segments = [(0, self.total_steps)]
+        elif segments[-1][1] != self.total_steps:
+            segments.append((step, self.total_steps))
+        self.lr_segments = segments
+        if len(segments) == 1 and segments[0][1] == self.total_steps:
+            return  # the curve built in __init__
         for name, sched in self.schedulers.items():
             o = self.cfg.optim[name]
-            before, warmup, decay_start = self._lr_factor(name, old_total)
-            factor = continued(before, o.schedule, step, self.total_steps, o.min_lr_factor, warmup, decay_start)
-            if factor is None:
-                continue
+            factor = self._chained_factor(name, segments)
             sched.lr_lambdas[0] = factor
-            if self.is_main and factor(step) < 1e-3:
+            if not self.is_main or segments[-1][0] != step or o.schedule not in ("cosine", "linear"):
+                continue
+            log.info("%s: run length %d -> %d steps: %s LR goes from x%.3g at step %d to x%.3g at step %d "
+                     "(resume_schedule: redraw re-draws the curve instead)", name, segments[-2][1], self.total_steps,
+                     o.schedule, factor(step), step, factor(self.total_steps), self.total_steps)
+            if factor(step) < 1e-3:
                 log.warning("%s: the run had decayed to LR x%.2g, and continuing keeps it there, so the extra "
                             "steps will barely train; --set resume_schedule=redraw restarts the %s curve for "
                             "the new length", name, factor(step), o.schedule)
-            if self.is_main:
-                log.info("%s: run length %d -> %d steps: %s LR continues from x%.3g at step %d to x%.3g at step %d "
-                         "(resume_schedule: redraw re-draws the curve instead)", name, old_total, self.total_steps,
-                         o.schedule, factor(step), step, factor(self.total_steps), self.total_steps)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs, as tensors and plain containers (weights_only-loadable)."""
@@ -497,6 +514,7 @@ class Trainer:
                 "healthy": self.watch.healthy if self.watch is not None else True,
                 "last_val": dict(self.last_val),
                 "best_val": dict(self.best_val),
+                "lr_segments": [list(seg) for seg in self.lr_segments],
             },
             "config": self.cfg.to_dict(),
         }
