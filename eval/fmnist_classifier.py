@@ -312,14 +312,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="safetensors file to reuse or write (default: %(default)s)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    from restore.data import IdxError, load_idx_split
-
-    def split(name: str) -> tuple[Tensor, Tensor]:
-        images, labels = load_idx_split(args.data, name)
-        return torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1), torch.from_numpy(labels.copy())
+    from restore.data import IdxError, load_idx_tensors
 
     try:
-        train, test = split("train"), split("test")
+        train, test = load_idx_tensors(args.data, "train"), load_idx_tensors(args.data, "test")
         settings = ClassifierSettings(args.epochs, args.batch_size, args.lr, args.seed, blur_prob=args.blur_prob)
         _, info = load_or_train(args.cache, train, test, settings, device=args.device,
                                 progress=lambda s: print(s, file=sys.stderr))

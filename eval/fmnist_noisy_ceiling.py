@@ -31,7 +31,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from eval import fmnist_classifier as FC  # noqa: E402
 
-SPEC = "gaussian:sigma=114.75"  # the issue-5 setup: x + 0.45 N(0, 1), clipped
+SIGMA = 114.75  # the issue-5 setup: x + 0.45 N(0, 1) on a 0-255 scale, clipped
+SPEC = f"gaussian:sigma={SIGMA}"
 
 
 def build(arch: str) -> nn.Module:
@@ -82,21 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
     from restore import corrupt
-    from restore.data import IdxError, load_idx_split
+    from restore.data import IdxError, load_idx_tensors
 
     try:
-        split = {}
-        for name in ("train", "test"):
-            images, labels = load_idx_split(args.data, name)
-            split[name] = (torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1),
-                           torch.from_numpy(labels.copy()))
+        x_train, y_train = load_idx_tensors(args.data, "train")
+        x_test, y_test = load_idx_tensors(args.data, "test")
     except IdxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    x_test, y_test = split["test"]
     noisy_test = corrupt.apply(x_test, SPEC, 0).input  # as eval/vae_metrics.py does
-    acc = train_on_noise(*split["train"], noisy_test, y_test, arch=args.arch, epochs=args.epochs,
-                         std=114.75 / 255.0, seed=args.seed)
+    acc = train_on_noise(x_train, y_train, noisy_test, y_test, arch=args.arch, epochs=args.epochs,
+                         std=SIGMA / 255.0, seed=args.seed)
     print(f"{args.arch} CNN trained on noisy images ({SPEC}): {acc:.4f} on the noisy test split")
     return 0
 

@@ -427,10 +427,10 @@ def load_fashion_mnist_test(root: str | os.PathLike | None = None, limit: int | 
                             verify: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST's official test split as ``(N,1,28,28) float [0,1]``, ``(N,) int64`` labels.
 
-    Read through :func:`restore.data.load_idx_split`; with ``verify`` the files
+    Read through :func:`restore.data.load_idx_tensors`; with ``verify`` the files
     are checked against ``eval/manifests/fashion-mnist-test.json`` first.
     """
-    from restore.data import default_idx_root, load_idx_split
+    from restore.data import default_idx_root, load_idx_tensors
 
     folder = Path(root).expanduser() if root is not None else default_idx_root()
     if verify:
@@ -441,11 +441,7 @@ def load_fashion_mnist_test(root: str | os.PathLike | None = None, limit: int | 
                 raise SetError(f"{p}: missing (apt-get install -y dataset-fashion-mnist, or pass root=)")
             if p.stat().st_size != f["size"] or sha256_file(p) != f["sha256"]:
                 raise SetError(f"{p}: differs from {manifest_path(FASHION_SET)} (size or SHA-256)")
-    images, labels = load_idx_split(folder, "test")
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    x = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
-    return x, torch.from_numpy(labels.copy())
+    return load_idx_tensors(folder, "test", limit)
 
 
 # --------------------------------------------------------------------------- degraded inputs

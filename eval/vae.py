@@ -194,12 +194,9 @@ def _class_colors(n: int) -> list:
 
 def load_split(root: str | None, split: str, limit: int | None = None) -> tuple[Tensor, Tensor]:
     """(N,1,28,28) float [0,1] images and (N,) int64 labels of an IDX split (``restore.data``)."""
-    from restore.data import load_idx_split
+    from restore.data import load_idx_tensors
 
-    images, labels = load_idx_split(root, split)
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    return torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1), torch.from_numpy(labels.copy()).long()
+    return load_idx_tensors(root, split, limit)
 
 
 def _is_conditional(model: torch.nn.Module) -> bool:

@@ -55,7 +55,7 @@ def measure(weights: str, data: str | None = None, seed: int = 0, k: int = 5, de
     """The figures for ``weights`` (a shipped name or a path) as a flat dict."""
     from restore import corrupt
     from restore import weights as W
-    from restore.data import default_idx_root, load_idx_split
+    from restore.data import default_idx_root, load_idx_tensors
     from restore.tasks.vae import encode, evaluate_denoising, knn_accuracy
 
     model, card = W.load(weights, device=device)
@@ -65,16 +65,10 @@ def measure(weights: str, data: str | None = None, seed: int = 0, k: int = 5, de
     root = data or str(default_idx_root())
     spec = str(card["corruption"])
 
-    def split(name: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = load_idx_split(root, name)
-        if limit:
-            images, labels = images[:limit], labels[:limit]
-        return torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1), torch.from_numpy(labels.copy())
-
     t0 = time.perf_counter()
-    x_test, y_test = split("test")
+    x_test, y_test = load_idx_tensors(root, "test")
     r = evaluate_denoising(model, x_test, y_test, spec, seed, device=device, return_latents=True)
-    x_train, y_train = split("train", train_limit)
+    x_train, y_train = load_idx_tensors(root, "train", train_limit)
     noisy_train = corrupt.apply(x_train, spec, seed + 1).input
     z_train = encode(model, noisy_train, y_train, device=device)
     knn = knn_accuracy(z_train, y_train, r["z_mean"], y_test, k=k)
@@ -94,7 +88,7 @@ def measure(weights: str, data: str | None = None, seed: int = 0, k: int = 5, de
         out[f"knn{k}_accuracy_clean_input"] = knn_accuracy(
             encode(model, x_train, y_train, device=device), y_train,
             encode(model, x_test, y_test, device=device), y_test, k=k)
-    if r["noisy_mse"] == 0.0:  # identity corruption (conditional VAEs): no noisy baseline to compare with
+    else:  # identity corruption (conditional VAEs): no noisy baseline to compare with
         for key in ("noisy_mse", "noisy_psnr", "noisy_ssim", "psnr_gain", "ssim_gain"):
             out.pop(key)
     if getattr(model, "conditioning", None) in ("onehot", "embedding") and per_class > 0:

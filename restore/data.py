@@ -37,6 +37,7 @@ __all__ = [
     "read_idx",
     "write_idx",
     "load_idx_split",
+    "load_idx_tensors",
     "FASHION_MNIST_CLASSES",
     "DEFAULT_IDX_ROOT",
     "IDX_ROOT_ENV",
@@ -234,6 +235,20 @@ def load_idx_split(root: str | os.PathLike | None = None, split: str = "train") 
             f"{root}: {img_path.name} has {len(images)} images but {lbl_path.name} has {len(labels)} labels"
         )
     return images, labels.astype(np.int64)
+
+
+def load_idx_tensors(
+    root: str | os.PathLike | None = None, split: str = "train", limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`load_idx_split` as tensors: ``(images (N,1,H,W) float32 in [0, 1], labels (N,) int64)``.
+
+    The form every Fashion-MNIST evaluation script scores with; ``limit``
+    keeps the first ``limit`` images (quick looks, tests).
+    """
+    images, labels = load_idx_split(root, split)
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1), torch.from_numpy(labels.copy()).long()
 
 
 class IdxDataset(Dataset):

@@ -110,6 +110,11 @@ def test_load_idx_split_from_folder(tmp_path: Path) -> None:
     x, y = D.load_idx_split(tmp_path, "test")
     np.testing.assert_array_equal(x, timgs)
     np.testing.assert_array_equal(y, tlbls)
+    # the tensor form the evaluation scripts use
+    xt, yt = D.load_idx_tensors(tmp_path, "test", limit=3)
+    assert xt.shape == (3, 1, *timgs.shape[1:]) and xt.dtype == torch.float32 and yt.dtype == torch.int64
+    torch.testing.assert_close(xt[:, 0], torch.from_numpy(timgs[:3]).float() / 255.0)
+    np.testing.assert_array_equal(yt.numpy(), tlbls[:3])
 
 
 def test_load_idx_split_errors(tmp_path: Path) -> None:
