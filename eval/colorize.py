@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.baselines_only and not args.weights:
         p.error("give --weights NAME|FILE, or --baselines-only to score the grayscale baseline alone")
-    if args.update_card and (args.baselines_only or not args.weights):
-        p.error("--update-card needs --weights (it writes the model's figures into its card)")
+    runner.check_update_card(p, args)
     args.command = report.command_line(argv, script=__file__)
     try:
         if args.set not in sets.PHOTO_SETS:
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         names = args.baselines.split(",") if args.baselines else B.default_baselines(args.spec)
         methods = runner.baseline_methods(names)
         if args.weights and not args.baselines_only:
-            methods.append(runner.model_method("colorize", args.weights, args.device))
+            methods.append(runner.model_method("colorize", args.weights, args.device, args.ensemble))
         n, samples = runner.photo_samples(args, args.spec)
         out = args.out or Path("eval/results/colorize") / f"{args.set}-{sets.spec_slug(args.spec)}"
         lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)

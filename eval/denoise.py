@@ -58,12 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     args.command = report.command_line(argv, script=__file__)
     if not args.baselines_only and not args.weights:
         p.error("give --weights NAME|FILE[,NAME...], or --baselines-only to score the classical baselines alone")
-    if args.update_card and (args.baselines_only or not args.weights):
-        p.error("--update-card needs --weights (it writes the models' figures into their cards)")
+    runner.check_update_card(p, args)
     try:
         specs = _specs(args)
         weights = [w.strip() for w in args.weights.split(",") if w.strip()] if args.weights else []
-        models = [] if args.baselines_only else [runner.model_method("denoise", w, args.device) for w in weights]
+        models = [] if args.baselines_only else [runner.model_method("denoise", w, args.device, args.ensemble) for w in weights]
         if args.set == sets.FASHION_SET:
             for spec in specs:
                 _fashion(args, spec, models, weights)
@@ -147,7 +146,7 @@ def _fashion(args: argparse.Namespace, spec: str, models: list[runner.Method], w
         model, card = W.load(w, device=args.device)
         model.eval()
         batch_fns[m.name] = (lambda xb, model=model, card=card: restore_batch(
-            model, {"input": xb}, card, tile=0, device=args.device).cpu())
+            model, {"input": xb}, card, tile=0, device=args.device, options=args).cpu())
     rows: list[dict] = []
     grid: list[tuple[str, list[tuple[str, torch.Tensor]]]] = []
     shown = min(args.grid_images * 4, n)

@@ -172,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.baselines_only and not args.weights:
         p.error("give --weights NAME|FILE, or --baselines-only to score the classical baselines alone")
-    if args.update_card and (args.baselines_only or not args.weights):
-        p.error("--update-card needs --weights (it writes the model's figures into its card)")
+    runner.check_update_card(p, args)
     args.command = report.command_line(argv, script=__file__)
     bands = [b.strip() for b in args.masks.split(",") if b.strip()]
     unknown = [b for b in bands if b not in COVERAGE]
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if "meanfill" in names:
             methods.append(runner.Method("meanfill", "mean colour fill (trivial floor)", mean_fill))
         if args.weights and not args.baselines_only:
-            methods.append(runner.model_method("inpaint", args.weights, args.device))
+            methods.append(runner.model_method("inpaint", args.weights, args.device, args.ensemble))
         out = args.out or Path("eval/results/inpaint") / f"{args.set}-{args.mask_kind}"
         lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)
         rows, grid = [], []

@@ -23,6 +23,7 @@ from eval import baselines as B
 from eval import sets
 from eval.report import LpipsScorer
 from eval.sets import Sample, quantize8
+from restore.infer import ENSEMBLES
 
 Scorer = Callable[[torch.Tensor, Sample], dict]
 
@@ -55,8 +56,11 @@ def baseline_methods(names: Sequence[str]) -> list[Method]:
     return out
 
 
-def model_method(task: str, weights: str, device: str = "cpu") -> Method:
+def model_method(task: str, weights: str, device: str = "cpu", ensemble: str = "none") -> Method:
     """Load shipped weights (name or file) and wrap the task's restore function as a Method.
+
+    ``ensemble`` (other than ``none``) restores through `restore.infer.self_ensemble`; the method is
+    then named ``<model>+<mode>`` so its rows never mix with the plain model's.
 
     Uses ``restore.weights.load`` (verifies the checksum, builds from the card)
     and ``restore.tasks.<task>.restore_batch(model, batch, card)`` (or
@@ -84,6 +88,8 @@ def model_method(task: str, weights: str, device: str = "cpu") -> Method:
     if card_task and card_task != task:
         raise EvalError(f"--weights {weights}: trained for task {card_task!r}, not {task!r}")
 
+    options = argparse.Namespace(ensemble=ensemble)
+
     @torch.no_grad()
     def run(x: torch.Tensor, info: dict) -> torch.Tensor:
         x = x.to(device)
@@ -93,12 +99,14 @@ def model_method(task: str, weights: str, device: str = "cpu") -> Method:
                 batch["mask"] = info["mask"].to(device).unsqueeze(0)
             if info.get("sigma") is not None:
                 batch["sigma"] = torch.tensor([float(info["sigma"])], device=device)
-            return mod.restore_batch(model, batch, card)[0].float().cpu()
+            return mod.restore_batch(model, batch, card, options=options)[0].float().cpu()
         if hasattr(mod, "restore_image"):
             return mod.restore_image(model, x, card).float().cpu()
         raise EvalError(f"restore.tasks.{task} has neither restore_batch nor restore_image")
 
     name = card.get("name") or Path(weights).stem
+    if ensemble != "none":
+        return Method(f"{name}+{ensemble}", f"{name} (model, {ensemble} self-ensemble)", run, kind="model")
     return Method(name, f"{name} (model)", run, kind="model")
 
 
@@ -223,6 +231,20 @@ def common_arguments(parser: argparse.ArgumentParser, task: str, default_set: st
     parser.add_argument("--device", default="cpu", help="device for the model and LPIPS (default cpu)")
     parser.add_argument("--no-cache", action="store_true", help="do not read/write eval/data/cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--ensemble", choices=tuple(ENSEMBLES), default="none",
+                        help="score the model with this self-ensemble (restore.infer.self_ensemble; default none)")
+
+
+def check_update_card(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse ``--update-card`` where its figures would not be the card's: no model, or a self-ensemble
+    (a card records how ``restore <task>`` runs by default; ensemble figures stay in the report)."""
+    if not getattr(args, "update_card", False):
+        return
+    if args.baselines_only or not args.weights:
+        parser.error("--update-card needs --weights (it writes the models' figures into their cards)")
+    if args.ensemble != "none":
+        parser.error(f"--update-card records the default restoring mode; drop --ensemble {args.ensemble} "
+                     "(its figures are in the report)")
 
 
 def record_in_card(weights: str, entries: dict[str, dict], command: str) -> Path:

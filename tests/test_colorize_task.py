@@ -328,6 +328,14 @@ def test_restore_batch_tiles_and_options(tiny_model):
     assert C.working_size(50, 90, 24, 64) == (24, 43) and C.working_size(10, 1000, 24, 64) == (1, 64)
     with pytest.raises(C.ColorizeError, match="batch"):
         C.restore_batch(G, {"input": torch.rand(1, 5, 8, 8)}, card)
+    # --ensemble: the a/b of mirrored copies averaged, at every tile; L is still the input's
+    for tile in (0, 16):
+        ens = C.restore_batch(G, {"input": x}, card, tile=tile, options=argparse.Namespace(ensemble="flip"))
+        assert ens.shape == whole.shape and not torch.allclose(ens, whole, atol=1e-3)
+        assert (C.rgb_to_lab(ens)[:, :1] - C.lightness(x)).abs().max() < 0.05
+    mirrored = C.restore_batch(G, {"input": x.flip(-1)}, card, options=argparse.Namespace(ensemble="flip"))
+    torch.testing.assert_close(mirrored.flip(-1), C.restore_batch(G, {"input": x}, card,
+                               options=argparse.Namespace(ensemble="flip")), atol=1e-4, rtol=0)
 
 
 def test_restore_colorize_command_on_files(tiny_model, tmp_path, monkeypatch, capsys):

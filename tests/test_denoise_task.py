@@ -107,6 +107,27 @@ def test_tiled_equals_untiled_on_a_small_model() -> None:
     assert float((whole - noisy).abs().mean()) > 1e-3
 
 
+def test_self_ensemble_option_makes_the_restorer_equivariant() -> None:
+    """``--ensemble x8`` through restore_batch: a different estimate than one pass, and one that commutes
+    with rotations and mirrors (16x24 is a multiple of the UNet's stride, so no padding breaks symmetry)."""
+    import argparse
+
+    model = _tiny_unet(3)
+    x = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(4))
+    x8 = argparse.Namespace(ensemble="x8")
+    with torch.no_grad():
+        one = restore_batch(model, {"input": x}, _card(model), tile=0, device="cpu")
+        avg = restore_batch(model, {"input": x}, _card(model), tile=0, device="cpu", options=x8)
+        rot = restore_batch(model, {"input": torch.rot90(x, 1, dims=(-2, -1))}, _card(model), tile=0,
+                            device="cpu", options=x8)
+        tiles = restore_batch(model, {"input": x}, _card(model), tile=8, device="cpu", options=x8)
+    assert avg.shape == x.shape and float((avg - one).abs().max()) > 1e-4
+    torch.testing.assert_close(rot, torch.rot90(avg, 1, dims=(-2, -1)), atol=1e-5, rtol=0)
+    assert float((tiles - avg).abs().mean()) < 5e-3  # tiled like the plain model (see the tiling test)
+    with pytest.raises(ValueError, match="--ensemble"):
+        restore_batch(model, {"input": x}, _card(model), tile=0, device="cpu", options=argparse.Namespace(ensemble="x4"))
+
+
 def test_restore_batch_rejects_bad_input() -> None:
     model = _tiny_unet(3)
     with pytest.raises(ValueError, match="1 or 3 channels"):
@@ -141,6 +162,15 @@ def test_cli_denoise_gray_and_rgba_files(tmp_path: Path, monkeypatch: pytest.Mon
     out_rgba = np.asarray(a)
     np.testing.assert_array_equal(out_rgba[..., 3], rgba[..., 3])  # alpha passes through untouched
     assert np.abs(out_rgba[..., :3].astype(int) - rgba[..., :3]).max() > 0  # and the colour was processed
+
+    # --ensemble flip: same files, same sizes, a (slightly) different estimate
+    code = cli.main(["denoise", str(src), str(tmp_path / "flip"), "--weights", "tiny-denoise", "--device", "cpu",
+                     "--tile", "16", "--ensemble", "flip"])
+    assert code == 0
+    flip = np.asarray(Image.open(tmp_path / "flip" / "rgba.png"))
+    assert flip.shape == out_rgba.shape and np.abs(flip.astype(int) - out_rgba).max() > 0
+    assert cli.main(["denoise", str(src), str(tmp_path / "bad"), "--weights", "tiny-denoise", "--ensemble", "x4"]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_default_weights_name() -> None:
@@ -332,3 +362,12 @@ def test_eval_fashion_scores_and_updates_the_card(tmp_path: Path) -> None:
     # an untrained residual UNet is the identity (zero-initialised last conv): same PSNR as the noisy input
     assert entry["psnr"] == pytest.approx(entry["baselines"]["noisy"]["psnr"], abs=0.05)
     assert "--update-card" in entry["command"]
+
+    # a self-ensemble is scored under its own name, and never written into the card
+    code = eval_denoise.main(["--weights", str(stem) + ".safetensors", "--set", "fashion-mnist-test",
+                              "--spec", "gaussian:sigma=114.75", "--limit", "16", "--out", str(tmp_path / "x8"),
+                              "--quiet", "--ensemble", "x8"])
+    assert code == 0 and "fm (model, x8 self-ensemble)" in (tmp_path / "x8" / "summary.md").read_text()
+    with pytest.raises(SystemExit):
+        eval_denoise.main(["--weights", str(stem) + ".safetensors", "--set", "fashion-mnist-test", "--limit", "16",
+                           "--out", str(tmp_path / "x8"), "--quiet", "--ensemble", "x8", "--update-card"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from restore.infer import BatchJob, Summary, UsageError, _starts, process_folder, tiled
+from restore.infer import BatchJob, Summary, UsageError, _starts, process_folder, self_ensemble, tiled
 
 
 def _u8_image(h: int, w: int, c: int = 3, seed: int = 0) -> torch.Tensor:
@@ -142,6 +142,85 @@ def test_identity_4000x3000_exact_and_memory_bounded(tmp_path):
     assert info["exact"], info
     # growth = the output accumulator (one image) + one tile; never a second full image
     assert info["growth_kb"] < 1.25 * info["image_kb"] + 32 * 1024, info
+
+
+# --------------------------------------------------------------------------- self-ensemble
+
+
+def _oriented(x: torch.Tensor) -> torch.Tensor:
+    """A map that is not equivariant to any flip or rotation: adds a ramp that grows down and to the right,
+    and mixes in a horizontally shifted copy, so ``flip``/``rot90`` of the input change more than the output's pose."""
+    h, w = x.shape[-2:]
+    ramp = torch.arange(h, dtype=torch.float32)[:, None] * 0.01 + torch.arange(w, dtype=torch.float32)[None, :] * 0.003
+    return 0.7 * x + 0.3 * torch.roll(x, 1, dims=-1) + ramp
+
+
+_DIHEDRAL = [
+    lambda t: t,
+    lambda t: t.flip(-1),
+    lambda t: t.flip(-2),
+    lambda t: torch.rot90(t, 1, dims=(-2, -1)),
+    lambda t: torch.rot90(t, 2, dims=(-2, -1)),
+    lambda t: torch.rot90(t, 3, dims=(-2, -1)),
+    lambda t: t.transpose(-2, -1),
+    lambda t: torch.rot90(t, 1, dims=(-2, -1)).flip(-1),
+]
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 1, 6, 6)])
+def test_x8_ensemble_is_exactly_equivariant(shape):
+    """Whatever the network, its x8 mean commutes with every symmetry of the square (flip mode: with mirrors)."""
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    base = self_ensemble(_oriented, x, "x8")
+    assert base.shape == x.shape
+    for t in _DIHEDRAL:
+        torch.testing.assert_close(self_ensemble(_oriented, t(x), "x8"), t(base), atol=1e-5, rtol=0)
+    flip = self_ensemble(_oriented, x, "flip")
+    torch.testing.assert_close(self_ensemble(_oriented, x.flip(-1), "flip"), flip.flip(-1), atol=1e-6, rtol=0)
+    # and it is not equivariant to rotations, which it does not average over
+    assert not torch.allclose(self_ensemble(_oriented, x.flip(-2), "flip"), flip.flip(-2), atol=1e-3)
+
+
+def test_ensemble_of_an_equivariant_map_is_the_map_and_none_is_one_pass():
+    x = torch.rand(1, 2, 4, 9)
+    calls = []
+
+    def pointwise(t):
+        calls.append(tuple(t.shape))
+        return 2 * t + 1
+
+    for mode, passes in (("none", 1), ("flip", 2), ("x8", 8)):
+        calls.clear()
+        torch.testing.assert_close(self_ensemble(pointwise, x, mode), 2 * x + 1, atol=1e-6, rtol=0)
+        assert len(calls) == passes
+    # the x8 rotations hand the network both orientations of a non-square image
+    calls.clear()
+    self_ensemble(pointwise, x, "x8")
+    assert set(calls) == {(1, 2, 4, 9), (1, 2, 9, 4)}
+
+
+def test_ensemble_never_writes_into_the_caller_s_tensor_and_rejects_bad_modes():
+    x = torch.rand(1, 1, 3, 3)
+    keep = x.clone()
+    out = self_ensemble(lambda t: t, x, "flip")  # an identity network hands its input back
+    torch.testing.assert_close(out, keep)
+    assert torch.equal(x, keep)
+    with pytest.raises(ValueError, match="none, flip, x8"):
+        self_ensemble(lambda t: t, x, "x4")
+
+
+def test_ensemble_runs_inside_non_square_tiles():
+    """Tiles of 12x16 are rotated to 16x12 inside the ensemble and come back in place: for an equivariant
+    local map (3x3 box filter) the tiled ensemble equals the tiled map."""
+    img = torch.rand(1, 3, 12, 57, generator=torch.Generator().manual_seed(2))
+
+    def box(t):
+        return F.avg_pool2d(F.pad(t, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+    plain = tiled(box, img, tile=16, overlap=6)
+    ensembled = tiled(lambda t: self_ensemble(box, t, "x8"), img, tile=16, overlap=6)
+    torch.testing.assert_close(ensembled, plain, atol=1e-5, rtol=0)
+    assert not torch.allclose(plain, img, atol=1e-3)
 
 
 # --------------------------------------------------------------------------- folder driver

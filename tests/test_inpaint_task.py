@@ -216,6 +216,12 @@ def test_restore_batch_gray_tiles_empty_and_full_masks():
         T.restore_batch(model, {"input": gray, "mask": torch.zeros(1, 1, 40, 50)}, {}, tile=0)
     with pytest.raises(InpaintInputError, match="--masks"):
         T.restore_batch(model, {"input": gray}, {}, tile=0)
+    # --ensemble x8: image and hole rotate together; known pixels stay the input's, bit for bit
+    x8 = type("O", (), {"work_size": 0, "ensemble": "x8"})()
+    for tile in (0, 24):
+        ens = T.restore_batch(model, {"input": gray, "mask": mask}, {}, tile=tile, options=x8)
+        assert torch.equal(ens[~mask.bool()], gray[~mask.bool()])
+        assert not torch.allclose(ens, out, atol=1e-4)
 
 
 def test_demo_panels_on_seeded_mask():

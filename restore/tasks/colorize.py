@@ -30,7 +30,16 @@ from torch.utils.data import Dataset
 
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
-from restore.tasks.common import discriminator_terms, is_int, is_number, list_photos, merge_model_options, option
+from restore.tasks.common import (
+    add_ensemble_argument,
+    discriminator_terms,
+    ensemble_mode,
+    is_int,
+    is_number,
+    list_photos,
+    merge_model_options,
+    option,
+)
 
 log = logging.getLogger("restore.tasks.colorize")
 
@@ -530,9 +539,12 @@ def _card_scales(card: dict[str, Any]) -> tuple[float, float, float]:
 
 @torch.no_grad()
 def predict_ab(model: nn.Module, L: Tensor, card: dict[str, Any], *, tile: int = 0,
-               work_size: int | None = None) -> Tensor:
-    """a/b (N2HW, CIELAB units) for L (N1HW, 0-100) at L's size, predicted at the working resolution."""
-    from restore.infer import tiled
+               work_size: int | None = None, ensemble: str = "none") -> Tensor:
+    """a/b (N2HW, CIELAB units) for L (N1HW, 0-100) at L's size, predicted at the working resolution.
+
+    ``ensemble`` (`restore.infer.ENSEMBLES`) averages the a/b predicted for mirrored/rotated copies.
+    """
+    from restore.infer import self_ensemble, tiled
 
     l_center, l_scale, ab_scale = _card_scales(card)
     n, _, height, width = L.shape
@@ -545,10 +557,14 @@ def predict_ab(model: nn.Module, L: Tensor, card: dict[str, Any], *, tile: int =
         small = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=h < height)
     x = (small - l_center) / l_scale
     multiple = int(getattr(model, "multiple", 1))
+
+    def run(t: Tensor) -> Tensor:
+        return self_ensemble(model, t, ensemble)
+
     if tile and max(h, w) > tile:
-        ab = tiled(model, x, tile=max(tile, multiple), overlap=min(32, tile // 4), multiple=multiple)
+        ab = tiled(run, x, tile=max(tile, multiple), overlap=min(32, tile // 4), multiple=multiple)
     else:
-        ab = model(x)
+        ab = run(x)
     ab = ab.float().to(L.device) * ab_scale
     if (h, w) != (height, width):
         ab = F.interpolate(ab, size=(height, width), mode="bilinear", align_corners=False, antialias=h > height)
@@ -574,7 +590,7 @@ def restore_batch(model: nn.Module, batch: dict[str, Tensor], card: dict[str, An
     work_size = option(options, "work_size")
     saturation = float(option(options, "saturation", 1.0))
     L = lightness(x.to(device, torch.float32))
-    ab = predict_ab(model, L, card, tile=tile, work_size=work_size) * saturation
+    ab = predict_ab(model, L, card, tile=tile, work_size=work_size, ensemble=ensemble_mode(options)) * saturation
     return lab_to_rgb_keep_l(L, ab)
 
 
@@ -597,4 +613,5 @@ def add_arguments(parser: argparse._ActionsContainer) -> None:
                         help="shorter side (pixels) at which colours are predicted (default: the model card's)")
     parser.add_argument("--saturation", type=non_negative, default=None, metavar="F",
                         help="multiply the predicted a/b by F (1 = as predicted, 0 = gray); L is always kept")
+    add_ensemble_argument(parser)
 

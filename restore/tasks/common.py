@@ -27,7 +27,9 @@ from torch.utils.data import ConcatDataset, Dataset
 from restore.engine.task import LossTerms, StepContext
 
 __all__ = [
+    "add_ensemble_argument",
     "discriminator_terms",
+    "ensemble_mode",
     "follow_device",
     "from_model_channels",
     "is_int",
@@ -211,6 +213,27 @@ def option(options: Any, name: str, default: Any = None) -> Any:
     """
     value = getattr(options, name, None) if options is not None else None
     return default if value is None else value
+
+
+def add_ensemble_argument(parser: Any) -> None:
+    """``--ensemble`` of the restoring subcommands whose networks have no preferred orientation."""
+    from restore.infer import ENSEMBLES
+
+    parser.add_argument(
+        "--ensemble", choices=tuple(ENSEMBLES), default=None,
+        help="average the network over mirrored (flip: 2 passes) or mirrored and rotated (x8: 8 passes) "
+             "copies of each image; slower, usually a little more accurate (default none)",
+    )
+
+
+def ensemble_mode(options: Any) -> str:
+    """The ``--ensemble`` mode of ``options`` ('none' when not given), checked against `restore.infer.ENSEMBLES`."""
+    from restore.infer import ENSEMBLES
+
+    mode = option(options, "ensemble", "none")
+    if mode not in ENSEMBLES:
+        raise ValueError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, got {mode!r}")
+    return str(mode)
 
 
 def model_device_dtype(model: nn.Module, device: torch.device | str | None) -> tuple[torch.device, torch.dtype]:

@@ -39,7 +39,9 @@ from torch.utils.data import Dataset, Subset
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
 from restore.tasks.common import (
+    add_ensemble_argument,
     discriminator_terms,
+    ensemble_mode,
     follow_device,
     from_model_channels,
     is_int,
@@ -362,6 +364,7 @@ def add_arguments(parser: argparse._ActionsContainer) -> None:
         "--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, metavar="PX",
         help=f"pixels shared by neighbouring tiles, blended linearly (default {DEFAULT_TILE_OVERLAP})",
     )
+    add_ensemble_argument(parser)
 
 
 def _model_channels(model: nn.Module, card: dict[str, Any]) -> int:
@@ -422,7 +425,7 @@ def restore_batch(
     ``tile`` pixels, so memory is bounded whatever the image size; tiles are
     padded to the UNet's stride by `restore.infer.tiled` and cropped back.
     """
-    from restore.infer import tiled
+    from restore.infer import self_ensemble, tiled
 
     x = batch.get("input") if isinstance(batch, dict) else None
     if not isinstance(x, Tensor) or x.dim() != 4:
@@ -437,11 +440,12 @@ def restore_batch(
         raise ValueError(f"--tile-overlap must be >= 0, got {overlap}")
     if tile < 0:
         raise ValueError(f"--tile must be >= 0 (0 = whole image), got {tile}")
+    mode = ensemble_mode(options)
 
     inp = to_model_channels(x.float(), cin, ValueError, "model")
 
     def run(t: Tensor) -> Tensor:
-        return model(t.to(device, dtype)).float()
+        return self_ensemble(lambda u: model(u.to(device, dtype)).float(), t, mode)
 
     # Whole image: the UNet pads itself (reflect, split between both sides) exactly as in training
     # and validation; a model trained on one size (Fashion-MNIST: 28 px in a 32 px frame) depends on

@@ -55,7 +55,9 @@ from torch.utils.data import Dataset
 from restore.engine.task import LossTerms, StepContext, Task
 from restore.models.fill import push_pull_fill
 from restore.tasks.common import (
+    add_ensemble_argument,
     discriminator_terms,
+    ensemble_mode,
     follow_device,
     from_model_channels,
     is_int,
@@ -463,6 +465,7 @@ def add_arguments(parser: argparse._ActionsContainer) -> None:
              "known pixels always kept exactly); 0 = full resolution; default: the model card's work_size "
              f"(else {DEFAULT_WORK_SIZE})",
     )
+    add_ensemble_argument(parser)
 
 
 def prepare_masks(mask: Tensor, image: Tensor) -> Tensor:
@@ -506,7 +509,7 @@ def restore_batch(
     size), with hole content upscaled bilinearly; ``tile`` bounds the side
     of what the network sees at once (overlap-blended tiles, 0 = whole).
     """
-    from restore.infer import tiled
+    from restore.infer import self_ensemble, tiled
 
     x = batch.get("input") if isinstance(batch, dict) else None
     if not isinstance(x, Tensor) or x.dim() != 4:
@@ -547,9 +550,14 @@ def restore_batch(
     else:
         small, small_hole = feed, hmask
 
-    def run(t: Tensor) -> Tensor:
+    mode = ensemble_mode(options)
+
+    def once(t: Tensor) -> Tensor:
         img, m = t[:, :-1], t[:, -1:]
         return model(img.to(dtype), (m > 0.5).to(dtype))["output"].float()
+
+    def run(t: Tensor) -> Tensor:  # image and hole are mirrored/rotated together
+        return self_ensemble(once, t, mode)
 
     sh, sw = small.shape[-2:]
     packed = torch.cat([small, small_hole.to(small.dtype)], dim=1)
