@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -166,6 +166,29 @@ def _check_output(out: Any, n: int, height: int, width: int, who: str) -> torch.
 # --------------------------------------------------------------------------- corrupt
 
 
+def _check_mask_paths(inp: Path, out_root: Path, sources: list[Path], outputs: set[Path],
+                      mask_path: Callable[[Path], Path]) -> None:
+    """``restore corrupt`` writes each mask to OUT/masks/<rel>.png: refuse layouts where that path is an
+    output image, an input file, or anywhere in IN's tree other than an OUT nested inside IN."""
+    from restore.infer import UsageError, is_inside
+
+    in_abs, out_abs = inp.resolve(), out_root.resolve()
+    inputs = {src.resolve() for src in sources}
+    for src in sources:
+        target = mask_path(src).resolve()
+        if target in outputs:
+            raise UsageError(
+                f"{mask_path(src)}: the mask of {src} would overwrite an output image "
+                "(IN has a top-level 'masks' folder); choose another OUT layout"
+            )
+        if target in inputs or (is_inside(target, in_abs)
+                                and not (is_inside(out_abs, in_abs) and is_inside(target, out_abs))):
+            raise UsageError(
+                f"{mask_path(src)}: the mask of {src} would be written into the input ({inp}); "
+                "inputs are never overwritten, choose an OUT outside IN's 'masks' folder"
+            )
+
+
 def cmd_corrupt(args: argparse.Namespace) -> int:
     from restore import corrupt, io
     from restore.infer import UsageError, plan_outputs, process_folder
@@ -182,13 +205,8 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     def mask_path(src: Path) -> Path:
         return out_root / "masks" / _rel(src, inp).with_suffix(".png")
 
-    outputs = {dst.resolve() for _, dst in pairs}
-    clash = next((src for src, _ in pairs if mask_path(src).resolve() in outputs), None)
-    if clash is not None:
-        raise UsageError(
-            f"{mask_path(clash)}: the mask of {clash} would overwrite an output image "
-            "(IN has a top-level 'masks' folder); choose another OUT layout"
-        )
+    if corruption.uses_masks:
+        _check_mask_paths(inp, out_root, [src for src, _ in pairs], {dst.resolve() for _, dst in pairs}, mask_path)
 
     def job(src: Path, dst: Path) -> None:
         loaded = io.read_image(src)
@@ -235,7 +253,8 @@ def cmd_task(args: argparse.Namespace) -> int:
     masks = Path(args.masks) if getattr(args, "masks", None) else None
     if masks is not None and not masks.exists():
         raise UsageError(f"--masks {masks}: no such file or folder")
-    plan_outputs(inp, args.output)  # usage errors (OUT == IN, empty folder) before loading a model
+    excluded = [masks] if masks is not None else []  # masks inside IN are not images to restore
+    plan_outputs(inp, args.output, exclude=excluded)  # usage errors (OUT == IN, empty folder) before loading a model
     model, card = _load_model(command, args.weights, task, device)
 
     def load(src: Path) -> dict[str, Any]:
@@ -282,7 +301,8 @@ def cmd_task(args: argparse.Namespace) -> int:
         io.write_image(dst, image, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
 
     job = BatchJob(load=load, run=run, save=save, key=key, batch_size=batch_size)
-    summary = process_folder(inp, args.output, job, overwrite=args.overwrite, desc=f"{command} ({card.get('name')})")
+    summary = process_folder(inp, args.output, job, overwrite=args.overwrite, desc=f"{command} ({card.get('name')})",
+                             exclude=excluded)
     return 1 if summary.failed else 0
 
 

@@ -24,8 +24,8 @@ from typing import Any, Generic, TypeVar
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ENSEMBLES", "BatchJob", "Summary", "UsageError", "plan_outputs", "process_folder", "self_ensemble",
-           "tiled"]
+__all__ = ["ENSEMBLES", "BatchJob", "Summary", "UsageError", "is_inside", "plan_outputs", "process_folder",
+           "self_ensemble", "tiled"]
 
 
 class UsageError(ValueError):
@@ -238,7 +238,8 @@ def _reason(e: BaseException) -> str:
     return text if type(e).__name__ in text else f"{type(e).__name__}: {text}"
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def is_inside(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or lies under it (both already resolved)."""
     try:
         path.relative_to(folder)
         return True
@@ -246,15 +247,23 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def plan_outputs(inp: str | os.PathLike[str], out: str | os.PathLike[str], *, suffix: str = ".png") -> list[tuple[Path, Path]]:
+def plan_outputs(
+    inp: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    suffix: str = ".png",
+    exclude: Sequence[str | os.PathLike[str]] = (),
+) -> list[tuple[Path, Path]]:
     """Pair each input image with its output path, refusing plans that would write an input.
 
     IN may be a file (OUT is then an output file when it has an image suffix
     and is not a folder, otherwise a folder) or a folder walked recursively;
     OUT mirrors relative paths with ``suffix``. When OUT lies inside IN its
     subtree is not treated as input, so a re-run does not restore its own
-    outputs. Raises ``UsageError`` for a missing IN, OUT == IN, an empty
-    folder, or any output that would land on an input.
+    outputs; nor are the ``exclude`` folders (``restore inpaint``'s
+    ``--masks``, which ``restore corrupt`` writes into ``OUT/masks``). Raises
+    ``UsageError`` for a missing IN, OUT == IN, an empty folder, or any output
+    that would land on an input.
     """
     from restore.io import IMAGE_EXTENSIONS, list_images
 
@@ -275,8 +284,9 @@ def plan_outputs(inp: str | os.PathLike[str], out: str | os.PathLike[str], *, su
         files = [inp]
     else:
         files = list_images(inp)
-        if _inside(out_abs, in_abs):
-            files = [f for f in files if not _inside(f.resolve(), out_abs)]
+        for skip in [out_abs, *(Path(e).resolve() for e in exclude)]:
+            if is_inside(skip, in_abs):
+                files = [f for f in files if not is_inside(f.resolve(), skip)]
         if not files:
             raise UsageError(f"{inp}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
         pairs = [(f, out / f.relative_to(inp).with_suffix(suffix)) for f in files]
@@ -296,6 +306,7 @@ def process_folder(
     overwrite: bool = False,
     suffix: str = ".png",
     desc: str = "",
+    exclude: Sequence[str | os.PathLike[str]] = (),
 ) -> Summary:
     """Run ``job(src, dst)`` (or a ``BatchJob``) for every input image of ``inp``.
 
@@ -307,7 +318,7 @@ def process_folder(
     """
     from tqdm import tqdm
 
-    pairs = plan_outputs(inp, out, suffix=suffix)
+    pairs = plan_outputs(inp, out, suffix=suffix, exclude=exclude)
     summary = Summary()
     claimed: dict[Path, Path] = {}
     todo: list[tuple[Path, Path]] = []

@@ -285,6 +285,37 @@ def test_inpaint_uses_masks_by_relative_path(fake_tasks, tmp_path, capsys):
     assert "--masks" in capsys.readouterr().err
 
 
+def test_corrupt_then_inpaint_round_trip(fake_tasks, tmp_path, capsys):
+    """`restore corrupt IN D --spec mask:...` writes D/masks; `restore inpaint D R --masks D/masks` must not
+    take those masks for images to inpaint (they would each fail with "no mask")."""
+    inp, damaged, out = tmp_path / "in", tmp_path / "damaged", tmp_path / "out"
+    (inp / "sub").mkdir(parents=True)
+    r = _rng(5)
+    Image.fromarray(r.integers(1, 256, (20, 24, 3), dtype=np.uint8)).save(inp / "a.png")
+    Image.fromarray(r.integers(1, 256, (18, 16, 3), dtype=np.uint8)).save(inp / "sub" / "b.png")
+    assert cli.main(["corrupt", str(inp), str(damaged), "--spec", "mask:box"]) == 0
+    rc = cli.main(["inpaint", str(damaged), str(out), "--masks", str(damaged / "masks"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "sub/b.png"]
+    assert len(CALLS) == 2 and all(c["mask"] for c in CALLS)
+
+
+def test_corrupt_never_writes_a_mask_over_an_input(tmp_path, capsys):
+    """IN = X/masks, OUT = X: the masks would go to X/masks/<name>.png, i.e. onto the inputs themselves."""
+    x = tmp_path / "x"
+    (x / "masks").mkdir(parents=True)
+    Image.fromarray(_rng(6).integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(x / "masks" / "a.png")
+    before = (x / "masks" / "a.png").read_bytes()
+    assert cli.main(["corrupt", str(x / "masks"), str(x), "--spec", "mask:box"]) == 2
+    assert cli.main(["corrupt", str(x / "masks" / "a.png"), str(x), "--spec", "mask:box"]) == 2
+    assert "inputs are never overwritten" in capsys.readouterr().err
+    assert (x / "masks" / "a.png").read_bytes() == before and not (x / "a.png").exists()
+    # a spec without masks writes no mask, so the same layout is fine
+    assert cli.main(["corrupt", str(x / "masks"), str(x), "--spec", "gaussian:sigma=5"]) == 0
+    assert (x / "masks" / "a.png").read_bytes() == before and (x / "a.png").is_file()
+
+
 def test_task_errors_exit_2(fake_tasks, tmp_path, monkeypatch, capsys):
     inp = tmp_path / "in"
     _good_images(inp)

@@ -324,6 +324,27 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
         resolve_config(TinyGAN, build_parser(TinyGAN).parse_args(["--data", "d", "--out", "o", "--set", "task.nois=1"]))
     with pytest.raises(ConfigError, match="amp"):
         TrainConfig.from_dict({"amp": "fp8"})
+    # a YAML without `out:` does not send the run to a shared default folder
+    y.write_text("batch_size: 2\n")
+    parse = build_parser(TinyGAN).parse_args
+    with pytest.raises(ConfigError, match="--out is required"):
+        resolve_config(TinyGAN, parse(["--data", "d", "--config", str(y)]))
+    assert resolve_config(TinyGAN, parse(["--data", "d", "--config", str(y), "--set", "out=r2"])).out == "r2"
+    y.write_text("out: r3\n")
+    assert resolve_config(TinyGAN, parse(["--data", "d", "--config", str(y)])).out == "r3"
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path) -> None:
+    """Starting over in a used run folder would interleave two runs' checkpoints (pruning keeps the old,
+    higher steps) and logs: it is refused, the old checkpoints stay, and --resume still works."""
+    make_trainer(tmp_path / "r", steps=3, ckpt_every=3).fit()
+    before = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match="--resume"):
+        make_trainer(tmp_path / "r", steps=2).fit()
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == before
+    resumed = make_trainer(tmp_path / "r", steps=4)
+    resumed.fit(resume=True)
+    assert resumed.step == 4
 
 
 def test_nested_task_options_deep_merge(tmp_path: Path) -> None:

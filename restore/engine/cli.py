@@ -67,8 +67,8 @@ def resolve_config(task_cls: type[Task], args: argparse.Namespace) -> TrainConfi
         saved = Path(args.out) / "config.yaml"
         if saved.is_file():
             yaml_path = str(saved)
-    if yaml_path:
-        apply_dict(cfg, load_yaml(yaml_path), str(yaml_path))
+    from_yaml = load_yaml(yaml_path) if yaml_path else {}
+    apply_dict(cfg, from_yaml, str(yaml_path))
     flags = {
         k: getattr(args, k)
         for k in ("data", "out", "steps", "epochs", "batch_size", "num_workers", "device", "amp", "seed",
@@ -78,11 +78,13 @@ def resolve_config(task_cls: type[Task], args: argparse.Namespace) -> TrainConfi
     if args.epochs is not None and args.steps is None:
         flags["steps"] = 0  # --epochs on the command line beats a YAML `steps:`
     apply_dict(cfg, flags, "command line")
-    apply_dict(cfg, parse_set(args.overrides), "--set")
+    from_set = parse_set(args.overrides)
+    apply_dict(cfg, from_set, "--set")
     check_task_keys(cfg, defaults.get("task", {}), task_cls.name)
     if not cfg.data:
         raise ConfigError("--data is required (or `data:` in the YAML config)")
-    if args.out is None and not yaml_path:
+    if args.out is None and "out" not in from_yaml and "out" not in from_set:
+        # a shared default folder would mix unrelated runs' checkpoints and TensorBoard logs
         raise ConfigError("--out is required (the run folder, e.g. runs/NAME)")
     cfg.validate()
     return cfg
@@ -118,7 +120,11 @@ def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
     log = logging.getLogger("restore.engine")
     code = 0
     try:
-        summary = trainer.fit(resume=args.resume is not False)
+        try:
+            summary = trainer.fit(resume=args.resume is not False)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if args.export:
             path = trainer.export(args.export)
             if path is not None:

@@ -601,6 +601,14 @@ class Trainer:
         """Train to ``total_steps``; returns a summary. Raises TrainingInterrupted / TrainingDiverged."""
         if resume:
             self.resume()
+        elif ckpt.list_checkpoints(self.run_dir):  # every rank checks, so all stop together
+            # a fresh run here would interleave its checkpoints with the old run's (pruning keeps the
+            # highest steps, i.e. the old ones) and append to its TensorBoard logs and history
+            newest = ckpt.list_checkpoints(self.run_dir)[-1][0]
+            raise ConfigError(
+                f"{self.run_dir} already holds a run (checkpoints up to step {newest}); continue it with "
+                f"--resume {self.run_dir}, or give a new --out"
+            )
         start_step = self.step
         self._write_config()
         handlers = {}

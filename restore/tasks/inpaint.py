@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
 from restore.models.fill import push_pull_fill
 from restore.tasks.common import (
@@ -94,8 +95,8 @@ _FULL_MASK_HELP = (
 )
 
 
-class InpaintConfigError(ValueError):
-    """An inpaint task option is invalid (the message names the option and the reason)."""
+class InpaintConfigError(ConfigError):
+    """An inpaint task option or its data is invalid (the message names which and why); exit status 2."""
 
 
 class InpaintInputError(ValueError):
