@@ -441,7 +441,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for i, (photo_name, photo) in enumerate(photos):
             try:
                 if hasattr(task, "demo"):
-                    panels = task.demo(model, card, photo, args.seed + i, device=device)
+                    panels = task.demo(model, card, photo, args.seed + i, device=device, tile=args.tile)
                 else:
                     panels = _default_demo(task, model, card, photo, args.seed + i, tile=args.tile, device=device)
                 folder = out / name

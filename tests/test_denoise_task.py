@@ -335,6 +335,16 @@ def test_demo_panels_for_a_fashion_card() -> None:
         assert shapes == {(1, 1, 8 * 28 * 4, 28 * 4)}
 
 
+def test_demo_honours_the_tile_flag() -> None:
+    """``restore demo --tile N`` reaches the task's demo: a photo card restores the photo in N-pixel tiles."""
+    model = _tiny_unet(3)
+    photo = torch.rand(1, 3, 40, 52, generator=torch.Generator().manual_seed(9))
+    whole = dict(denoise.demo(model, _card(model), photo, seed=3, device="cpu"))["restored"]
+    tiles = dict(denoise.demo(model, _card(model), photo, seed=3, device="cpu", tile=16))["restored"]
+    assert tiles.shape == whole.shape and not torch.equal(tiles, whole)
+    assert float((tiles - whole).abs().mean()) < 0.02
+
+
 def test_eval_fashion_scores_and_updates_the_card(tmp_path: Path) -> None:
     """eval/denoise.py on the first Fashion-MNIST test images: a model is scored beside the noisy input, into its card."""
     import json

@@ -467,7 +467,7 @@ def restore_batch(
 
 
 def demo(model: nn.Module, card: dict[str, Any], photo: Tensor, seed: int, *,
-         device: torch.device | str) -> list[tuple[str, Tensor]]:
+         device: torch.device | str, tile: int = 512) -> list[tuple[str, Tensor]]:
     """Panels for ``restore demo``: photo models denoise the bundled photo; Fashion-MNIST models their test images.
 
     A model trained on 28x28 clothing says little on a 512 px photo, so a
@@ -491,7 +491,7 @@ def demo(model: nn.Module, card: dict[str, Any], photo: Tensor, seed: int, *,
             pass  # no Fashion-MNIST here: the photo stands in
     noisy = corrupt.apply(clean, str(card["corruption"]), seed).input
     with torch.no_grad():
-        out = restore_batch(model, {"input": noisy}, card, tile=512, device=device).cpu()
+        out = restore_batch(model, {"input": noisy}, card, tile=tile, device=device).cpu()
     if clean.shape[0] == 1:
         return [("input", noisy), ("restored", out), ("target", clean)]
 

@@ -582,13 +582,13 @@ def restore_batch(
 
 
 def demo(
-    model: nn.Module, card: dict[str, Any], photo: Tensor, seed: int, *, device: torch.device | str
+    model: nn.Module, card: dict[str, Any], photo: Tensor, seed: int, *, device: torch.device | str, tile: int = 512
 ) -> list[tuple[str, Tensor]]:
     """``restore demo`` panels: masked photo (holes white) / inpainted / original, on a seeded free-form mask."""
     from restore.corrupt import freeform_mask, make_generator
 
     h, w = photo.shape[-2:]
     mask = freeform_mask(h, w, coverage=(0.15, 0.3), generator=make_generator(seed, "cpu"))[None]
-    out = restore_batch(model, {"input": photo, "mask": mask}, card, tile=512, device=device)
+    out = restore_batch(model, {"input": photo, "mask": mask}, card, tile=tile, device=device)
     masked = photo.masked_fill(mask.bool(), 1.0)
     return [("masked", masked), ("inpainted", out.cpu()), ("target", photo)]

@@ -737,8 +737,9 @@ def _column(x: Tensor, factor: int = 4) -> Tensor:
 
 
 @torch.no_grad()
-def demo(model: nn.Module, card: dict, photo: Tensor, seed: int, *, device: torch.device | str) -> list[tuple[str, Tensor]]:
-    """Panels for ``restore demo``: Fashion-MNIST test images, not the bundled photos.
+def demo(model: nn.Module, card: dict, photo: Tensor, seed: int, *, device: torch.device | str,
+         tile: int = 512) -> list[tuple[str, Tensor]]:
+    """Panels for ``restore demo``: Fashion-MNIST test images, not the bundled photos (28x28: ``tile`` is moot).
 
     Denoising VAE: noisy / z_mean reconstruction / 16-sample posterior std /
     clean, 8 test images each (x4 nearest upscale; the std column stretched to
