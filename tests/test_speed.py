@@ -98,9 +98,13 @@ def test_ratios_and_issue6_lines():
     assert rows[3]["x_cbm3d"] == pytest.approx(12.0) and rows[3]["x_nlm"] == pytest.approx(0.3)
     assert rows[3]["x_telea"] is None and rows[4]["x_cbm3d"] is None  # other task / other size: no ratio
     assert rows[5]["x_telea"] == pytest.approx(0.5) and rows[5]["x_cbm3d"] is None
+    rows.append(speed._row("restore", "denoise", model="m", device="cpu", dtype="fp32", mode="eager, ensemble x8",
+                           batch=1, size="768x512", images_per_s=0.3))
+    speed.add_ratios(rows, "768x512")
     lines = speed.issue6_lines(rows, "768x512")
     assert "12.0x CBM3D" in lines[0] and lines[0].endswith("PASS.")
-    assert "3.42 GB" in lines[1] and lines[1].endswith("FAIL.")
+    assert "--ensemble x8" in lines[1] and "6.0x CBM3D" in lines[1] and lines[1].endswith("FAIL.")
+    assert "3.42 GB" in lines[2] and lines[2].endswith("FAIL.")
 
 
 def test_baselines_timed_on_same_photo():
@@ -126,6 +130,8 @@ def test_restore_worker_in_process(tiny_denoise):
     assert res["status"] == "ok" and res["runs"] == 2 and res["mem_kind"] == "process peak RSS"
     assert res["model"] == "tiny-denoise"
     assert res["images_per_s"] == pytest.approx(1000.0 / res["ms_per_image"])
+    x8 = speed.restore_worker({**cfg, "dtype": "fp32", "ensemble": "x8"})  # restore denoise --ensemble x8
+    assert x8["status"] == "ok" and x8["images_per_s"] > 0
 
 
 def test_train_worker_in_process():
