@@ -126,6 +126,10 @@ def test_self_ensemble_option_makes_the_restorer_equivariant() -> None:
     assert float((tiles - avg).abs().mean()) < 5e-3  # tiled like the plain model (see the tiling test)
     with pytest.raises(ValueError, match="--ensemble"):
         restore_batch(model, {"input": x}, _card(model), tile=0, device="cpu", options=argparse.Namespace(ensemble="x4"))
+    # a model that learnt one pose (Fashion-MNIST) gets a warning: its mirrored/rotated estimates are worse
+    fashion = {**_card(model), "dataset": "fashion-mnist", "name": "fm"}
+    with pytest.warns(UserWarning, match="share one pose"):
+        restore_batch(model, {"input": x}, fashion, tile=0, device="cpu", options=x8)
 
 
 def test_restore_batch_rejects_bad_input() -> None:

@@ -590,7 +590,7 @@ def restore_batch(model: nn.Module, batch: dict[str, Tensor], card: dict[str, An
     work_size = option(options, "work_size")
     saturation = float(option(options, "saturation", 1.0))
     L = lightness(x.to(device, torch.float32))
-    ab = predict_ab(model, L, card, tile=tile, work_size=work_size, ensemble=ensemble_mode(options)) * saturation
+    ab = predict_ab(model, L, card, tile=tile, work_size=work_size, ensemble=ensemble_mode(options, card)) * saturation
     return lab_to_rgb_keep_l(L, ab)
 
 

@@ -440,7 +440,7 @@ def restore_batch(
         raise ValueError(f"--tile-overlap must be >= 0, got {overlap}")
     if tile < 0:
         raise ValueError(f"--tile must be >= 0 (0 = whole image), got {tile}")
-    mode = ensemble_mode(options)
+    mode = ensemble_mode(options, card)
 
     inp = to_model_channels(x.float(), cin, ValueError, "model")
 

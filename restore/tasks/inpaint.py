@@ -551,7 +551,7 @@ def restore_batch(
     else:
         small, small_hole = feed, hmask
 
-    mode = ensemble_mode(options)
+    mode = ensemble_mode(options, card)
 
     def once(t: Tensor) -> Tensor:
         img, m = t[:, :-1], t[:, -1:]
