@@ -238,7 +238,7 @@ def ensemble_mode(options: Any, card: Mapping[str, Any] | None = None) -> str:
     """The ``--ensemble`` mode of ``options`` ('none' when not given), checked against `restore.infer.ENSEMBLES`.
 
     Warns when ``card`` says the model learnt one pose (`CANONICAL_POSE_DATASETS`): there the ensemble
-    averages in worse estimates (denoise-fmnist: -0.2 dB with flip, -1.4 dB with x8).
+    averages in worse estimates (denoise-fmnist: -0.2 dB with flip, -1.5 dB with x8).
     """
     from restore.infer import ENSEMBLES
 
