@@ -192,13 +192,6 @@ def _class_colors(n: int) -> list:
 # --------------------------------------------------------------------------- data and weights
 
 
-def load_split(root: str | None, split: str, limit: int | None = None) -> tuple[Tensor, Tensor]:
-    """(N,1,28,28) float [0,1] images and (N,) int64 labels of an IDX split (``restore.data``)."""
-    from restore.data import load_idx_tensors
-
-    return load_idx_tensors(root, split, limit)
-
-
 def _is_conditional(model: torch.nn.Module) -> bool:
     return getattr(model, "conditioning", None) in ("onehot", "embedding")
 
@@ -820,8 +813,10 @@ def make_report(args: argparse.Namespace, command: str) -> dict[str, Any]:
     log(f"loaded {wname} (latent {model.latent_dim}, corruption {spec})"
         + (f" and {', '.join(args.cvae)}" if args.cvae else ""))
 
-    x_test, y_test = load_split(args.data, "test", args.limit or None)
-    x_train, y_train = load_split(args.data, "train", args.train_limit or None)
+    from restore.data import load_idx_tensors
+
+    x_test, y_test = load_idx_tensors(args.data, "test", args.limit or None)
+    x_train, y_train = load_idx_tensors(args.data, "train", args.train_limit or None)
     num_classes = int(max(int(y_test.max()), int(y_train.max()))) + 1
     names = class_names(card, num_classes)
     log(f"data: {len(x_test)} test, {len(x_train)} train images")

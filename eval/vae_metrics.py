@@ -9,9 +9,10 @@ MSE / PSNR / SSIM of the noisy input and of the VAE's z_mean reconstruction
 against the clean image (means of per-image values), the improvement, and the
 k-nearest-neighbour (k=5) accuracy of z_mean: a k-NN classifier fit on the
 z_mean of the (equally corrupted, seed + 1) training split, scored on the test
-split, and the same probe with clean images given to the encoder. For conditional VAEs (whose z is meant to be class-free, so a low k-NN
-is good there) it also scores ``--samples-per-class`` prior samples per class
-with a raw-pixel k-NN fit on the clean training images. ``--update-card`` writes the figures and this command into the model
+split, and the same probe with clean images given to the encoder. For
+conditional VAEs (whose z is meant to be class-free, so a low k-NN is good
+there) it also scores ``--samples-per-class`` prior samples per class with a
+raw-pixel k-NN fit on the clean training images. ``--update-card`` writes the figures and this command into the model
 card (the weights are re-saved unchanged, with a fresh hash record).
 The functions live in `restore.tasks.vae` so the analysis report reuses them.
 """

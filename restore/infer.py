@@ -170,7 +170,7 @@ def self_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, m
         raise ValueError(f"ensemble mode must be one of {', '.join(ENSEMBLES)}, got {mode!r}")
     if mode == "none":
         return fn(x)
-    rotations = 4 if mode == "x8" else 1
+    rotations = ENSEMBLES[mode] // 2  # each rotation is run plain and mirrored
     total: torch.Tensor | None = None
     for k in range(rotations):
         for mirror in (False, True):

@@ -22,7 +22,7 @@ from eval import fmnist_classifier as FC
 from eval import vae as R
 from restore import models
 from restore import weights as W
-from restore.data import FASHION_MNIST_CLASSES, write_idx
+from restore.data import FASHION_MNIST_CLASSES, load_idx_tensors, write_idx
 from restore.tasks.vae import HISTORY_COLUMNS, write_history_row
 
 NUM_CLASSES = 10
@@ -209,8 +209,8 @@ def test_clear_errors(tmp_path: Path, idx_dir: Path, weights_dir: Path, monkeypa
 
 
 def test_classifier_learns_and_cache_is_keyed(tmp_path: Path, idx_dir: Path) -> None:
-    x, y = R.load_split(str(idx_dir), "train")
-    xt, yt = R.load_split(str(idx_dir), "test")
+    x, y = load_idx_tensors(str(idx_dir), "train")
+    xt, yt = load_idx_tensors(str(idx_dir), "test")
     cache = tmp_path / "clf.safetensors"
     settings = FC.ClassifierSettings(epochs=1, batch_size=32, max_steps=20)
     model, info = FC.load_or_train(cache, (x, y), (xt, yt), settings)
@@ -248,7 +248,7 @@ def test_judge_blur_keeps_mass_and_flat_images() -> None:
 
 
 def test_classifier_cache_not_reused_across_blur_settings(tmp_path: Path, idx_dir: Path) -> None:
-    x, y = R.load_split(str(idx_dir), "train")
+    x, y = load_idx_tensors(str(idx_dir), "train")
     cache = tmp_path / "clf.safetensors"
     FC.load_or_train(cache, (x, y), (x, y), FC.ClassifierSettings(epochs=1, max_steps=2, blur_prob=0.0))
     _, info = FC.load_or_train(cache, (x, y), (x, y), FC.ClassifierSettings(epochs=1, max_steps=2, blur_prob=0.5))
@@ -258,8 +258,8 @@ def test_classifier_cache_not_reused_across_blur_settings(tmp_path: Path, idx_di
 def test_noisy_ceiling_classifier_learns_on_a_tiny_split(idx_dir: Path) -> None:
     from eval import fmnist_noisy_ceiling as NC
 
-    x, y = R.load_split(str(idx_dir), "train")
-    xt, yt = R.load_split(str(idx_dir), "test")
+    x, y = load_idx_tensors(str(idx_dir), "train")
+    xt, yt = load_idx_tensors(str(idx_dir), "test")
     for arch in ("small", "wide"):
         assert NC.build(arch)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     logs: list[str] = []

@@ -599,15 +599,15 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train to ``total_steps``; returns a summary. Raises TrainingInterrupted / TrainingDiverged."""
+        existing = [] if resume else ckpt.list_checkpoints(self.run_dir)  # every rank checks: all stop together
         if resume:
             self.resume()
-        elif ckpt.list_checkpoints(self.run_dir):  # every rank checks, so all stop together
+        elif existing:
             # a fresh run here would interleave its checkpoints with the old run's (pruning keeps the
             # highest steps, i.e. the old ones) and append to its TensorBoard logs and history
-            newest = ckpt.list_checkpoints(self.run_dir)[-1][0]
             raise ConfigError(
-                f"{self.run_dir} already holds a run (checkpoints up to step {newest}); continue it with "
-                f"--resume {self.run_dir}, or give a new --out"
+                f"{self.run_dir} already holds a run (checkpoints up to step {existing[-1][0]}); continue it "
+                f"with --resume {self.run_dir}, or give a new --out"
             )
         start_step = self.step
         self._write_config()
