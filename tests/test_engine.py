@@ -109,6 +109,24 @@ def test_resume_with_a_longer_run_continues_the_cosine(tmp_path: Path) -> None:
         make_trainer(tmp_path / "bad", steps=4, resume_schedule="restart")
 
 
+def test_resume_applies_a_changed_learning_rate_and_betas(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Optimiser state carries its own lr/betas; a resume with new values in the config must train with them."""
+    cos = {"lr": 1e-2, "schedule": "cosine", "min_lr_factor": 0.1}
+    make_trainer(tmp_path / "run", steps=4, optim={"G": cos}).fit()
+    with caplog.at_level("INFO", logger="restore.engine"):
+        again = make_trainer(tmp_path / "run", steps=8, resume_schedule="redraw",
+                             optim={"G": {**cos, "lr": 1e-3, "betas": [0.8, 0.99]}})
+        again.resume()
+    assert any("optim.G.lr" in r.getMessage() and "using the config" in r.getMessage() for r in caplog.records)
+    g = again.optimizers["G"].param_groups[0]
+    assert g["initial_lr"] == pytest.approx(1e-3) and g["betas"] == (0.8, 0.99)
+    f = again.schedulers["G"].lr_lambdas[0]
+    assert g["lr"] == pytest.approx(1e-3 * f(4))  # already on the new curve before the first step
+    again.fit(resume=True)  # reloads the same checkpoint: applying the config twice changes nothing
+    assert again.step == 8
+    assert again.optimizers["G"].param_groups[0]["lr"] == pytest.approx(1e-3 * f(8)) == pytest.approx(1e-4)
+
+
 def test_an_extended_run_interrupted_again_keeps_its_continued_curve(tmp_path: Path) -> None:
     cos = {"optim": {"G": {"lr": 1e-2, "schedule": "cosine", "min_lr_factor": 0.1}}}
     make_trainer(tmp_path / "run", steps=4, **cos).fit()

@@ -260,7 +260,7 @@ def test_noisy_ceiling_classifier_learns_on_a_tiny_split(idx_dir: Path) -> None:
 
     x, y = load_idx_tensors(str(idx_dir), "train")
     xt, yt = load_idx_tensors(str(idx_dir), "test")
-    for arch in ("small", "wide"):
+    for arch in ("small", "wide", "resnet"):
         assert NC.build(arch)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     logs: list[str] = []
     acc = NC.train_on_noise(x, y, xt, yt, arch="small", epochs=2, batch_size=16, std=0.1, log=logs.append)

@@ -464,6 +464,27 @@ class Trainer:
             factor, warmup, decay_start = (nxt, warmup, decay_start) if nxt is not None else self._lr_factor(name, total)
         return factor
 
+    def _apply_optim_config(self, d_lr_scale: float) -> None:
+        """After loading optimiser state: the config's lr, betas, eps and weight decay win over the checkpoint's.
+
+        ``load_state_dict`` restores the hyper-parameters saved with the state, so without this a resume
+        with ``--set optim.G.lr=...`` would write the new value into config.yaml and silently train with
+        the old one. D keeps the LR cut of earlier collapse rollbacks (``d_lr_scale``).
+        """
+        for name, opt in self.optimizers.items():
+            o = self.cfg.optim[name]
+            lr = o.lr * (d_lr_scale if name == "D" else 1.0)
+            sched = self.schedulers[name]
+            if self.is_main and any(abs(b - lr) > 1e-12 * max(lr, 1e-30) for b in sched.base_lrs):
+                log.info("optim.%s.lr: the checkpoint ran at %.3g, the config now says %.3g: using the config",
+                         name, sched.base_lrs[0] / (d_lr_scale if name == "D" else 1.0), o.lr)
+            sched.base_lrs = [lr for _ in sched.base_lrs]
+            for g in opt.param_groups:
+                g["initial_lr"] = lr
+                g["betas"] = tuple(o.betas)
+                g["eps"] = o.eps
+                g["weight_decay"] = o.weight_decay
+
     def _continue_schedules(self, state: dict[str, Any]) -> None:
         """After loading a checkpoint: rebuild the LR curve the run has followed (see ``TrainConfig.resume_schedule``)."""
         old = state.get("config") or {}
@@ -546,7 +567,11 @@ class Trainer:
             o.load_state_dict(state["optimizers"][k])
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
+        self._apply_optim_config(float(state.get("trainer", {}).get("d_lr_scale", 1.0)))
         self._continue_schedules(state)
+        for s in self.schedulers.values():  # the current LR on the (possibly new) curve, before the next step
+            for g, base, factor in zip(s.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+                g["lr"] = base * factor(s.last_epoch)
         for k, s in self.scalers.items():
             if k in state.get("scalers", {}) and state["scalers"][k]:
                 s.load_state_dict(state["scalers"][k])
