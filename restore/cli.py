@@ -57,7 +57,8 @@ def file_seed(seed: int, rel: Path | str) -> int:
     Hashing the path (not the file's position in the folder) keeps each
     output identical whatever else the folder holds or how it is ordered.
     """
-    key = f"{int(seed)}\0{Path(rel).as_posix()}".encode("utf-8")
+    # surrogateescape: a file name that is not valid UTF-8 hashes to its own bytes instead of failing
+    key = f"{int(seed)}\0{Path(rel).as_posix()}".encode("utf-8", "surrogateescape")
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
 
 
@@ -254,7 +255,8 @@ def cmd_task(args: argparse.Namespace) -> int:
     if masks is not None and not masks.exists():
         raise UsageError(f"--masks {masks}: no such file or folder")
     excluded = [masks] if masks is not None else []  # masks inside IN are not images to restore
-    plan_outputs(inp, args.output, exclude=excluded)  # usage errors (OUT == IN, empty folder) before loading a model
+    # usage errors (OUT == IN, empty folder...) before loading a model
+    planned = {dst.resolve() for _, dst in plan_outputs(inp, args.output, exclude=excluded)}
     model, card = _load_model(command, args.weights, task, device)
 
     def load(src: Path) -> dict[str, Any]:
@@ -293,9 +295,13 @@ def cmd_task(args: argparse.Namespace) -> int:
     def save(item: dict[str, Any], result: tuple[torch.Tensor, dict[str, torch.Tensor]], dst: Path) -> None:
         loaded = item["loaded"]
         image, extras = result
+        side = {name: dst.with_name(f"{dst.stem}.{name}.png") for name in extras}
+        for name, path in side.items():  # x.png's x.std.png must not be (or be replaced by) input x.std.png's output
+            if path.resolve() in planned:
+                raise ValueError(f"its {name} map {path} is also the output of another input; rename one of them")
         # side maps first (16-bit PNG, full precision), so an existing output implies its side maps exist
         for name, extra in extras.items():
-            io.write_image(dst.with_name(f"{dst.stem}.{name}.png"), extra, bit_depth=16)
+            io.write_image(side[name], extra, bit_depth=16)
         if command != "colorize":  # colorize writes RGB; the others keep the channel count
             image = _match_channels(image, loaded.image.shape[0])
         io.write_image(dst, image, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
@@ -412,6 +418,7 @@ def _default_demo(task: ModuleType, model, card, photo, seed: int, *, tile: int,
 def cmd_demo(args: argparse.Namespace) -> int:
     from restore import corrupt, io
     from restore import weights as W
+    from restore.infer import UsageError
 
     out = Path(args.output)
     device = _device(args.device)
@@ -428,6 +435,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         return 0
 
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: is a file; restore demo writes a folder of images")
     failed = 0
     for card in cards:
         name = str(card["name"])
@@ -438,6 +447,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             failed += 1
             _err("demo", f"{name}: skipped: {e}")
             continue
+        model_failed = failed
         for i, (photo_name, photo) in enumerate(photos):
             try:
                 if hasattr(task, "demo"):
@@ -452,7 +462,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             except Exception as e:  # noqa: BLE001 - one model's failure must not hide the others
                 failed += 1
                 _err("demo", f"{name} on {photo_name}: {type(e).__name__}: {e}")
-        print(f"{name}: wrote {out / name}")
+        if failed == model_failed:
+            print(f"{name}: wrote {out / name}")
+        else:
+            print(f"{name}: {failed - model_failed} of {len(photos)} demo images failed (see above)")
     return 1 if failed else 0
 
 

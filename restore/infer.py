@@ -230,9 +230,13 @@ class BatchJob(Generic[T, R]):
     batch_size: int = 1
 
 
-def _reason(e: BaseException) -> str:
+def _reason(e: BaseException, src: Path | None = None) -> str:
+    """The failure's reason, naming the file at fault when it is not ``src`` (a bad mask, not a bad photo)."""
     reason = getattr(e, "reason", None)
+    path = getattr(e, "path", None)
     if isinstance(reason, str) and reason:
+        if path is not None and src is not None and Path(path) != Path(src):
+            return f"{path}: {reason}"
         return reason
     text = str(e) or type(e).__name__
     return text if type(e).__name__ in text else f"{type(e).__name__}: {text}"
@@ -260,10 +264,13 @@ def plan_outputs(
     and is not a folder, otherwise a folder) or a folder walked recursively;
     OUT mirrors relative paths with ``suffix``. When OUT lies inside IN its
     subtree is not treated as input, so a re-run does not restore its own
-    outputs; nor are the ``exclude`` folders (``restore inpaint``'s
-    ``--masks``, which ``restore corrupt`` writes into ``OUT/masks``). Raises
-    ``UsageError`` for a missing IN, OUT == IN, an empty folder, or any output
-    that would land on an input.
+    outputs; nor are the ``exclude`` paths (``restore inpaint``'s
+    ``--masks``, which ``restore corrupt`` writes into ``OUT/masks``), which
+    are inputs too: OUT may not be or lie inside one. Raises ``UsageError``
+    for a missing IN, OUT == IN, an OUT that is a file where a folder is
+    needed or cannot be written, an empty folder, or any output that would
+    land on an input. Paths are compared resolved and, where both exist, by
+    device and inode, so case-insensitive file systems and links are caught.
     """
     from restore.io import IMAGE_EXTENSIONS, list_images
 
@@ -273,8 +280,13 @@ def plan_outputs(
     if not suffix.startswith("."):
         raise UsageError(f"suffix must start with '.', got {suffix!r}")
     in_abs, out_abs = inp.resolve(), out.resolve()
-    if in_abs == out_abs:
+    if in_abs == out_abs or _same_file(inp, out):
         raise UsageError(f"{out}: OUT is the same as IN; choose another output folder (inputs are never overwritten)")
+    excluded = [(Path(e), Path(e).resolve()) for e in exclude]
+    for e, e_abs in excluded:
+        if out_abs == e_abs or _same_file(out, e) or (e.is_dir() and is_inside(out_abs, e_abs)):
+            raise UsageError(f"{out}: OUT is {e} or lies inside it, and this command reads that as input; "
+                             "choose another output folder")
 
     if inp.is_file():
         if out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
@@ -284,18 +296,49 @@ def plan_outputs(
         files = [inp]
     else:
         files = list_images(inp)
-        for skip in [out_abs, *(Path(e).resolve() for e in exclude)]:
-            if is_inside(skip, in_abs):
-                files = [f for f in files if not is_inside(f.resolve(), skip)]
+        # OUT's tree is never input (also when reached through a link inside IN), nor are the excluded
+        # folders; when IN itself lies in such a tree, only what a link leads out of IN to is dropped
+        for skip in [out_abs, *(e_abs for _, e_abs in excluded)]:
+            keep_in = is_inside(in_abs, skip)
+            files = [f for f in files
+                     if not is_inside(r := f.resolve(), skip) or (keep_in and is_inside(r, in_abs))]
         if not files:
             raise UsageError(f"{inp}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
         pairs = [(f, out / f.relative_to(inp).with_suffix(suffix)) for f in files]
+    _check_writable(pairs[0][1].parent, out)
 
-    inputs = {f.resolve() for f in files}
+    inputs = {f.resolve() for f in files} | {e_abs for e, e_abs in excluded if e.is_file()}
+    input_ids = {_file_id(f) for f in files} | {_file_id(e) for e, _ in excluded if e.is_file()}
     for src, dst in pairs:
-        if dst.resolve() in inputs:
+        if dst.resolve() in inputs or (dst.exists() and _file_id(dst) in input_ids):
             raise UsageError(f"{dst}: output path is an input file ({src} would overwrite it); choose another OUT")
     return pairs
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Both exist and are one file or folder (another spelling on a case-insensitive disk, a link...)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_writable(folder: Path, out: Path) -> None:
+    """Fail before any image is restored when the outputs' folder cannot exist or be written."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"{out}: {probe} is a file, not a folder; choose another OUT")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{out}: cannot write in {probe} (permission denied); choose another OUT")
 
 
 def process_folder(
@@ -336,7 +379,7 @@ def process_folder(
     bar = tqdm(total=len(todo), desc=desc or None, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
 
     def fail(src: Path, e: BaseException) -> None:
-        reason = _reason(e)
+        reason = _reason(e, src)
         summary.failed.append((src, reason))
         bar.write(f"failed: {src}: {reason}", file=sys.stderr)
 

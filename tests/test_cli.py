@@ -196,6 +196,7 @@ def _fake_task_module(name: str, default: str) -> types.ModuleType:
 
     def add_arguments(group) -> None:
         group.add_argument("--strength", type=float, default=1.0)
+        group.add_argument("--side", action="store_true", help="also return a constant 'std' side map")
 
     def restore_batch(model, batch, card, *, tile, device, options=None):
         x = batch["input"]
@@ -207,7 +208,8 @@ def _fake_task_module(name: str, default: str) -> types.ModuleType:
         y = tiled(fn, x3, tile=tile, overlap=4) if tile else fn(x3)
         if "mask" in batch:
             y = torch.where(batch["mask"] > 0, torch.ones_like(y), x3)
-        return y.mean(1, keepdim=True) if gray and name.endswith("denoise") else y
+        y = y.mean(1, keepdim=True) if gray and name.endswith("denoise") else y
+        return (y, {"std": torch.full_like(y[:, :1], 0.5)}) if getattr(options, "side", False) else y
 
     mod.add_arguments = add_arguments
     mod.restore_batch = restore_batch
@@ -314,6 +316,100 @@ def test_corrupt_never_writes_a_mask_over_an_input(tmp_path, capsys):
     # a spec without masks writes no mask, so the same layout is fine
     assert cli.main(["corrupt", str(x / "masks"), str(x), "--spec", "gaussian:sigma=5"]) == 0
     assert (x / "masks" / "a.png").read_bytes() == before and (x / "a.png").is_file()
+
+
+def _masked_pair(tmp_path: Path) -> tuple[Path, Path]:
+    inp, masks = tmp_path / "in", tmp_path / "masks"
+    inp.mkdir()
+    masks.mkdir()
+    r = _rng(7)
+    for name in ("a", "b"):
+        Image.fromarray(r.integers(0, 200, (12, 10, 3), dtype=np.uint8)).save(inp / f"{name}.png")
+        hole = np.zeros((12, 10), np.uint8)
+        hole[2:5, 3:6] = 255
+        Image.fromarray(hole).save(masks / f"{name}.png")
+    return inp, masks
+
+
+def test_out_may_not_be_the_masks_folder(fake_tasks, tmp_path, capsys):
+    """The masks are inputs: writing the inpainted images into their folder would replace them."""
+    inp, masks = _masked_pair(tmp_path)
+    before = {p.name: p.read_bytes() for p in masks.iterdir()}
+    for out in (masks, masks / "sub"):
+        for extra in ([], ["--overwrite"]):
+            assert cli.main(["inpaint", str(inp), str(out), "--masks", str(masks), "--device", "cpu", *extra]) == 2
+            assert "OUT is" in capsys.readouterr().err
+    # a single mask file given as --masks is protected the same way
+    assert cli.main(["inpaint", str(inp / "a.png"), str(masks / "a.png"), "--masks", str(masks / "a.png"),
+                     "--device", "cpu", "--overwrite"]) == 2
+    assert {p.name: p.read_bytes() for p in masks.iterdir()} == before
+
+
+def test_a_bad_mask_is_named_in_the_error(fake_tasks, tmp_path, capsys):
+    inp, masks = _masked_pair(tmp_path)
+    (masks / "b.png").write_bytes(b"")
+    rc = cli.main(["inpaint", str(inp), str(tmp_path / "out"), "--masks", str(masks), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"failed: {inp / 'b.png'}: {masks / 'b.png'}: " in err  # the mask, not the photo, is at fault
+
+
+def test_unusable_out_is_a_usage_error_before_any_work(fake_tasks, tmp_path, monkeypatch, capsys):
+    inp = tmp_path / "in"
+    _good_images(inp)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert cli.main(["denoise", str(inp), str(a_file), "--device", "cpu"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert cli.main(["denoise", str(inp), str(a_file / "below"), "--device", "cpu"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    import restore.infer as infer
+
+    real = infer.os.access
+    monkeypatch.setattr(infer.os, "access", lambda p, m: False if Path(p) == tmp_path else real(p, m))
+    assert cli.main(["denoise", str(inp), str(tmp_path / "new_out"), "--device", "cpu"]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert not CALLS  # nothing was restored before the refusal
+
+
+def test_side_maps_never_collide_with_another_inputs_output(fake_tasks, tmp_path, capsys):
+    """x.png's side map out/x.std.png is also the output of input x.std.png: neither may replace the other."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    r = _rng(8)
+    for name in ("x", "x.std", "y"):
+        Image.fromarray(r.integers(0, 256, (8, 9, 3), dtype=np.uint8)).save(inp / f"{name}.png")
+    rc = cli.main(["denoise", str(inp), str(out), "--side", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"failed: {inp / 'x.png'}: " in err and "its std map" in err
+    assert not (out / "x.png").exists()
+    assert np.array(Image.open(out / "x.std.png")).ndim == 3  # the restored RGB image, not a 1-channel map
+    assert (out / "y.png").is_file() and (out / "y.std.png").is_file()
+
+
+def test_a_link_to_a_parent_folder_does_not_make_outputs_inputs(fake_tasks, tmp_path, capsys):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    (inp / "sub").mkdir(parents=True)
+    Image.fromarray(_rng(9).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(inp / "a.png")
+    (inp / "sub" / "up").symlink_to(Path("..") / "..")
+    assert cli.main(["denoise", str(inp), str(out), "--device", "cpu"]) in (0, 1)
+    capsys.readouterr()
+    # the re-run reaches out/ through in/sub/up/out: those are outputs, not inputs to plan over
+    assert cli.main(["denoise", str(inp), str(out), "--device", "cpu"]) in (0, 1)
+    assert "output path is an input file" not in capsys.readouterr().err
+
+
+def test_file_seed_accepts_names_that_are_not_utf8():
+    bad = Path(b"caf\xe9.png".decode("utf-8", "surrogateescape"))
+    assert cli.file_seed(0, bad) != cli.file_seed(0, "cafe.png")
+    assert cli.file_seed(0, "a/b.png") == cli.file_seed(0, Path("a") / "b.png")
+
+
+def test_demo_into_a_file_is_a_usage_error(fake_tasks, tmp_path, one_small_photo, capsys):
+    target = tmp_path / "f"
+    target.write_text("x")
+    assert cli.main(["demo", str(target), "--device", "cpu"]) == 2
+    assert "wrote" not in capsys.readouterr().out
 
 
 def test_task_errors_exit_2(fake_tasks, tmp_path, monkeypatch, capsys):
