@@ -216,7 +216,7 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
         if degraded.mask is not None:  # written first: an existing image implies its mask exists
             io.write_image(mask_path(src), degraded.mask[0].clamp(0, 1).ceil(), bit_depth=8)
         image = _match_channels(degraded.input[0], loaded.image.shape[0]).clamp(0, 1)
-        io.write_image(dst, image, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
+        io.write_image(dst, image, alpha=loaded.alpha, bit_depth=loaded.bit_depth, icc_profile=loaded.icc_profile)
 
     summary = process_folder(inp, out, job, overwrite=args.overwrite, desc=f"corrupt {args.spec}")
     return 1 if summary.failed else 0
@@ -302,9 +302,11 @@ def cmd_task(args: argparse.Namespace) -> int:
         # side maps first (16-bit PNG, full precision), so an existing output implies its side maps exist
         for name, extra in extras.items():
             io.write_image(side[name], extra, bit_depth=16)
-        if command != "colorize":  # colorize writes RGB; the others keep the channel count
+        icc = None  # colorize predicts sRGB colour: the input's profile would mislabel it
+        if command != "colorize":  # colorize writes RGB; the others keep the channel count and colour space
             image = _match_channels(image, loaded.image.shape[0])
-        io.write_image(dst, image, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
+            icc = loaded.icc_profile
+        io.write_image(dst, image, alpha=loaded.alpha, bit_depth=loaded.bit_depth, icc_profile=icc)
 
     job = BatchJob(load=load, run=run, save=save, key=key, batch_size=batch_size)
     summary = process_folder(inp, args.output, job, overwrite=args.overwrite, desc=f"{command} ({card.get('name')})",

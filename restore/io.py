@@ -5,10 +5,11 @@ library only ever sees ``float32`` CHW tensors in ``[0, 1]``:
 
 * :func:`read_image` decodes PNG, JPEG, BMP, TIFF and WebP (8- and 16-bit;
   gray, gray+alpha, RGB, RGBA, palette, CMYK), applies the EXIF orientation and
-  keeps the alpha channel aside, untouched, so it can be written back exactly.
-  A file that cannot be decoded *completely* (empty, truncated, corrupt, not an
-  image, unsupported) raises :class:`ImageReadError` naming the file and the
-  reason; a half-decoded image is never returned.
+  keeps the alpha channel and the embedded ICC profile aside, untouched, so they
+  can be written back exactly. A file that cannot be decoded *completely*
+  (empty, truncated, corrupt, not an image, unsupported, several frames or
+  pages) raises :class:`ImageReadError` naming the file and the reason; a
+  half-decoded image (or the first frame of an animation) is never returned.
 * :func:`write_image` quantises with rounding (not truncation) and writes
   atomically through :func:`atomic_output`: a crash or an encoder error never
   leaves a half-written file under the final name, nor clobbers an old one.
@@ -115,6 +116,11 @@ class LoadedImage:
     alpha: np.ndarray | None  # HxW, original dtype (uint8 / uint16), or None
     bit_depth: int  # 8 or 16: bits per sample of the source file
     path: Path
+    # The embedded ICC profile, verbatim, when it describes ``image`` (a GRAY
+    # profile for C=1, an RGB one for C=3; e.g. a CMYK JPEG's is dropped, since
+    # its samples are converted without it). Pass it to write_image so
+    # colour-managed viewers show the output in the source's colours.
+    icc_profile: bytes | None = None
 
 
 # --------------------------------------------------------------------------- reading
@@ -166,8 +172,16 @@ def _check_file(path: Path) -> None:
         raise ImageReadError(path, "file is empty (0 bytes)")
 
 
+# Formats recognised by their magic number only to name them in the error (no
+# decoder is tried): a GIF saved under a .png name is "GIF", not "unrecognised".
+_FOREIGN_MAGIC = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
+
+
 def _sniff(data: bytes) -> str | None:
     """Name the format a file's magic number claims, to tell corrupt from foreign."""
+    for magic, name in _FOREIGN_MAGIC:
+        if data.startswith(magic):
+            return name
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if data.startswith(b"\xff\xd8\xff"):
@@ -179,6 +193,71 @@ def _sniff(data: bytes) -> str | None:
     if data.startswith(b"BM"):
         return "BMP"
     return None
+
+
+_READABLE_KINDS = ("PNG", "JPEG", "TIFF", "WebP", "BMP")
+
+_FLOAT_TIFF = "floating-point TIFF samples are not supported; convert to 8- or 16-bit integers"
+
+
+def _tiff_is_float(data: bytes) -> bool:
+    """Whether a classic TIFF's first IFD says SampleFormat = IEEE float (3).
+
+    Parsed by hand because Pillow cannot open float RGB TIFFs at all, which it
+    reports like a corrupt header. Float samples are refused rather than
+    converted: their range is not [0, 1] in general (HDR, linear light), so any
+    conversion would silently clip or rescale. Malformed data answers False and
+    is left to the decoder to report.
+    """
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(data[:4])
+    if order is None:
+        return False
+    try:
+        (ifd,) = struct.unpack_from(order + "I", data, 4)
+        (count,) = struct.unpack_from(order + "H", data, ifd)
+        for k in range(count):
+            tag, kind, n = struct.unpack_from(order + "HHI", data, ifd + 2 + 12 * k)
+            if tag != 339 or kind != 3 or not 0 < n <= 64:  # SampleFormat, SHORT values
+                continue
+            at = ifd + 10 + 12 * k
+            if n > 2:  # values that do not fit the entry are stored elsewhere
+                (at,) = struct.unpack_from(order + "I", data, at)
+            return 3 in struct.unpack_from(f"{order}{n}H", data, at)
+    except struct.error:
+        return False
+    return False
+
+
+def _frame_count(img: Image.Image) -> int:
+    """How many images a file holds, not counting MPO previews or TIFF thumbnails.
+
+    Camera JPEGs (MPO) append preview frames to the photo, and some TIFFs
+    follow the image with reduced-resolution copies or transparency masks
+    (NewSubfileType bits 0 and 2); both are one image, read from frame 0.
+    """
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames <= 1 or img.format in ("JPEG", "MPO"):
+        return 1
+    if img.format == "TIFF":
+        subtypes = []
+        for index in range(frames):
+            img.seek(index)
+            subtypes.append(int(img.tag_v2.get(254, 0) or 0))
+        img.seek(0)
+        if not subtypes[0] & 0b101 and all(kind & 0b101 for kind in subtypes[1:]):
+            return 1
+    return frames
+
+
+def _icc_matches(profile: bytes, channels: int) -> bool:
+    """Whether an ICC profile describes samples with ``channels`` colour channels.
+
+    Bytes 16-19 of the profile header name its colour space. PNG forbids (and
+    viewers misrender) an RGB profile on gray data and vice versa, e.g. after
+    colorization or when WebP stores gray as RGB.
+    """
+    space = profile[16:20] if len(profile) >= 128 else b""
+    return space == (b"GRAY" if channels == 1 else b"RGB ")
 
 
 def _png_header(data: bytes) -> tuple[int, int] | None:
@@ -253,7 +332,9 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     Returns gray images as C=1 and everything else as RGB (C=3); palette images
     become RGB, or RGB + alpha when the palette has transparency. 16-bit files
     keep their precision (value / 65535). The EXIF orientation is applied, so
-    the tensor is the image as a viewer shows it.
+    the tensor is the image as a viewer shows it. Files holding several images
+    (multi-page TIFF, animated PNG/WebP) are refused rather than cut to their
+    first frame; camera JPEGs with preview frames (MPO) are read as one photo.
     """
     path = Path(path)
     _check_file(path)
@@ -264,47 +345,70 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     if not data:
         raise ImageReadError(path, "file is empty (0 bytes)")
 
+    if _sniff(data) == "TIFF" and _tiff_is_float(data):
+        raise ImageReadError(path, _FLOAT_TIFF)
+
     try:
-        # verify() checks chunk CRCs and the end of a PNG, which load() does not
-        # (a PNG missing its last IDAT bytes would otherwise load "fine").
-        with Image.open(_io.BytesIO(data), formats=_allowed_pil_formats()) as probe:
-            width, height = probe.size
-            if width * height > MAX_PIXELS:
-                raise ImageReadError(
-                    path,
-                    f"image is {width}x{height} = {width * height} pixels, above the "
-                    f"limit restore.io.MAX_PIXELS = {MAX_PIXELS}",
-                )
-            probe.verify()
-        with Image.open(_io.BytesIO(data), formats=_allowed_pil_formats()) as img:
-            img.load()  # decodes everything; raises on truncated data
-            orientation = int(img.getexif().get(0x0112, 1) or 1)
-            png = _png_header(data)
-            if png is not None:
-                bits, gray_source = png[0], png[1] in (0, 4)
-            elif img.format == "TIFF":
-                samples = img.tag_v2.get(258, (8,))
-                bits = max(samples) if isinstance(samples, tuple) else int(samples)
-                gray_source = img.mode.startswith(("I;16", "L", "1"))
-            else:
-                bits, gray_source = 8, False
-            if bits > 8 and img.mode.startswith("I;16") and "transparency" not in img.info:
-                colour, alpha = _pil_to_array(path, img)
-            elif bits == 16:
-                # Pillow holds 16-bit colour only as 8-bit: decode again at full depth.
-                colour, alpha = _decode_16bit_opencv(path, data, gray_source)
-                if colour.shape[:2] != (img.height, img.width):
-                    raise ImageReadError(path, "OpenCV and Pillow disagree on the image size")
-            elif bits > 8:
-                raise ImageReadError(path, f"unsupported sample depth ({bits} bits; expected 8 or 16)")
-            else:
-                colour, alpha = _pil_to_array(path, img)
+        with warnings.catch_warnings():
+            # Pillow warns above its own bound (raised to MAX_PIXELS above); our
+            # check below decides, with its own message, so the raw warning is noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # verify() checks chunk CRCs and the end of a PNG, which load() does not
+            # (a PNG missing its last IDAT bytes would otherwise load "fine").
+            with Image.open(_io.BytesIO(data), formats=_allowed_pil_formats()) as probe:
+                width, height = probe.size
+                if width * height > MAX_PIXELS:
+                    raise ImageReadError(
+                        path,
+                        f"image is {width}x{height} = {width * height} pixels, above the "
+                        f"limit restore.io.MAX_PIXELS = {MAX_PIXELS}",
+                    )
+                probe.verify()
+            with Image.open(_io.BytesIO(data), formats=_allowed_pil_formats()) as img:
+                frames = _frame_count(img)
+                if frames > 1:
+                    unit = "pages" if img.format == "TIFF" else "frames"
+                    raise ImageReadError(
+                        path,
+                        f"has {frames} {unit}; only single-frame images are supported "
+                        "(extract the frames first)",
+                    )
+                img.load()  # decodes everything; raises on truncated data
+                orientation = int(img.getexif().get(0x0112, 1) or 1)
+                icc_profile = img.info.get("icc_profile") or None
+                key = img.info.get("transparency")
+                png = _png_header(data)
+                if png is not None:
+                    bits, gray_source = png[0], png[1] in (0, 4)
+                elif img.format == "TIFF":
+                    samples = img.tag_v2.get(258, (8,))
+                    bits = max(samples) if isinstance(samples, tuple) else int(samples)
+                    gray_source = img.mode.startswith(("I;16", "L", "1"))
+                else:
+                    bits, gray_source = 8, False
+                if bits > 8 and img.mode.startswith("I;16"):
+                    colour, alpha = _pil_to_array(path, img)
+                elif bits == 16:
+                    # Pillow holds 16-bit colour only as 8-bit: decode again at full depth.
+                    colour, alpha = _decode_16bit_opencv(path, data, gray_source)
+                    if colour.shape[:2] != (img.height, img.width):
+                        raise ImageReadError(path, "OpenCV and Pillow disagree on the image size")
+                elif bits > 8:
+                    raise ImageReadError(path, f"unsupported sample depth ({bits} bits; expected 8 or 16)")
+                else:
+                    colour, alpha = _pil_to_array(path, img)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
         kind = _sniff(data)
-        if kind is not None:
+        if kind in _READABLE_KINDS:
             raise ImageReadError(path, f"corrupt {kind} file (its header cannot be parsed)") from None
+        if kind is not None:
+            raise ImageReadError(
+                path,
+                f"the content is {kind} data despite the {path.suffix} name; {kind} is not "
+                "supported (convert it to PNG, JPEG, BMP, TIFF or WebP)",
+            ) from None
         raise ImageReadError(
             path, "not a recognised image file (expected PNG, JPEG, BMP, TIFF or WebP content)"
         ) from None
@@ -316,6 +420,10 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         reason = str(exc) or type(exc).__name__
         raise ImageReadError(path, f"corrupt or truncated image data ({reason})") from None
 
+    if alpha is None and colour.dtype == np.uint16 and colour.ndim == 2 and isinstance(key, int):
+        # A 16-bit gray tRNS key (one fully transparent level): neither Pillow's
+        # I;16 mode nor OpenCV turns it into alpha, so do it as for 8-bit gray.
+        alpha = np.where(colour == key, 0, 65535).astype(np.uint16)
     bit_depth = 16 if colour.dtype == np.uint16 else 8
     colour = apply_orientation(colour, orientation)
     if alpha is not None:
@@ -328,17 +436,33 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     # every uint8/uint16 value; torch's own uint16 support is limited).
     chw = colour.transpose(2, 0, 1).astype(np.float32, order="C")
     image = torch.from_numpy(chw).div_(scale)
-    return LoadedImage(image=image, alpha=alpha, bit_depth=bit_depth, path=path)
+    if icc_profile is not None and not _icc_matches(icc_profile, image.shape[0]):
+        icc_profile = None  # e.g. a CMYK profile: the samples were converted without it
+    return LoadedImage(image=image, alpha=alpha, bit_depth=bit_depth, path=path, icc_profile=icc_profile)
 
 
 def read_mask(path: str | os.PathLike) -> torch.Tensor:
     """Read an inpainting mask as a 1HW float tensor, 1 = hole.
 
     On disk a mask is an image of the same size where any nonzero pixel (in any
-    colour channel) marks a hole; the alpha channel, if any, is ignored.
+    colour channel) marks a hole. A fully opaque alpha channel changes nothing.
+    Editors also export masks as strokes on a transparent layer, where the
+    alpha, not the colour, says what was painted; so when the alpha is not
+    fully opaque, a pixel is a hole iff its alpha > 0 and its colour is
+    nonzero, except when the colour is the same at every pixel with alpha > 0
+    (black or white strokes, an alpha-only layer): then alpha > 0 alone marks
+    the holes.
     """
     loaded = read_image(path)
-    return (loaded.image > 0).any(dim=0, keepdim=True).to(torch.float32)
+    painted = (loaded.image > 0).any(dim=0, keepdim=True)
+    alpha = loaded.alpha
+    if alpha is None or bool((alpha == np.iinfo(alpha.dtype).max).all()):
+        return painted.to(torch.float32)
+    visible = torch.from_numpy(alpha > 0)[None]
+    colours = loaded.image[:, visible[0]]  # C x (pixels with alpha > 0)
+    if colours.shape[1] == 0 or bool((colours == colours[:, :1]).all()):
+        return visible.to(torch.float32)
+    return (visible & painted).to(torch.float32)
 
 
 # --------------------------------------------------------------------------- writing
@@ -351,7 +475,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     The temporary file lives in the destination folder (so ``os.replace`` is an
     atomic rename on the same filesystem), is hidden (leading dot, skipped by
     :func:`list_images`) and keeps the target's suffix (so writers that infer
-    the format from the name work). On success it is fsynced and renamed onto
+    the format from the name work); its name is never longer than the
+    filesystem allows, even when ``path``'s own name is near the limit. On success it is fsynced and renamed onto
     ``path``; on any exception it is removed and an existing ``path`` is left
     untouched. Parent folders are created.
     """
@@ -359,9 +484,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory; cannot write a file there")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
+    prefix, suffix = _temp_name_parts(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -385,6 +509,33 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+# mkstemp puts this many random characters between prefix and suffix.
+_TEMP_RANDOM_CHARS = 8
+
+
+def _temp_name_parts(path: Path) -> tuple[str, str]:
+    """(prefix, suffix) for ``mkstemp``: ``.{stem}.XXXXXXXX.tmp{suffix}``, within NAME_MAX.
+
+    The decoration adds ~14 bytes to the name, so a legal long file name (e.g.
+    240 characters) would give a temporary name the filesystem refuses; the
+    stem is cut (on a character boundary) to fit the folder's name limit.
+    """
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX, or not reported
+        limit = 255
+    if limit <= 0:
+        limit = 255
+    suffix = f".tmp{path.suffix}"
+    if len(os.fsencode(suffix)) + 2 + _TEMP_RANDOM_CHARS > limit:
+        suffix = ".tmp"  # an absurdly long extension: the name cannot keep it
+    room = limit - len(os.fsencode(suffix)) - 2 - _TEMP_RANDOM_CHARS  # 2: the two dots
+    stem = path.stem
+    while len(os.fsencode(stem)) > room:
+        stem = stem[: max(0, min(len(stem) - 1, room))]
+    return f".{stem}.", suffix
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -446,6 +597,11 @@ def _convert_alpha(path: Path, alpha: object, size: tuple[int, int], bit_depth: 
     return alpha.astype(np.uint16) * 257
 
 
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
 def _encode_png16(array: np.ndarray) -> bytes:
     """Minimal 16-bit PNG encoder (any of 1-4 channels) for what OpenCV cannot write.
 
@@ -463,15 +619,12 @@ def _encode_png16(array: np.ndarray) -> bytes:
     rows[0, 1:] = raw[0]
     rows[1:, 1:] = filtered[1:]
 
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
-        + chunk(b"IEND", b"")
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+        + _png_chunk(b"IEND", b"")
     )
 
 
@@ -493,6 +646,7 @@ def write_image(
     bit_depth: int = 8,
     *,
     quality: int = 95,
+    icc_profile: bytes | None = None,
 ) -> None:
     """Write a CHW or 1CHW float image in [0, 1] atomically; format from the suffix.
 
@@ -501,7 +655,11 @@ def write_image(
     ``bit_depth`` and scaled exactly otherwise. 16-bit output is PNG or TIFF;
     JPEG (``quality``, 4:4:4 chroma) and BMP have no alpha; WebP is written
     lossless and has no grayscale (gray is stored as RGB). 16-bit images with
-    alpha are written as PNG only.
+    alpha are written as PNG only. ``icc_profile`` (e.g.
+    :attr:`LoadedImage.icc_profile`) is embedded verbatim in PNG, JPEG, WebP
+    and TIFF at either depth, so colour-managed viewers keep the source's
+    colours; BMP drops it, and so does any output whose channels the profile
+    does not describe (a GRAY profile on RGB, e.g. after colorization).
     """
     path = Path(path)
     fmt = _WRITE_FORMATS.get(path.suffix.lower())
@@ -528,6 +686,8 @@ def write_image(
         raise ValueError(f"{path}: image contains NaN or infinite values")
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"{path}: quality must be in 1..100, got {quality!r}")
+    if icc_profile is not None and not isinstance(icc_profile, (bytes, bytearray)):
+        raise TypeError(f"{path}: icc_profile must be bytes, got {type(icc_profile).__name__}")
 
     array = _quantize(image, bit_depth)  # HxWxC
     if alpha is not None:
@@ -536,17 +696,29 @@ def write_image(
         alpha = _convert_alpha(path, alpha, array.shape[:2], bit_depth)
         array = np.concatenate([array, alpha[:, :, None]], axis=2)
 
+    colour_channels = 1 if array.shape[2] <= 2 else 3
+    if fmt == "WEBP":
+        colour_channels = 3  # WebP stores gray as RGB
+    if not icc_profile or fmt == "BMP" or not _icc_matches(bytes(icc_profile), colour_channels):
+        icc_profile = None
+    else:
+        icc_profile = bytes(icc_profile)
+
     if bit_depth == 16:
         payload = _encode_16bit(path, fmt, array)
+        if icc_profile is not None and fmt == "PNG":
+            payload = _png_with_icc(payload, icc_profile)
+        elif icc_profile is not None:
+            payload = _tiff_with_icc(path, payload, icc_profile)
     else:
-        payload = _encode_8bit(fmt, array, int(quality))
+        payload = _encode_8bit(fmt, array, int(quality), icc_profile)
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(payload)
 
 
-def _encode_8bit(fmt: str, array: np.ndarray, quality: int) -> bytes:
-    """HxWxC uint8 (C = 1..4) -> encoded bytes with Pillow."""
+def _encode_8bit(fmt: str, array: np.ndarray, quality: int, icc_profile: bytes | None = None) -> bytes:
+    """HxWxC uint8 (C = 1..4) -> encoded bytes with Pillow (+ ICC profile, if given)."""
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[array.shape[2]]
     img = Image.fromarray(np.ascontiguousarray(array[:, :, 0] if mode == "L" else array))
     options: dict = {}
@@ -564,9 +736,50 @@ def _encode_8bit(fmt: str, array: np.ndarray, quality: int) -> bytes:
             img = img.convert("RGBA")
     elif fmt == "TIFF":
         options = {"compression": "tiff_adobe_deflate"}
+    if icc_profile is not None:
+        options["icc_profile"] = icc_profile
     buffer = _io.BytesIO()
     img.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def _png_with_icc(png: bytes, profile: bytes) -> bytes:
+    """Insert an iCCP chunk right after IHDR (it must precede PLTE and IDAT).
+
+    For the 16-bit writers (OpenCV, :func:`_encode_png16`), which cannot embed
+    a profile themselves; neither writes sRGB/gAMA chunks that would conflict.
+    """
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    if png[12:16] != b"IHDR":
+        raise ValueError("PNG does not start with IHDR")
+    chunk = _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(profile))  # name, NUL, method 0
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def _tiff_with_icc(path: Path, tiff: bytes, profile: bytes) -> bytes:
+    """Add the ICC profile tag (34675) to the first IFD of a classic TIFF from OpenCV.
+
+    Entries cannot be inserted in place, so the profile and a copy of the IFD
+    with one more entry are appended and the header is pointed at the copy;
+    every other offset stays valid (the old IFD is left as unused bytes).
+    """
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(tiff[:4])
+    if order is None:
+        raise ValueError(f"{path}: cannot embed the ICC profile: the TIFF encoder wrote no classic TIFF header")
+    (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+    (count,) = struct.unpack_from(order + "H", tiff, ifd)
+    entries = [tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k] for k in range(count)]
+    entries = [e for e in entries if struct.unpack_from(order + "H", e)[0] != 34675]
+    next_ifd = tiff[ifd + 2 + 12 * count : ifd + 6 + 12 * count]
+    out = bytearray(tiff)
+    out += b"\x00" * (len(out) % 2)  # TIFF offsets are word-aligned
+    entries.append(struct.pack(order + "HHII", 34675, 7, len(profile), len(out)))  # UNDEFINED bytes
+    out += profile + b"\x00" * (len(profile) % 2)
+    entries.sort(key=lambda e: struct.unpack_from(order + "H", e)[0])  # IFDs are sorted by tag
+    new_ifd = len(out)
+    out += struct.pack(order + "H", len(entries)) + b"".join(entries) + next_ifd
+    out[4:8] = struct.pack(order + "I", new_ifd)
+    return bytes(out)
 
 
 def _encode_16bit(path: Path, fmt: str, array: np.ndarray) -> bytes:

@@ -399,6 +399,19 @@ def test_a_link_to_a_parent_folder_does_not_make_outputs_inputs(fake_tasks, tmp_
     assert "output path is an input file" not in capsys.readouterr().err
 
 
+def test_restored_images_keep_the_icc_profile(fake_tasks, tmp_path, capsys):
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(_rng(10).integers(0, 256, (8, 9, 3), dtype=np.uint8)).save(inp / "a.png", icc_profile=profile)
+    for command in (["denoise"], ["corrupt", "--spec", "gaussian:sigma=5"]):
+        out = tmp_path / f"out-{command[0]}"
+        assert cli.main([command[0], str(inp), str(out), *command[1:], *(["--device", "cpu"] if command[0] != "corrupt" else [])]) == 0
+        assert Image.open(out / "a.png").info.get("icc_profile") == profile
+
+
 def test_file_seed_accepts_names_that_are_not_utf8():
     bad = Path(b"caf\xe9.png".decode("utf-8", "surrogateescape"))
     assert cli.file_seed(0, bad) != cli.file_seed(0, "cafe.png")

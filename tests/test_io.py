@@ -10,6 +10,7 @@ import os
 import pickle
 import stat
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -362,7 +363,7 @@ _BAD_FILES = {
     "png_missing_idat_tail": ("tail.png", lambda: _png_bytes()[:-13], "corrupt"),
     "empty": ("empty.png", lambda: b"", "empty"),
     "text_named_png": ("notes.png", lambda: b"this is not an image\n" * 5, "not a recognised image"),
-    "gif_named_png": ("anim.png", _gif_bytes, "not a recognised image"),
+    "gif_named_png": ("anim.png", _gif_bytes, "content is gif data"),
     "garbage_after_signature": ("sig.png", lambda: b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "corrupt png"),
     "jpeg_header_only": ("head.jpg", lambda: _jpeg_bytes()[:3], "corrupt jpeg"),
 }
@@ -575,3 +576,282 @@ def test_list_images_survives_symlink_loops(tmp_path: Path) -> None:
     (tmp_path / "linked").symlink_to(outside, target_is_directory=True)
     found = list_images(tmp_path)
     assert found == [tmp_path / "a" / "b" / "two.png", tmp_path / "a" / "one.png", tmp_path / "linked" / "three.png"]
+
+
+# --------------------------------------------------------------------------- audit fixes
+
+
+@pytest.mark.parametrize("name", ["a" * 240 + ".png", "b" * 251 + ".png", "é" * 125 + ".png", "c" * 255])
+def test_atomic_output_temp_names_fit_long_file_names(tmp_path: Path, name: str) -> None:
+    # Legal names up to 255 bytes; the temporary name used to be ~18 bytes longer.
+    target = tmp_path / name
+    assert len(os.fsencode(target.name)) <= 255
+    with rio.atomic_output(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".")
+        assert len(os.fsencode(tmp.name)) <= 255
+        assert tmp.suffix == target.suffix or not target.suffix
+        tmp.write_bytes(b"x")
+    assert target.read_bytes() == b"x" and _leftovers(tmp_path) == [name]
+    if target.suffix == ".png":
+        write_image(target, torch.rand(3, 4, 5))
+        assert read_image(target).image.shape == (3, 4, 5) and _leftovers(tmp_path) == [name]
+
+
+def _srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk (written here, independently of restore.io's helpers)."""
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_insert_chunk(png: bytes, kind: bytes, payload: bytes) -> bytes:
+    """Insert a chunk right after IHDR."""
+    return png[:33] + _chunk(kind, payload) + png[33:]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
+def test_icc_profile_kept_8bit(tmp_path: Path, suffix: str) -> None:
+    profile = _srgb_profile()
+    pixels = _rand((6, 7, 3))
+    src = tmp_path / f"src{suffix}"
+    Image.fromarray(pixels).save(src, icc_profile=profile, **({"lossless": True} if suffix == ".webp" else {}))
+    loaded = read_image(src)
+    assert loaded.icc_profile == profile
+    dst = tmp_path / f"dst{suffix}"
+    write_image(dst, loaded.image, icc_profile=loaded.icc_profile)
+    with Image.open(dst) as check:  # an independent reader sees the exact bytes
+        assert check.info.get("icc_profile") == profile
+    assert read_image(dst).icc_profile == profile
+    # No profile in, none out.
+    write_image(tmp_path / f"plain{suffix}", loaded.image)
+    assert read_image(tmp_path / f"plain{suffix}").icc_profile is None
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_icc_profile_kept_16bit_png(tmp_path: Path, channels: int) -> None:
+    profile = _srgb_profile()
+    pixels = _rand((5, 8, channels), np.uint16)
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[:, :, [2, 1, 0, 3][:channels]]))
+    assert ok
+    src = tmp_path / "src.png"
+    src.write_bytes(_png_insert_chunk(encoded.tobytes(), b"iCCP", b"wide\x00\x00" + zlib.compress(profile)))
+    loaded = read_image(src)
+    assert loaded.bit_depth == 16 and loaded.icc_profile == profile
+    dst = tmp_path / "dst.png"
+    write_image(dst, loaded.image, alpha=loaded.alpha, bit_depth=16, icc_profile=loaded.icc_profile)
+    with Image.open(dst) as check:
+        check.load()
+        assert check.info.get("icc_profile") == profile
+    again = read_image(dst)
+    assert again.icc_profile == profile and again.bit_depth == 16
+    np.testing.assert_array_equal(_as_ints(again), pixels[:, :, :3])
+    if channels == 4:
+        np.testing.assert_array_equal(again.alpha, pixels[:, :, 3])
+
+
+def test_icc_profile_16bit_gray_alpha_png_and_tiff(tmp_path: Path) -> None:
+    gray_profile = bytearray(_srgb_profile())
+    gray_profile[16:20] = b"GRAY"  # header only: nothing here interprets the profile
+    gray_profile = bytes(gray_profile)
+    pixels = _rand((4, 6), np.uint16)
+    image = torch.from_numpy(pixels[None].astype(np.float32) / 65535)
+    write_image(tmp_path / "ga.png", image, alpha=_rand((4, 6), np.uint16), bit_depth=16, icc_profile=gray_profile)
+    assert read_image(tmp_path / "ga.png").icc_profile == gray_profile
+
+    profile = _srgb_profile()
+    for channels, icc in ((1, gray_profile), (3, profile)):
+        deep = _rand((channels, 5, 9), np.uint16)
+        path = tmp_path / f"deep{channels}.tif"
+        write_image(path, torch.from_numpy(deep.astype(np.float64) / 65535).float(), bit_depth=16, icc_profile=icc)
+        with Image.open(path) as check:
+            assert check.info.get("icc_profile") == icc
+        loaded = read_image(path)
+        assert loaded.icc_profile == icc and loaded.bit_depth == 16
+        np.testing.assert_array_equal(_as_ints(loaded), deep.transpose(1, 2, 0))
+        assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None
+
+
+def test_icc_profile_dropped_where_it_does_not_describe_the_samples(tmp_path: Path) -> None:
+    profile = _srgb_profile()  # an RGB profile
+    Image.fromarray(_rand((4, 4))).save(tmp_path / "gray.png", icc_profile=profile)
+    assert read_image(tmp_path / "gray.png").icc_profile is None  # RGB profile on gray data
+    # An RGB profile is not written onto gray output (PNG forbids it) ...
+    write_image(tmp_path / "g.png", torch.rand(1, 4, 4), icc_profile=profile)
+    with Image.open(tmp_path / "g.png") as check:
+        assert "icc_profile" not in check.info
+    # ... but WebP stores gray as RGB, so there it fits; BMP has nowhere to put it.
+    write_image(tmp_path / "g.webp", torch.rand(1, 4, 4), icc_profile=profile)
+    assert read_image(tmp_path / "g.webp").icc_profile == profile
+    write_image(tmp_path / "c.bmp", torch.rand(3, 4, 4), icc_profile=profile)
+    assert read_image(tmp_path / "c.bmp").icc_profile is None
+    with pytest.raises(TypeError, match="icc_profile"):
+        write_image(tmp_path / "x.png", torch.rand(3, 4, 4), icc_profile="sRGB")
+
+
+def _multi_frame_files(tmp_path: Path) -> dict[str, str]:
+    a, b = Image.fromarray(_rand((8, 8, 3))), Image.fromarray(_rand((8, 8, 3)))
+    a.save(tmp_path / "pages.tif", save_all=True, append_images=[b])
+    a.save(tmp_path / "anim.png", save_all=True, append_images=[b, a], format="PNG")
+    a.save(tmp_path / "anim.webp", save_all=True, append_images=[b], lossless=True)
+    return {"pages.tif": "has 2 pages", "anim.png": "has 3 frames", "anim.webp": "has 2 frames"}
+
+
+def test_multi_frame_files_are_refused(tmp_path: Path) -> None:
+    for name, reason in _multi_frame_files(tmp_path).items():
+        with pytest.raises(ImageReadError, match=reason) as info:
+            read_image(tmp_path / name)
+        assert "only single-frame images are supported" in info.value.reason
+        assert info.value.path == tmp_path / name
+
+    # An animated GIF is not cut to its first frame either: it is refused as GIF.
+    frames = [Image.fromarray(_rand((8, 8, 3))).convert("P") for _ in range(3)]
+    frames[0].save(tmp_path / "gif.png", format="GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageReadError, match="GIF") as info:
+        read_image(tmp_path / "gif.png")
+    assert "not a recognised" not in info.value.reason
+
+
+def test_single_frame_variants_still_load(tmp_path: Path) -> None:
+    # Camera JPEGs (MPO: a photo plus preview frames) are one photo.
+    a, b = Image.fromarray(_rand((16, 16, 3))), Image.fromarray(_rand((8, 8, 3)))
+    a.save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[b])
+    with Image.open(tmp_path / "camera.jpg") as check:
+        assert check.n_frames == 2
+    assert read_image(tmp_path / "camera.jpg").image.shape == (3, 16, 16)
+    # A single-frame TIFF, PNG and WebP load as before.
+    for name in ("one.tif", "one.png", "one.webp"):
+        a.save(tmp_path / name)
+        assert read_image(tmp_path / name).image.shape == (3, 16, 16)
+
+
+def test_tiff_with_reduced_resolution_pages_is_one_image(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    full, thumb = _rand((16, 12, 3)), _rand((4, 3, 3))
+    path = tmp_path / "thumbs.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(full, photometric="rgb")
+        tif.write(thumb, photometric="rgb", subfiletype=1)  # reduced-resolution copy
+    np.testing.assert_array_equal(_as_ints(read_image(path)), full)
+
+
+def _png16(pixels: np.ndarray, colour_type: int, extra: bytes = b"") -> bytes:
+    """A 16-bit PNG (no filtering), written by hand so any chunk can be added."""
+    height, width = pixels.shape[:2]
+    raw = pixels.astype(">u2").reshape(height, -1).view(np.uint8)
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), raw], axis=1)
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    idat = zlib.compress(rows.tobytes())
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + extra + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def test_16bit_gray_trns_becomes_gray_alpha(tmp_path: Path) -> None:
+    gray = _rand((6, 9), np.uint16)
+    gray[gray == 1234] = 1235
+    gray[1:3, 2:5] = 1234  # the transparent level
+    (tmp_path / "g.png").write_bytes(_png16(gray, 0, _chunk(b"tRNS", struct.pack(">H", 1234))))
+    loaded = read_image(tmp_path / "g.png")
+    assert loaded.bit_depth == 16 and loaded.image.shape == (1, 6, 9)
+    np.testing.assert_array_equal(_as_ints(loaded)[:, :, 0], gray)
+    assert loaded.alpha is not None and loaded.alpha.dtype == np.uint16
+    np.testing.assert_array_equal(loaded.alpha, np.where(gray == 1234, 0, 65535))
+    write_image(tmp_path / "out.png", loaded.image, alpha=loaded.alpha, bit_depth=16)
+    np.testing.assert_array_equal(read_image(tmp_path / "out.png").alpha, loaded.alpha)
+
+
+def _strokes() -> np.ndarray:
+    strokes = np.zeros((6, 8), bool)
+    strokes[1:4, 2:6] = True
+    strokes[5, 0] = True
+    return strokes
+
+
+@pytest.mark.parametrize(
+    ("colour", "background"),
+    [
+        ((0, 0, 0), (0, 0, 0)),  # black strokes on transparent black (read as empty before)
+        ((255, 255, 255), (255, 255, 255)),  # white strokes on transparent white (inverted before)
+        ((255, 255, 255), (0, 0, 0)),  # white strokes on transparent black
+        ((200, 30, 60), (255, 255, 255)),  # a colour layer: alpha carries the strokes
+    ],
+)
+def test_read_mask_strokes_on_transparent(tmp_path: Path, colour, background) -> None:
+    strokes = _strokes()
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[:, :, :3] = background
+    rgba[strokes, :3] = colour
+    rgba[strokes, 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(rio.read_mask(tmp_path / "m.png")[0].numpy(), strokes.astype(np.float32))
+
+
+def test_read_mask_alpha_only_and_partial_alpha(tmp_path: Path) -> None:
+    strokes = _strokes()
+    # Gray+alpha whose gray is all zero: the alpha alone is the mask (soft edges count).
+    alpha = np.where(strokes, 255, 0).astype(np.uint8)
+    alpha[0, 0] = 40
+    la = np.stack([np.zeros((6, 8), np.uint8), alpha], axis=2)
+    Image.fromarray(la).save(tmp_path / "la.png")
+    np.testing.assert_array_equal(rio.read_mask(tmp_path / "la.png")[0].numpy(), (alpha > 0).astype(np.float32))
+
+    # Visible pixels of different colours: hole iff visible and nonzero.
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[:, :, 3] = 255
+    rgba[strokes, :3] = 255  # opaque white: holes
+    rgba[0, :, 3] = 0  # a transparent row ...
+    rgba[0, :, :3] = 255  # ... whose hidden colour is white: not a hole
+    expected = strokes.copy()
+    expected[0] = False
+    Image.fromarray(rgba).save(tmp_path / "mixed.png")
+    np.testing.assert_array_equal(rio.read_mask(tmp_path / "mixed.png")[0].numpy(), expected.astype(np.float32))
+
+    # Fully transparent: no hole.
+    Image.fromarray(np.zeros((6, 8, 4), np.uint8)).save(tmp_path / "clear.png")
+    assert float(rio.read_mask(tmp_path / "clear.png").sum()) == 0
+
+
+def test_read_mask_opaque_alpha_behaves_as_before(tmp_path: Path) -> None:
+    mask = np.zeros((6, 8), np.uint8)
+    mask[2:5, 1:4] = 255
+    mask[0, 7] = 3  # any nonzero value is a hole
+    rgba = np.stack([mask, np.zeros_like(mask), np.zeros_like(mask), np.full_like(mask, 255)], axis=2)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(rio.read_mask(tmp_path / "rgba.png")[0].numpy(), (mask > 0).astype(np.float32))
+    # Opaque and constant (all black or all white): the colour decides, not the alpha.
+    for value in (0, 255):
+        flat = np.full((6, 8, 4), value, np.uint8)
+        flat[:, :, 3] = 255
+        Image.fromarray(flat).save(tmp_path / "flat.png")
+        assert float(rio.read_mask(tmp_path / "flat.png").mean()) == (1.0 if value else 0.0)
+
+
+def test_pixel_limit_without_pillow_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.png"
+    Image.new("L", (40, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns from 1001 pixels
+    monkeypatch.setattr(rio, "MAX_PIXELS", 1000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageReadError, match="MAX_PIXELS"):
+            read_image(path)
+        monkeypatch.setattr(rio, "MAX_PIXELS", 40 * 30)
+        assert read_image(path).image.shape == (1, 30, 40)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_float_tiff_and_foreign_content_messages(tmp_path: Path) -> None:
+    ramp = np.linspace(0, 1, 24, dtype=np.float32).reshape(4, 6)
+    Image.fromarray(ramp).save(tmp_path / "gray_float.tif")  # Pillow mode F
+    assert cv2.imwrite(str(tmp_path / "rgb_float.tiff"), np.stack([ramp] * 3, axis=2))
+    for name in ("gray_float.tif", "rgb_float.tiff"):
+        with pytest.raises(ImageReadError, match="floating-point TIFF samples are not supported") as info:
+            read_image(tmp_path / name)
+        assert "corrupt" not in info.value.reason and "8- or 16-bit" in info.value.reason
+
+    (tmp_path / "pic.png").write_bytes(_gif_bytes())
+    with pytest.raises(ImageReadError) as info:
+        read_image(tmp_path / "pic.png")
+    assert "GIF" in info.value.reason and ".png" in info.value.reason
