@@ -270,6 +270,8 @@ def cmd_task(args: argparse.Namespace) -> int:
                     f"mask {mask_file} is {mask.shape[-1]}x{mask.shape[-2]}, image is "
                     f"{loaded.image.shape[-1]}x{loaded.image.shape[-2]}"
                 )
+            if not bool(mask.any()):  # legal (nothing to fill), but often a mask exported the wrong way
+                print(f"note: {mask_file} marks no hole; {src} is copied unchanged", file=sys.stderr)
             item["mask"] = mask
         return item
 

@@ -354,6 +354,14 @@ def test_a_bad_mask_is_named_in_the_error(fake_tasks, tmp_path, capsys):
     assert f"failed: {inp / 'b.png'}: {masks / 'b.png'}: " in err  # the mask, not the photo, is at fault
 
 
+def test_an_empty_mask_is_noted(fake_tasks, tmp_path, capsys):
+    inp, masks = _masked_pair(tmp_path)
+    Image.fromarray(np.zeros((12, 10), np.uint8)).save(masks / "b.png")
+    assert cli.main(["inpaint", str(inp), str(tmp_path / "out"), "--masks", str(masks), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"{masks / 'b.png'} marks no hole" in err and f"{masks / 'a.png'}" not in err
+
+
 def test_unusable_out_is_a_usage_error_before_any_work(fake_tasks, tmp_path, monkeypatch, capsys):
     inp = tmp_path / "in"
     _good_images(inp)
