@@ -298,6 +298,32 @@ def test_validation_split_holds_back_photos(photo_dir: Path) -> None:
     assert train[0]["target"].shape == (3, 32, 32)
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_unreadable_training_photos_are_skipped(tmp_path: Path, cache: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """One bad file among the photos must not stop training (each photo is its own dataset, with no fallback)."""
+    from restore.engine.config import ConfigError
+
+    for i in range(3):
+        Image.fromarray(_smooth_photo(40, 40, i)).save(tmp_path / f"p{i}.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    full = (tmp_path / "p0.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(full[: len(full) // 2])
+    task = DenoiseTask({"patch_size": 32, "patches_per_image": 2, "val_images": 1, "val_patches_per_image": 1,
+                        "val_patch_size": 32, "unet": TINY_UNET, "cache": cache})
+    with caplog.at_level("WARNING"):
+        train, val = task.build_datasets(str(tmp_path))
+    assert len(train) == 2 * 2 and len(val) == 1
+    assert [train[i]["target"].shape for i in range(len(train))] == [(3, 32, 32)] * 4
+    skipped = " ".join(r.getMessage() for r in caplog.records)
+    assert "empty.png" in skipped and "trunc.png" in skipped
+    names = task.model_card()["data_split"]
+    assert "empty.png" not in names["train_images"] + names["val_images"]
+    for good in tmp_path.glob("p*.png"):
+        good.unlink()
+    with pytest.raises(ConfigError, match="none of the 2 image"):
+        task.build_datasets(str(tmp_path))
+
+
 def test_fashion_mnist_mode(tmp_path: Path) -> None:
     r = np.random.default_rng(0)
     write_idx(tmp_path / "train-images-idx3-ubyte", r.integers(0, 256, (40, 28, 28), dtype=np.uint8))

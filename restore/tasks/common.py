@@ -16,7 +16,7 @@ import itertools
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,21 +176,28 @@ def photo_patch_datasets(
     their crops are seeded (``val_seed + k``) and never flipped, so the
     validation curve compares like with like. Every photo is its own
     `restore.data.ImageFolderPatches` (``patches_per_image`` items each).
+    Unreadable files (corrupt, truncated, not images) are logged and left out
+    before the split, since a one-photo dataset has no other image to fall
+    back on; none readable is ``error``.
     Returns (train, validation or None, the split's photo names for the card).
     """
     from restore.data import ImageFolderPatches
 
-    paths = list_photos(data, error)
+    def train_set(path: Path) -> ImageFolderPatches:
+        return ImageFolderPatches(path, patch_size, patches_per_image=patches_per_image, augment=True, cache=cache)
+
+    listed = list_photos(data, error)
+    built = _readable_photos(listed, train_set if cache else None, task)
+    paths = list(built)
+    if not paths:
+        raise error(f"--data {data}: none of the {len(listed)} image(s) can be read (reasons logged above)")
     n_val = min(val_images, len(paths) - 1)
     if n_val < val_images:
         log.warning("%s: only %d photo(s) in %s: %d held back for validation", task, len(paths), data, n_val)
     val_idx = {min(len(paths) - 1, round((i + 0.5) * len(paths) / n_val)) for i in range(n_val)} if n_val else set()
     train_paths = [p for i, p in enumerate(paths) if i not in val_idx]
     val_paths = [p for i, p in enumerate(paths) if i in val_idx]
-    train = ConcatDataset([
-        ImageFolderPatches(p, patch_size, patches_per_image=patches_per_image, augment=True, cache=cache)
-        for p in train_paths
-    ])
+    train = ConcatDataset([built[p] or train_set(p) for p in train_paths])
     val = None
     if val_paths:
         val = ConcatDataset([
@@ -202,6 +209,24 @@ def photo_patch_datasets(
              ", ".join(p.name for p in val_paths) or "-")
     info = {"train_images": [p.name for p in train_paths], "val_images": [p.name for p in val_paths]}
     return train, val, info
+
+
+def _readable_photos(paths: list[Path], build: Callable[[Path], Any] | None, task: str) -> dict[Path, Any]:
+    """The readable ``paths``, each with its dataset when ``build`` (a caching constructor, which decodes
+    the photo anyway) is given, else None after a test decode; unreadable ones are logged and dropped."""
+    from restore.io import ImageReadError, read_image
+
+    good: dict[Path, Any] = {}
+    for path in paths:
+        try:
+            if build is not None:
+                good[path] = build(path)
+            else:
+                read_image(path)
+                good[path] = None
+        except (ImageReadError, FileNotFoundError) as e:
+            log.warning("%s: skipping unreadable training image %s", task, e)
+    return good
 
 
 # --------------------------------------------------------------------------- restoring
