@@ -26,12 +26,12 @@ import torch.nn as nn
 import yaml
 
 from restore.engine import checkpoint as ckpt
-from restore.engine.cli import build_parser, resolve_config
+from restore.engine.cli import build_parser, main, resolve_config
 from restore.engine.config import ConfigError, TrainConfig, apply_dict
 from restore.engine.ema import EMA, effective_decay
-from restore.engine.schedule import anneal, continued, cyclical, lr_multiplier
+from restore.engine.schedule import ScheduleError, anneal, continued, cyclical, lr_multiplier
 from restore.engine.task import StepContext
-from restore.engine.trainer import Trainer, TrainingDiverged
+from restore.engine.trainer import ResumableSampler, Trainer, TrainingDiverged, resolve_device
 from restore.engine.watch import CollapseWatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,6 +146,53 @@ def test_continuing_a_schedule_that_reached_zero_warns(tmp_path: Path, caplog: p
     with caplog.at_level("WARNING", logger="restore.engine"):
         make_trainer(tmp_path / "run", steps=6, **cos).fit(resume=True)
     assert any("resume_schedule=redraw" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_with_fewer_steps_than_done_is_refused_before_config_yaml(tmp_path: Path) -> None:
+    """A resume to a length below the checkpoint's step trained nothing and rewrote config.yaml with it."""
+    make_trainer(tmp_path / "run", steps=4).fit()
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"run is at step 4; --steps 2 must be >= 4"):
+        make_trainer(tmp_path / "run", steps=2).fit(resume=True)
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+    same = make_trainer(tmp_path / "run", steps=4)  # the same length is a legal no-op
+    same.fit(resume=True)
+    assert same.step == 4
+
+
+def _record_indices(trainer: Trainer) -> list[int]:
+    """The training-set indices ``trainer`` trains on, in order, from now on."""
+    seen: list[int] = []
+    original = trainer.task.prepare_batch
+
+    def recording(batch: dict, ctx: StepContext) -> dict:
+        if ctx.training:
+            seen.extend(batch["index"].tolist())
+        return original(batch, ctx)
+
+    trainer.task.prepare_batch = recording  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("old_checkpoint", [False, True])
+def test_resume_with_another_batch_size_continues_the_epoch(tmp_path: Path, old_checkpoint: bool) -> None:
+    """Skipping batch_in_epoch x the *new* batch size re-trained or skipped samples; the checkpoint now
+    records the samples consumed (older checkpoints: batches x the batch size they were written with)."""
+    first = make_trainer(tmp_path / "run", steps=2, batch_size=4, val_every=0, image_every=0)
+    first.fit()  # 8 of the 24 samples of epoch 0
+    if old_checkpoint:
+        path = ckpt.checkpoint_path(tmp_path / "run", 2)
+        state = ckpt.load(path)
+        del state["samples_in_epoch"]
+        ckpt.save_atomic(state, path)
+    sampler = ResumableSampler(first.loader.dataset, 1, 0, 0, True)
+    sampler.set_epoch(0)
+    order = list(sampler)
+    second = make_trainer(tmp_path / "run", steps=10, batch_size=2, val_every=0, image_every=0)
+    seen = _record_indices(second)
+    second.fit(resume=True)
+    assert seen == order[8:]  # the rest of epoch 0, each sample once
+    assert second.epoch == 1 and second.samples_in_epoch == 0  # and the epoch is complete
 
 
 def test_continued_schedule_formula() -> None:
@@ -352,6 +399,110 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
     assert resolve_config(TinyGAN, parse(["--data", "d", "--config", str(y)])).out == "r3"
 
 
+def test_optim_keys_must_name_a_model(tmp_path: Path) -> None:
+    """``--set optim.g.lr=...`` (a typo of G) was accepted, trained with the old LR and added optim.g."""
+    parse = build_parser(TinyGAN).parse_args
+    with pytest.raises(ConfigError, match=r"optim\.g.*G, D"):
+        resolve_config(TinyGAN, parse(["--data", "d", "--out", "o", "--set", "optim.g.lr=1e-2"]))
+    with pytest.raises(ConfigError, match="optim.E"):
+        TrainConfig.from_dict({"optim": {"E": {"lr": 1e-3}}})
+    # the standard D stays legal for a task that builds no D (an L1-only run)
+    tr = make_trainer(tmp_path, task={"gan": False}, optim={"D": {"lr": 1e-3}})
+    assert set(tr.optimizers) == {"G"}
+
+
+BAD_VALUES = [
+    ({"optim": {"G": {"schedule": "cosin"}}}, "optim.G.schedule"),
+    ({"optim": {"G": {"warmup": -1}}}, "optim.G.warmup"),
+    ({"optim": {"D": {"schedule": "step", "step_size": 0}}}, "optim.D.step_size"),
+    ({"optim": {"G": {"step_size": -3}}}, "optim.G.step_size"),
+    ({"optim": {"G": {"betas": [0.5, 1.0]}}}, "optim.G.betas"),
+    ({"optim": {"G": {"betas": [-0.1, 0.9]}}}, "optim.G.betas"),
+    ({"optim": {"G": {"eps": 0.0}}}, "optim.G.eps"),
+    ({"optim": {"G": {"weight_decay": -1e-4}}}, "optim.G.weight_decay"),
+    ({"optim": {"G": {"lr": float("nan")}}}, "optim.G.lr"),
+    ({"optim": {"G": {"lr": float("inf")}}}, "optim.G.lr"),
+    ({"optim": {"G": {"lr": 0.0}}}, "optim.G.lr"),
+    ({"optim": {"G": {"gamma": 0.0}}}, "optim.G.gamma"),
+    ({"optim": {"G": {"min_lr_factor": 1.5}}}, "optim.G.min_lr_factor"),
+    ({"optim": {"G": {"min_lr_factor": -0.1}}}, "optim.G.min_lr_factor"),
+    ({"optim": {"G": {"decay_start": -2}}}, "optim.G.decay_start"),
+    ({"optim": {"G": {"grad_clip": float("nan")}}}, "optim.G.grad_clip"),
+    ({"log_every": -1}, "log_every"),
+    ({"ckpt_every": -1}, "ckpt_every"),
+    ({"image_every": -1}, "image_every"),
+    ({"val_every": -1}, "val_every"),
+    ({"num_workers": -1}, "num_workers"),
+    ({"val_batch_size": -1}, "val_batch_size"),
+    ({"collapse_window": 0}, "collapse_window"),
+    ({"collapse_window": 3}, "collapse_window"),  # the watch needs >= 4 steps
+    ({"device": "mps"}, "device: 'mps' is not supported"),
+    ({"d_noise_std": float("nan")}, "d_noise_std"),
+]
+
+
+@pytest.mark.parametrize("values, key", BAD_VALUES, ids=[k for _, k in BAD_VALUES])
+def test_bad_trainer_values_are_config_errors(values: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        TrainConfig.from_dict(values)
+
+
+def test_value_checks_keep_the_legal_edges(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 0 = off (or: the default) stays legal
+    TrainConfig.from_dict({"log_every": 0, "ckpt_every": 0, "image_every": 0, "val_every": 0, "num_workers": 0,
+                           "val_batch_size": 0, "optim": {"G": {"betas": [0.0, 0.0], "min_lr_factor": 1.0}}})
+    # schedule errors are config errors (exit 2), and the trainer names the model's key
+    assert issubclass(ScheduleError, ConfigError)
+    with pytest.raises(ConfigError, match="unknown kind"):
+        lr_multiplier("cosin", 10)
+    with pytest.raises(ConfigError, match=r"optim\.G\.decay_start"):
+        make_trainer(tmp_path / "a", steps=4, optim={"G": {"schedule": "linear", "decay_start": 4}})
+    with pytest.raises(ConfigError, match="mps"):
+        resolve_device("mps")
+    # a warm-up as long as the run is legal but worth a warning
+    with caplog.at_level("WARNING", logger="restore.engine"):
+        make_trainer(tmp_path / "b", steps=4, optim={"G": {"warmup": 4}})
+    assert any("optim.G.warmup" in r.getMessage() for r in caplog.records)
+
+
+class _BadModelTask(TinyGAN):
+    def build_models(self) -> dict[str, nn.Module]:
+        from restore.models.blocks import ModelConfigError
+
+        raise ModelConfigError("UNet: depth must be a positive integer, got 0")
+
+
+def test_model_config_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(_BadModelTask, ["--data", "synthetic", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "error: task model options: UNet: depth must be a positive integer, got 0"
+    code = main(TinyGAN, ["--data", "synthetic", "--out", str(tmp_path / "r"), "--set", "optim.G.schedule=cosin"])
+    assert code == 2 and capsys.readouterr().err.strip().startswith("error: config optim.G.schedule")
+
+
+def test_yaml_reads_exponents_without_a_dot_as_floats(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) read 5e-3 as the string '5e-3': task options arrived as strings."""
+    y = tmp_path / "c.yaml"
+    y.write_text("task:\n  noise: 5e-3\n  adv_weight: 1.0e38\noptim:\n  G:\n    lr: 1e-4\n")
+    parse = build_parser(TinyGAN).parse_args
+    cfg = resolve_config(TinyGAN, parse(["--data", "d", "--out", "o", "--config", str(y)]))
+    assert cfg.task["noise"] == 5e-3 and isinstance(cfg.task["noise"], float)
+    assert cfg.task["adv_weight"] == 1e38 and cfg.optim["G"].lr == 1e-4
+    cfg = resolve_config(TinyGAN, parse(["--data", "d", "--out", "o", "--set", "task.noise=5e-3",
+                                         "--set", "task.marker=abc", "--set", "steps=1e3"]))
+    assert cfg.task["noise"] == 5e-3 and isinstance(cfg.task["noise"], float)
+    assert cfg.task["marker"] == "abc" and cfg.steps == 1000
+
+
+def test_resume_of_a_missing_run_folder_says_so(tmp_path: Path) -> None:
+    parse = build_parser(TinyGAN).parse_args
+    with pytest.raises(ConfigError, match="no such run folder"):
+        resolve_config(TinyGAN, parse(["--resume", str(tmp_path / "nope")]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"config\.yaml does not exist"):
+        resolve_config(TinyGAN, parse(["--resume", str(tmp_path / "empty")]))
+
+
 def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path) -> None:
     """Starting over in a used run folder would interleave two runs' checkpoints (pruning keeps the old,
     higher steps) and logs: it is refused, the old checkpoints stay, and --resume still works."""
@@ -429,6 +580,42 @@ def test_export_writes_ema_generator(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "val_psnr" in card["metrics"] and card["hardware"]
 
 
+def test_resumes_keep_the_command_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume replaced run_info.argv and the card's train_command, so the command with --data/--set was lost."""
+    pytest.importorskip("restore.weights")
+    from eval.vae import default_run
+    from restore import models
+
+    monkeypatch.setitem(models.ARCHITECTURES, "tiny-g", "test_engine_tinytask:TinyG")
+    run = tmp_path / "run"
+    first = ["train/tiny.py", "--data", "synthetic", "--out", str(run), "--steps", "2", "--set", "task.noise=0.2"]
+    monkeypatch.setattr(sys, "argv", first)
+    make_trainer(run, steps=2).fit()
+    monkeypatch.setattr(sys, "argv", ["train/tiny.py", "--resume", str(run), "--steps", "4"])
+    tr = make_trainer(run, steps=4)
+    tr.fit(resume=True)
+    info = yaml.safe_load((run / "config.yaml").read_text())["run_info"]
+    assert [c["argv"] for c in info["commands"]] == [first, sys.argv]
+    assert [c["start_step"] for c in info["commands"]] == [0, 2] and info["argv"] == sys.argv  # argv: the latest
+    tr.export(tmp_path / "w" / "tiny")
+    card = json.loads((tmp_path / "w" / "tiny.json").read_text())
+    assert [c["command"] for c in card["train_commands"]] == [" ".join(first), " ".join(sys.argv)]
+    assert [c["start_step"] for c in card["train_commands"]] == [0, 2]
+    assert card["train_command"] == " && ".join(c["command"] for c in card["train_commands"])
+    assert default_run(card) == run  # the card's reader still finds the run folder
+    t = card["training"]
+    assert t["lr_segments"] == [[0, 2], [2, 4]] and t["seed"] == 0 and t["amp"] == "fp32"
+    assert t["ema"] == {"enabled": True, "decay": 0.9, "warmup": True}
+    assert t["optim"]["G"]["schedule"] == "step" and t["optim"]["G"]["lr"] == 1e-2 and set(t["optim"]) == {"G", "D"}
+    # a config.yaml written before the history existed: its argv becomes the first entry
+    doc = yaml.safe_load((run / "config.yaml").read_text())
+    del doc["run_info"]["commands"]
+    (run / "config.yaml").write_text(yaml.safe_dump(doc))
+    make_trainer(run, steps=4).fit(resume=True)
+    info = yaml.safe_load((run / "config.yaml").read_text())["run_info"]
+    assert [c["start_step"] for c in info["commands"]] == [None, 4]
+
+
 # ---------------------------------------------------------------------------- TensorBoard
 EXPECTED_SCALARS = {
     "loss/G/adv", "loss/G/l1", "loss/G/total", "loss/D/real", "loss/D/fake", "loss/D/total",
@@ -465,6 +652,20 @@ def test_tensorboard_event_files_hold_the_tags(tb_run: Path) -> None:
     config = yaml.safe_load((tb_run / "config.yaml").read_text())
     assert config["run_info"]["torch"] == str(torch.__version__) and "argv" in config["run_info"]
     assert TrainConfig.from_dict(config).steps == 4  # config.yaml is itself a usable --config
+
+
+def test_tensorboard_logs_each_step_once(tb_run: Path) -> None:
+    """The last step's scalars were written twice (periodic logging, then again at the end of training);
+    EventAccumulator hides the duplicate, so count the raw events."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    written: dict[str, list[int]] = {}
+    for path in sorted((tb_run / "tb").glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for v in event.summary.value:
+                written.setdefault(v.tag, []).append(event.step)
+    for tag in ("loss/G/total", "lr/G", "lr/D", "perf/images_per_s", "train/bad_steps", "watch/collapse"):
+        assert written[tag] == [1, 2, 3, 4], tag
 
 
 def _free_port() -> int:
@@ -520,6 +721,36 @@ def test_ddp_two_process_gloo_keeps_ranks_identical(tmp_path: Path) -> None:
     state = ckpt.find_latest(tmp_path / "run")[1]  # rank 0 wrote the checkpoint, with both ranks' RNG
     assert state["step"] == 3 and len(state["rng"]) == 2 and state["world_size"] == 2
     assert torch.equal(state["models"]["G"]["conv1.weight"], r0["G.conv1.weight"])
+
+
+def test_ddp_sigint_on_one_rank_stops_every_rank_with_130(tmp_path: Path) -> None:
+    """Only rank 0 gets the SIGINT here: rank 1 printed "SIGTERM received: checkpoint written to None" and
+    exited 143. Every rank must report the signal that stopped the run, and only rank 0 a checkpoint."""
+    marker, out, port = tmp_path / "started", tmp_path / "run", _free_port()
+    cmd = [sys.executable, str(TINY_SCRIPT), "--data", "synthetic", "--out", str(out), "--steps", "100000",
+           "--set", "task.sleep=0.05", "--set", f"task.marker={marker}", "--set", "ckpt_every=0",
+           "--set", "val_every=0", "--set", "image_every=0", "--set", "log_every=10"]
+    procs = []
+    try:
+        for rank in (0, 1):
+            env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+            time.sleep(0.1)
+        assert marker.exists(), "training never started"
+        procs[0].send_signal(signal.SIGINT)
+        errs = [p.communicate(timeout=90)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [130, 130], errs[1][-2000:]
+    assert "interrupted: SIGINT received: checkpoint written to" in errs[0]
+    assert "interrupted: SIGINT received\n" in errs[1] and "None" not in errs[1] and "SIGTERM" not in errs[1]
+    assert ckpt.find_latest(out)[1]["world_size"] == 2
 
 
 def test_sigterm_writes_checkpoint_that_resumes(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from restore.data import write_idx
-from restore.engine.config import TrainConfig
+from restore.engine.config import ConfigError, TrainConfig
 from restore.engine.task import StepContext
 from restore.engine.trainer import Trainer
 from restore.tasks import vae as V
@@ -152,19 +152,47 @@ def test_supcon_clean_view_is_a_second_view(idx_dir: Path, tmp_path: Path) -> No
     assert "z_mean_clean" not in task.forward(G, batch, _ctx(0, cfg, training=False))
 
 
-def test_bad_options_are_rejected() -> None:
-    with pytest.raises(ValueError, match="conditioning"):
-        V.VAETask({"conditioning": "film"})
-    with pytest.raises(ValueError, match="recon"):
-        V.VAETask({"recon": "l1"})
-    with pytest.raises(ValueError, match="corruption"):
-        V.VAETask({"corruption": "gausian:sigma=3"})
-    with pytest.raises(ValueError, match="class_names"):
-        V.VAETask({"class_names": ["a", "b"]})  # 2 names, num_classes 10
-    with pytest.raises(ValueError, match="supcon_clean_view"):
-        V.VAETask({"supcon_clean_view": True, "conditioning": "onehot"})
-    with pytest.raises(ValueError, match="supcon_clean_view"):
-        V.VAETask({"supcon_clean_view": True, "gamma": 0.0})
+BAD_OPTIONS = [
+    ({"conditioning": "film"}, "conditioning"),
+    ({"recon": "l1"}, "recon"),
+    ({"recon": "l2"}, "recon"),
+    ({"corruption": "gausian:sigma=3"}, "corruption"),
+    ({"corruption": "foo"}, "corruption"),
+    ({"class_names": ["a", "b"]}, "class_names"),  # 2 names, num_classes 10
+    ({"supcon_clean_view": True, "conditioning": "onehot"}, "supcon_clean_view"),
+    ({"supcon_clean_view": True, "gamma": 0.0}, "supcon_clean_view"),
+    ({"latent_dim": 0}, "latent_dim"),
+    ({"latent_dim": 2.5}, "latent_dim"),
+    ({"channels": 5}, "channels"),
+    ({"channels": [8, 8, 8]}, "channels"),  # 28 is not divisible by 2**3
+    ({"channels": [8, 0]}, "channels"),
+    ({"hidden": True}, "hidden"),
+    ({"gamma": -1}, "gamma"),
+    ({"beta_max": "abc"}, "beta_max"),
+    ({"temperature": 0}, "temperature"),
+    ({"warmup_epochs": float("nan")}, "warmup_epochs"),
+    ({"embed_dim": 0, "conditioning": "embedding"}, "embed_dim"),
+    ({"conditioning": "onehot", "num_classes": 1, "class_names": ["a"]}, "num_classes"),
+    ({"val_limit": -1}, "val_limit"),
+    ({"history": "yes"}, "history"),
+]
+
+
+@pytest.mark.parametrize("options, key", BAD_OPTIONS, ids=[f"{k}{i}" for i, (_, k) in enumerate(BAD_OPTIONS)])
+def test_bad_options_are_config_errors(options: dict, key: str) -> None:
+    """A bad option is a ConfigError naming it (train/vae.py: one line, exit 2), not a ValueError/TypeError
+    traceback from the model or from float()."""
+    with pytest.raises(ConfigError, match=f"task {key}"):
+        V.VAETask(options)
+
+
+def test_bad_option_on_the_command_line_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from restore.engine.cli import main
+
+    code = main(V.VAETask, ["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "task.recon=l2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "error: task recon: must be bce or mse, got 'l2'\n"
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------- training through the Trainer

@@ -63,9 +63,12 @@ def resolve_config(task_cls: type[Task], args: argparse.Namespace) -> TrainConfi
     if args.resume not in (False, True) and not args.out:
         args.out = args.resume
     yaml_path = args.config
-    if yaml_path is None and args.resume is not False and args.out:
+    saved = None
+    if args.resume is not False and args.out:
+        if not Path(args.out).is_dir():  # else the first complaint would be a missing --data
+            raise ConfigError(f"--resume {args.out}: no such run folder")
         saved = Path(args.out) / "config.yaml"
-        if saved.is_file():
+        if yaml_path is None and saved.is_file():
             yaml_path = str(saved)
     from_yaml = load_yaml(yaml_path) if yaml_path else {}
     apply_dict(cfg, from_yaml, str(yaml_path))
@@ -82,6 +85,9 @@ def resolve_config(task_cls: type[Task], args: argparse.Namespace) -> TrainConfi
     apply_dict(cfg, from_set, "--set")
     check_task_keys(cfg, defaults.get("task", {}), task_cls.name)
     if not cfg.data:
+        if saved is not None and not saved.is_file() and args.config is None:
+            raise ConfigError(f"--resume {args.out}: {saved} does not exist (not a run folder?); "
+                              "give --config (or --data and the other settings) to resume from its checkpoints")
         raise ConfigError("--data is required (or `data:` in the YAML config)")
     if args.out is None and "out" not in from_yaml and "out" not in from_set:
         # a shared default folder would mix unrelated runs' checkpoints and TensorBoard logs
@@ -105,6 +111,8 @@ def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
     from restore.engine import distributed as dist_utils
     from restore.engine.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
+    from restore.models.blocks import ModelConfigError
+
     parser = build_parser(task_cls)
     args = parser.parse_args(argv)
     is_main = dist_utils.env_info().is_main
@@ -116,6 +124,9 @@ def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
         trainer = Trainer(task, cfg, train_set, val_set)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModelConfigError as e:  # a task option the model's constructor refuses (task.generator.depth=0)
+        print(f"error: task model options: {e}", file=sys.stderr)
         return 2
     log = logging.getLogger("restore.engine")
     code = 0

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,40 @@ import yaml
 
 class ConfigError(ValueError):
     """A bad configuration key or value (the message names the key and where it came from)."""
+
+
+#: the models a task can build (`Task.build_models`), hence the only legal keys under ``optim``
+MODEL_NAMES = ("G", "D")
+#: ``device`` values the trainer can run on
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``5e-3`` / ``1e-4`` / ``1.0e38`` as floats (YAML 1.2).
+
+    PyYAML implements YAML 1.1, whose floats need a dot (``5.0e-3``): ``lambda_adv:
+    5e-3`` would otherwise arrive as the string '5e-3' and be rejected (or kept
+    as a string) wherever the value is not coerced by a dataclass field.
+    """
+
+
+YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 floats (`YAMLLoader`)."""
+    return yaml.load(text, Loader=YAMLLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -124,8 +160,8 @@ class TrainConfig:
             raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.d_steps < 1:
             raise bad("d_steps", f"must be >= 1, got {self.d_steps}")
-        if self.d_noise_std < 0:
-            raise bad("d_noise_std", f"must be >= 0, got {self.d_noise_std}")
+        if not (math.isfinite(self.d_noise_std) and self.d_noise_std >= 0):
+            raise bad("d_noise_std", f"must be a finite number >= 0, got {self.d_noise_std}")
         if self.d_noise_anneal not in ("linear", "cosine"):
             raise bad("d_noise_anneal", f"must be linear or cosine, got {self.d_noise_anneal!r}")
         if not 0.0 <= self.ema_decay <= 1.0:
@@ -134,15 +170,47 @@ class TrainConfig:
             raise bad("max_bad_steps", f"must be >= 1, got {self.max_bad_steps}")
         if not 0.0 < self.collapse_d_lr_factor <= 1.0:
             raise bad("collapse_d_lr_factor", f"must be in (0, 1], got {self.collapse_d_lr_factor}")
+        if self.collapse_window < 4:  # CollapseWatch fits a slope to each half of the window
+            raise bad("collapse_window", f"must be >= 4 steps, got {self.collapse_window}")
+        if not DEVICE_RE.match(self.device):
+            raise bad("device", f"{self.device!r} is not supported; use auto, cpu, cuda or cuda:N")
+        # 0 = off (never periodically; the end of training still validates, logs and checkpoints)
+        for key in ("log_every", "ckpt_every", "image_every", "val_every", "val_batches", "num_workers",
+                    "val_batch_size", "d_noise_anneal_steps"):
+            if getattr(self, key) < 0:
+                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
+        from restore.engine.schedule import SCHEDULES  # schedule.py imports ConfigError from here
+
         for name, o in self.optim.items():
+            k = f"optim.{name}"
+            if name not in MODEL_NAMES:
+                raise bad(k, f"unknown model {name!r}; the models a task builds are {', '.join(MODEL_NAMES)}")
             if o.name not in ("adam", "adamw"):
-                raise bad(f"optim.{name}.name", f"must be adam or adamw, got {o.name!r}")
-            if o.lr <= 0:
-                raise bad(f"optim.{name}.lr", f"must be > 0, got {o.lr}")
+                raise bad(f"{k}.name", f"must be adam or adamw, got {o.name!r}")
+            if not (math.isfinite(o.lr) and o.lr > 0):
+                raise bad(f"{k}.lr", f"must be a finite number > 0, got {o.lr}")
+            if not all(0.0 <= b < 1.0 for b in o.betas):
+                raise bad(f"{k}.betas", f"each must be in [0, 1), got {list(o.betas)}")
+            if not (math.isfinite(o.eps) and o.eps > 0):
+                raise bad(f"{k}.eps", f"must be a finite number > 0, got {o.eps}")
+            if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
+                raise bad(f"{k}.weight_decay", f"must be a finite number >= 0, got {o.weight_decay}")
+            if o.schedule not in SCHEDULES:
+                raise bad(f"{k}.schedule", f"must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
             if o.schedule_unit not in ("steps", "epochs"):
-                raise bad(f"optim.{name}.schedule_unit", f"must be steps or epochs, got {o.schedule_unit!r}")
-            if o.grad_clip < 0:
-                raise bad(f"optim.{name}.grad_clip", f"must be >= 0, got {o.grad_clip}")
+                raise bad(f"{k}.schedule_unit", f"must be steps or epochs, got {o.schedule_unit!r}")
+            if o.warmup < 0:
+                raise bad(f"{k}.warmup", f"must be >= 0, got {o.warmup}")
+            if o.step_size < 0 or (o.schedule == "step" and o.step_size == 0):
+                raise bad(f"{k}.step_size", f"must be > 0 with schedule 'step', got {o.step_size}")
+            if not (math.isfinite(o.gamma) and o.gamma > 0):
+                raise bad(f"{k}.gamma", f"must be a finite number > 0, got {o.gamma}")
+            if o.decay_start < -1:
+                raise bad(f"{k}.decay_start", f"must be >= 0, or -1 for half of training, got {o.decay_start}")
+            if not 0.0 <= o.min_lr_factor <= 1.0:
+                raise bad(f"{k}.min_lr_factor", f"must be in [0, 1], got {o.min_lr_factor}")
+            if not (math.isfinite(o.grad_clip) and o.grad_clip >= 0):
+                raise bad(f"{k}.grad_clip", f"must be a finite number >= 0 (0 = off), got {o.grad_clip}")
 
 
 def plain(obj: Any) -> Any:
@@ -206,6 +274,11 @@ def apply_dict(cfg: TrainConfig, d: dict[str, Any], source: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: optim must be a mapping model -> options")
             for model, opts in value.items():
+                if str(model) not in MODEL_NAMES:
+                    # a typo (optim.g) would otherwise add an optimiser entry no model uses
+                    raise ConfigError(
+                        f"{source}: unknown model optim.{model}; the models a task builds are {', '.join(MODEL_NAMES)}"
+                    )
                 target = cfg.optim.setdefault(str(model), OptimConfig())
                 if not isinstance(opts, dict):
                     raise ConfigError(f"{source}: optim.{model} must be a mapping")
@@ -249,7 +322,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         if not all(parts):
             raise ConfigError(f"--set {item!r}: empty key component")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: cannot parse value ({e})") from None
         node = out
@@ -268,7 +341,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config ({e.strerror or e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML ({e})") from None
     if data is None:

@@ -73,6 +73,15 @@ def any_true(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def max_int(value: int, device: torch.device) -> int:
+    """The largest ``value`` over all ranks (which stop signal arrived anywhere; 0 = none)."""
+    if not active():
+        return int(value)
+    t = torch.tensor([float(value)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (used to checkpoint each rank's RNG state)."""
     if not active():

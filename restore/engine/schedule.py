@@ -15,12 +15,14 @@ from typing import Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from restore.engine.config import ConfigError
+
 SCHEDULES = ("constant", "step", "cosine", "linear")
 ANNEALS = ("linear", "cosine", "constant")
 
 
-class ScheduleError(ValueError):
-    """A schedule parameter is out of range (the message names it)."""
+class ScheduleError(ConfigError):
+    """A schedule parameter is out of range (the message names it); a `ConfigError`, so the CLI exits with 2."""
 
 
 def lr_multiplier(

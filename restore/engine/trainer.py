@@ -8,10 +8,12 @@ TensorBoard and DDP live here, so a fix reaches all four tasks at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import threading
@@ -29,10 +31,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from restore.engine import checkpoint as ckpt
 from restore.engine import distributed as dist_utils
-from restore.engine.config import ConfigError, TrainConfig
+from restore.engine.config import DEVICE_RE, ConfigError, TrainConfig, plain
 from restore.engine.ema import EMA
 from restore.engine.logging import RunLogger, run_info
-from restore.engine.schedule import anneal, build_scheduler, continued, lr_multiplier
+from restore.engine.schedule import ScheduleError, anneal, build_scheduler, continued, lr_multiplier
 from restore.engine.task import StepContext, Task, check_terms
 from restore.engine.watch import CollapseWatch
 
@@ -44,14 +46,20 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was written. ``exit_code`` is 128 + signal number."""
+    """SIGINT/SIGTERM arrived; a checkpoint was written. ``exit_code`` is 128 + signal number.
+
+    ``checkpoint`` is None on the ranks other than 0: only rank 0 writes, so they say nothing about it.
+    """
 
     def __init__(self, signum: int, checkpoint: Path | None) -> None:
         self.signum = signum
         self.checkpoint = checkpoint
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
-        super().__init__(f"{name} received: checkpoint written to {checkpoint}; resume with --resume")
+        if checkpoint is None:
+            super().__init__(f"{name} received")
+        else:
+            super().__init__(f"{name} received: checkpoint written to {checkpoint}; resume with --resume")
 
 
 def seed_everything(seed: int) -> None:
@@ -65,15 +73,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> the local GPU when there is one, else CPU; ``cuda`` under torchrun -> cuda:LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not DEVICE_RE.match(name):  # e.g. mps / xpu: torch.device accepts them, the trainer does not support them
+        raise ConfigError(f"config device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"config device: {name!r} requested but CUDA is not available (use --device cpu)")
         if name == "cuda":
             return torch.device("cuda", local_rank)
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"config device: cannot use {name!r} (auto, cpu, cuda or cuda:N)") from None
+        count = torch.cuda.device_count()
+        if int(name.split(":")[1]) >= count:
+            raise ConfigError(f"config device: {name!r} does not exist ({count} CUDA device(s): cuda:0 to cuda:{count - 1})")
+    return torch.device(name)
 
 
 class ResumableSampler(DistributedSampler):
@@ -182,6 +192,12 @@ class Trainer:
         }
         # [(0, length), (resume step, new length), ...]: the run lengths its LR curve was built for
         self.lr_segments: list[tuple[int, int]] = [(0, self.total_steps)]
+        for name in self.optimizers:
+            o = cfg.optim[name]
+            warmup = o.warmup * (self.steps_per_epoch if o.schedule_unit == "epochs" else 1)
+            if self.is_main and warmup >= self.total_steps:  # legal, but the LR never reaches optim.<name>.lr
+                log.warning("optim.%s.warmup: %d steps of warm-up >= the run's %d steps: the LR never reaches "
+                            "its full value %.3g", name, warmup, self.total_steps, o.lr)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         if self.amp_dtype is not None and not torch.amp.autocast_mode.is_autocast_available(self.device.type):
             raise ConfigError(f"config amp: autocast is not available on {self.device.type}")
@@ -196,6 +212,9 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        # this rank's samples already drawn from the current epoch: where a resumed epoch continues
+        # (counting batches instead would mis-skip after a resume with another --batch-size)
+        self.samples_in_epoch = 0
         self.bad_steps = 0
         self.consecutive_bad = 0
         self.rollbacks = 0
@@ -213,6 +232,9 @@ class Trainer:
         )
         self.logger = RunLogger(self.run_dir / "tb", enabled=self.is_main)
         self._stop_signal: int | None = None
+        self._logged_step = -1  # step of the last scalar flush (the end of training must not log it twice)
+        # every invocation of the run (argv, start time, start step), from config.yaml; set by fit()
+        self.commands: list[dict[str, Any]] = []
         self._acc: dict[str, list[float]] = {}
         self._perf_t = time.perf_counter()
         self._perf_images = 0
@@ -341,6 +363,7 @@ class Trainer:
         if self._perf_images:
             self.images_per_s = self._perf_images / max(now - self._perf_t, 1e-9)
         self._perf_t, self._perf_images = now, 0
+        self._logged_step = self.step
         if not self.is_main:
             self._acc.clear()
             return
@@ -448,10 +471,17 @@ class Trainer:
         o = self.cfg.optim[name]
         unit = self.steps_per_epoch if o.schedule_unit == "epochs" else 1
         decay_start = o.decay_start * unit if o.decay_start >= 0 else total_steps // 2
-        factor = lr_multiplier(
-            o.schedule, total_steps, warmup_steps=o.warmup * unit, step_size=o.step_size * unit,
-            gamma=o.gamma, decay_start=decay_start, min_factor=o.min_lr_factor,
-        )
+        if o.schedule == "linear" and not 0 <= decay_start < total_steps:
+            raise ConfigError(f"config optim.{name}.decay_start: {o.decay_start} {o.schedule_unit} is not inside the "
+                              f"run ({total_steps} steps = {total_steps / self.steps_per_epoch:.4g} epochs); use a "
+                              "smaller value, or -1 for half of training")
+        try:
+            factor = lr_multiplier(
+                o.schedule, total_steps, warmup_steps=o.warmup * unit, step_size=o.step_size * unit,
+                gamma=o.gamma, decay_start=decay_start, min_factor=o.min_lr_factor,
+            )
+        except ScheduleError as e:  # name the model's key: the schedule only knows its own arguments
+            raise ConfigError(f"config optim.{name}: {e}") from None
         return factor, o.warmup * unit, decay_start
 
     def _chained_factor(self, name: str, segments: list[tuple[int, int]]) -> Callable[[int], float]:
@@ -521,6 +551,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "samples_in_epoch": self.samples_in_epoch,
             "world_size": self.dist.world_size,
             "models": {k: m.state_dict() for k, m in self.models.items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -587,6 +618,7 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.samples_in_epoch = self._resumed_samples(state)
         t = state.get("trainer", {})
         self.bad_steps = int(t.get("bad_steps", 0))
         self.rollbacks = int(t.get("rollbacks", 0))
@@ -595,9 +627,32 @@ class Trainer:
         self.best_val = dict(t.get("best_val", {}))
         self.consecutive_bad = 0
 
+    def _resumed_samples(self, state: dict[str, Any]) -> int:
+        """This rank's samples of the checkpoint's epoch already trained on (where the epoch continues).
+
+        Checkpoints before ``samples_in_epoch`` existed give batches x the batch size they were written
+        with; another world size re-splits the samples all ranks consumed.
+        """
+        old = state.get("config") or {}
+        old_bs = int(old.get("batch_size") or self.cfg.batch_size)
+        samples = int(state.get("samples_in_epoch", int(state["batch_in_epoch"]) * old_bs))
+        old_world = int(state.get("world_size", self.dist.world_size))
+        if old_world != self.dist.world_size:
+            samples = samples * old_world // self.dist.world_size
+        if self.is_main and old_bs != self.cfg.batch_size and samples:
+            log.info("batch size %d -> %d: epoch %d continues after the %d sample(s) per rank already trained on",
+                     old_bs, self.cfg.batch_size, int(state["epoch"]), samples)
+        return samples
+
     def resume(self) -> Path:
         """Load the newest loadable checkpoint of the run folder (fallback past truncated files)."""
         path, state = ckpt.find_latest(self.run_dir)
+        at = int(state["step"])
+        if at > self.total_steps:
+            # training would do nothing, and config.yaml would be rewritten with the shorter length
+            length = (f"--steps {self.cfg.steps}" if self.cfg.steps > 0
+                      else f"--epochs {self.cfg.epochs} ({self.total_steps} steps)")
+            raise ConfigError(f"{self.run_dir}: run is at step {at}; {length} must be >= {at}")
         self.load_state(state)
         if self.is_main:
             log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
@@ -609,7 +664,23 @@ class Trainer:
         # a second Ctrl-C / TERM aborts at once, without a checkpoint
         signal.signal(signum, signal.SIG_DFL)
 
-    def _write_config(self) -> None:
+    def _earlier_commands(self) -> list[dict[str, Any]]:
+        """The invocations recorded in the run's config.yaml (a resume appends to them, never replaces them)."""
+        from restore.engine.config import load_yaml
+
+        try:
+            info = load_yaml(self.run_dir / "config.yaml").get("run_info") or {}
+        except ConfigError:  # no (readable) config.yaml: the history starts here
+            return []
+        if not isinstance(info, dict):
+            return []
+        if isinstance(info.get("commands"), list):
+            return [c for c in info["commands"] if isinstance(c, dict) and isinstance(c.get("argv"), list)]
+        if isinstance(info.get("argv"), list):  # config.yaml written before the history existed
+            return [{"argv": info["argv"], "started": info.get("started"), "start_step": None}]
+        return []
+
+    def _write_config(self, resumed: bool) -> None:
         if not self.is_main:
             return
         import yaml
@@ -618,7 +689,12 @@ class Trainer:
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         doc = self.cfg.to_dict()
-        doc["run_info"] = {**run_info(self.dist.world_size, str(self.device)), "task": self.task.name}
+        info = {**run_info(self.dist.world_size, str(self.device)), "task": self.task.name}
+        # argv copied: one list in two places would be written as a YAML anchor and alias
+        now = {"argv": list(info["argv"]), "started": info["started"], "start_step": self.step, "steps": self.total_steps}
+        self.commands = (self._earlier_commands() if resumed else []) + [now]
+        info["commands"] = self.commands  # argv / started above: this invocation's (the latest)
+        doc["run_info"] = info
         with atomic_output(self.run_dir / "config.yaml") as tmp:
             Path(tmp).write_text(yaml.safe_dump(doc, sort_keys=False))
 
@@ -635,7 +711,7 @@ class Trainer:
                 f"with --resume {self.run_dir}, or give a new --out"
             )
         start_step = self.step
-        self._write_config()
+        self._write_config(resumed=resume)
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
@@ -650,26 +726,32 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 self.sampler.set_epoch(self.epoch)
-                self.sampler.skip = self.batch_in_epoch * self.cfg.batch_size
+                self.sampler.skip = self.samples_in_epoch
                 self.loader_gen.manual_seed(self.cfg.seed * 100_003 + self.epoch)  # worker seeds: f(seed, epoch)
                 finished_epoch = True
+                batches_left = len(self.loader)  # of this epoch, after the skipped samples
                 for raw in self.loader:
                     host = self.train_step(raw)
                     self.batch_in_epoch += 1
+                    self.samples_in_epoch += self.cfg.batch_size  # a short last batch ends the epoch anyway
+                    batches_left -= 1
                     self._perf_images += images_per_step
                     self._accumulate(host)
                     self._watch(host)
                     self._periodic(host, bar)
-                    if dist_utils.any_true(self._stop_signal is not None, self.device):
-                        signum = self._stop_signal or signal.SIGTERM
+                    # every rank learns the signal (only one rank may have received it): the same
+                    # message and exit status everywhere
+                    shared = dist_utils.max_int(self._stop_signal or 0, self.device)
+                    if shared:
                         path = self.save_checkpoint()
-                        raise TrainingInterrupted(signum, path)
+                        raise TrainingInterrupted(self._stop_signal or shared, path)
                     if self.step >= self.total_steps:
-                        finished_epoch = self.batch_in_epoch >= self.steps_per_epoch
+                        finished_epoch = batches_left == 0
                         break
                 if finished_epoch:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                    self.samples_in_epoch = 0
                     self.task.on_epoch_end(self)
                     dist_utils.barrier()
             if self.step > start_step:  # a resume of a finished run trains, logs and saves nothing
@@ -704,7 +786,8 @@ class Trainer:
             bar.update(1)
 
     def _finish(self) -> None:
-        self._log_scalars()
+        if self._logged_step != self.step:  # else _periodic has just logged this step's scalars
+            self._log_scalars()
         self.validate()
         dist_utils.barrier()
         self.save_checkpoint()
@@ -725,6 +808,40 @@ class Trainer:
         }
 
     # ------------------------------------------------------------------ export
+    def command_history(self) -> dict[str, Any]:
+        """Card entries of the commands that trained the run: ``train_commands`` (each invocation, with its
+        start time and step) and ``train_command``, all of them joined by ``&&``.
+
+        A resume must not replace the original command: it alone has the ``--data``/``--out``/``--set``
+        that define the run, and readers (eval/vae.py's ``default_run``) look for ``--out`` in it. The
+        joined form is what the shipped cards record for runs trained in several sessions.
+        """
+        commands = self.commands or [{"argv": list(sys.argv), "started": None, "start_step": self.step}]
+        history = [
+            {"command": shlex.join(str(a) for a in c["argv"]), "started": c.get("started"),
+             "start_step": c.get("start_step")}
+            for c in commands
+        ]
+        return {"train_command": " && ".join(h["command"] for h in history), "train_commands": history}
+
+    def training_settings(self) -> dict[str, Any]:
+        """The trainer settings that define the run (card ``training``): per-model optimiser and schedule, seed,
+        EMA, AMP and the LR curve's segments (its length changed at these resumes)."""
+        cfg = self.cfg
+        return {
+            "seed": cfg.seed,
+            "amp": cfg.amp,
+            "batch_size_per_rank": cfg.batch_size,
+            "world_size": self.dist.world_size,
+            "ema": {"enabled": self.ema is not None, "decay": cfg.ema_decay, "warmup": cfg.ema_warmup},
+            "optim": {name: plain(dataclasses.asdict(cfg.optim[name])) for name in self.optimizers},
+            "lr_segments": [list(seg) for seg in self.lr_segments],
+            "resume_schedule": cfg.resume_schedule,
+            "d_steps": cfg.d_steps if self.has_d else None,
+            "d_lr_scale": self.d_lr_scale,
+            "rollbacks": self.rollbacks,
+        }
+
     def hardware(self) -> str:
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
@@ -755,7 +872,8 @@ class Trainer:
             "batch_size": self.cfg.batch_size * self.dist.world_size,
             "torch": torch.__version__,
             "metrics": {k.replace("/", "_"): round(v, 4) for k, v in self.last_val.items()},
-            "train_command": " ".join(sys.argv),
         }
+        card.update(self.command_history())
+        card["training"] = self.training_settings()
         card.update(self.task.model_card())
         return weights.save(stem, G, card)

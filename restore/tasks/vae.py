@@ -46,13 +46,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from restore.engine.config import ConfigError
 from restore.engine.task import StepContext, Task
-from restore.tasks.common import option
+from restore.tasks.common import is_int, is_number, option
 
 __all__ = [
     "COMMANDS",
     "DEFAULT_WEIGHTS",
     "MNIST_CLASSES",
+    "VAEConfigError",
     "VAETask",
     "add_arguments",
     "beta_at",
@@ -79,6 +81,10 @@ _HISTORY_SEED = 20240517  # corruption seed of the per-epoch metrics (same noise
 
 class VAEInputError(ValueError):
     """An image the VAE cannot take (size, channels) or a bad restoring option; the message says why."""
+
+
+class VAEConfigError(ConfigError):
+    """A bad task option (a `ConfigError`, so ``train/vae.py`` exits with 2 and one line, not a traceback)."""
 
 
 # --------------------------------------------------------------------------- schedule
@@ -112,7 +118,7 @@ def _class_names(dataset: str, names: Sequence[str] | None, num_classes: int) ->
     else:
         out = list(FASHION_MNIST_CLASSES)
     if len(out) != num_classes:
-        raise ValueError(f"task class_names: {len(out)} names for num_classes={num_classes}")
+        raise VAEConfigError(f"task class_names: {len(out)} names for num_classes={num_classes}")
     return out
 
 
@@ -315,18 +321,8 @@ class VAETask(Task):
         try:
             self.corruption = corrupt.parse_spec(str(o["corruption"]))
         except corrupt.CorruptionSpecError as e:
-            raise ValueError(f"task corruption: {e}") from e
-        if o["conditioning"] not in ("none", "onehot", "embedding"):
-            raise ValueError(f"task conditioning: must be none, onehot or embedding, got {o['conditioning']!r}")
-        if o["recon"] not in ("bce", "mse"):
-            raise ValueError(f"task recon: must be bce or mse, got {o['recon']!r}")
-        for key in ("gamma", "free_bits", "beta_max", "warmup_epochs"):
-            if float(o[key]) < 0:
-                raise ValueError(f"task {key}: must be >= 0, got {o[key]}")
-        if float(o["temperature"]) <= 0:
-            raise ValueError(f"task temperature: must be > 0, got {o['temperature']}")
-        if o["supcon_clean_view"] and (o["conditioning"] != "none" or float(o["gamma"]) <= 0):
-            raise ValueError("task supcon_clean_view: needs an unconditional VAE (conditioning none) and gamma > 0")
+            raise VAEConfigError(f"task corruption: {e}") from None
+        self._check_options()
         self.class_names = _class_names(str(o["dataset"]), o["class_names"], int(o["num_classes"]))
         from restore.losses import SupConLoss
 
@@ -338,6 +334,47 @@ class VAETask(Task):
         self._images = 0
         self._eval_cache: dict[str, tuple[Tensor, Tensor | None]] = {}
         self._epoch_t0 = time.perf_counter()
+
+    def _check_options(self) -> None:
+        """Every option's type and range, so a bad value is one line naming it (not a traceback from the model)."""
+        o = self.options
+
+        def bad(key: str, why: str) -> VAEConfigError:
+            return VAEConfigError(f"task {key}: {why}, got {o[key]!r}")
+
+        if o["conditioning"] not in ("none", "onehot", "embedding"):
+            raise bad("conditioning", "must be none, onehot or embedding")
+        if o["recon"] not in ("bce", "mse"):
+            raise bad("recon", "must be bce or mse")
+        for key in ("latent_dim", "hidden", "num_classes"):
+            if not is_int(o[key]) or o[key] < 1:
+                raise bad(key, "must be an integer >= 1")
+        if self.conditional and o["num_classes"] < 2:
+            raise bad("num_classes", "must be >= 2 for a conditional VAE")
+        ch = o["channels"]
+        # one stride-2 stage per entry: 28x28 allows at most two (28 -> 14 -> 7)
+        if not isinstance(ch, (list, tuple)) or not 1 <= len(ch) <= 2 or not all(is_int(c) and c >= 1 for c in ch):
+            raise bad("channels", "must be a list of 1 or 2 positive integers (one stride-2 stage each on 28x28)")
+        if o["embed_dim"] is not None and (not is_int(o["embed_dim"]) or o["embed_dim"] < 1):
+            raise bad("embed_dim", "must be null or an integer >= 1")
+        for key in ("val_limit", "train_eval_limit", "snapshot_latents"):
+            if not is_int(o[key]) or o[key] < 0:
+                raise bad(key, "must be an integer >= 0")
+        for key in ("gamma", "free_bits", "beta_max", "warmup_epochs"):
+            if not is_number(o[key]) or o[key] < 0:
+                raise bad(key, "must be a number >= 0")
+        if not is_number(o["temperature"]) or o["temperature"] <= 0:
+            raise bad("temperature", "must be a number > 0")
+        for key in ("history", "supcon_clean_view"):
+            if not isinstance(o[key], bool):
+                raise bad(key, "must be true or false")
+        if not isinstance(o["dataset"], str):
+            raise bad("dataset", "must be a name")
+        names = o["class_names"]
+        if names is not None and (not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names)):
+            raise bad("class_names", "must be null or a list of names")
+        if o["supcon_clean_view"] and (o["conditioning"] != "none" or o["gamma"] <= 0):
+            raise VAEConfigError("task supcon_clean_view: needs an unconditional VAE (conditioning none) and gamma > 0")
 
     @property
     def conditional(self) -> bool:
