@@ -307,6 +307,27 @@ def _mask_stream(generator: torch.Generator) -> torch.Generator:
     return stream
 
 
+def mask_stream_state(generator: torch.Generator) -> torch.Tensor | None:
+    """The state of the mask stream attached to ``generator`` (None if no mask was drawn from it yet).
+
+    Checkpoints save it with the generator: the stream lives outside the
+    generator's own state, so without it a resumed run would draw its strokes
+    from the start of the stream again.
+    """
+    stream = _MASK_STREAMS.get(generator)
+    return None if stream is None else stream.get_state()
+
+
+def set_mask_stream_state(generator: torch.Generator, state: torch.Tensor | None) -> None:
+    """Reattach a saved mask stream to ``generator`` (call after restoring the generator's own state)."""
+    if state is None:
+        _MASK_STREAMS.pop(generator, None)
+        return
+    stream = torch.Generator()
+    stream.set_state(state.cpu())
+    _MASK_STREAMS[generator] = stream
+
+
 def _cpu_uniform(stream: torch.Generator, n: int) -> list[float]:
     return torch.rand(n, generator=stream, dtype=torch.float64).tolist()
 

@@ -469,3 +469,21 @@ def test_cpu_and_gpu_agree():
     gen = make_generator(0, "cuda")
     with pytest.raises(ValueError, match="make_generator"):
         parse_spec("gaussian:sigma=5")(x, gen)
+
+
+def test_checkpointed_rng_state_carries_the_mask_stream() -> None:
+    """Masks come from a CPU stream attached to the task generator; a resume must continue it, not restart it."""
+    from restore import corrupt
+    from restore.engine import checkpoint as ckpt
+
+    corruption = corrupt.parse_spec("mask:freeform")
+    x = torch.rand(1, 3, 32, 32)
+    g = torch.Generator()
+    g.manual_seed(5)
+    corruption(x, g)  # the run has drawn masks before the checkpoint
+    state = ckpt.rng_state(g)
+    expected = corruption(x, g).mask
+    g2 = torch.Generator()
+    g2.manual_seed(5)  # a new process: fresh generator, then the checkpoint's states
+    ckpt.set_rng_state(state, g2)
+    assert torch.equal(corruption(x, g2).mask, expected)

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from restore import corrupt
+
 CHECKPOINT_RE = re.compile(r"^step_(\d{8,})\.pt$")
 
 
@@ -118,6 +120,7 @@ def rng_state(task_generator: torch.Generator | None = None) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "task": task_generator.get_state() if task_generator is not None else None,
+        "mask_stream": corrupt.mask_stream_state(task_generator) if task_generator is not None else None,
     }
     return state
 
@@ -136,3 +139,4 @@ def set_rng_state(state: dict[str, Any], task_generator: torch.Generator | None 
             torch.cuda.set_rng_state(cuda_states[0])
     if task_generator is not None and state.get("task") is not None:
         task_generator.set_state(state["task"].cpu())
+        corrupt.set_mask_stream_state(task_generator, state.get("mask_stream"))

@@ -86,6 +86,18 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def _dataset_tree(dataset: Dataset) -> Iterator[Dataset]:
+    """``dataset`` and every dataset it wraps (ConcatDataset parts, a Subset's or a wrapper's ``base``)."""
+    yield dataset
+    children = getattr(dataset, "datasets", None)
+    if children is None:
+        inner = getattr(dataset, "dataset", None) if isinstance(dataset, torch.utils.data.Subset) else None
+        inner = inner if inner is not None else getattr(dataset, "base", None)
+        children = [inner] if isinstance(inner, Dataset) else []
+    for child in children:
+        yield from _dataset_tree(child)
+
+
 class ResumableSampler(DistributedSampler):
     """DistributedSampler whose next epoch can start after ``skip`` of this rank's samples.
 
@@ -162,6 +174,12 @@ class Trainer:
         self.fwd = fwd
 
         # ---- data ---------------------------------------------------------------
+        self.train_parts = list(_dataset_tree(train_set))
+        for index, part in enumerate(self.train_parts):
+            # per-item seeding (seed, epoch, index): crops do not depend on which worker draws them, so a
+            # mid-epoch resume with num_workers > 0 continues exactly (worker RNGs restart on resume)
+            if hasattr(part, "set_epoch") and getattr(part, "seed", 0) is None:
+                part.seed = cfg.seed * 1_000_003 + index
         self.sampler = ResumableSampler(train_set, self.dist.world_size, self.dist.rank, cfg.seed, cfg.drop_last)
         self.loader_gen = torch.Generator()
         pin = self.device.type == "cuda"
@@ -726,6 +744,9 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 self.sampler.set_epoch(self.epoch)
+                for part in self.train_parts:
+                    if hasattr(part, "set_epoch"):
+                        part.set_epoch(self.epoch)
                 self.sampler.skip = self.samples_in_epoch
                 self.loader_gen.manual_seed(self.cfg.seed * 100_003 + self.epoch)  # worker seeds: f(seed, epoch)
                 finished_epoch = True
