@@ -109,6 +109,32 @@ def test_keep_l_gamut_mapping_on_saturated_predictions():
     assert (C.rgb_to_lab(q)[:, :1] - L).abs().max() < 1.0
 
 
+def test_conversions_in_row_bands_equal_whole_image_ones(monkeypatch):
+    """Full-resolution LAB conversions run in row bands (memory): tiny bands give the same values."""
+    g = torch.Generator().manual_seed(11)
+    rgb = torch.rand(2, 3, 40, 48, generator=g)  # 40 x 48 = 30 x 64 pixels: bit-identical (see _bands)
+    L = torch.rand(2, 1, 40, 48, generator=g) * 100
+    L[0, 0, 0, :2] = torch.tensor([-3.0, 104.0])  # clamped to 0-100
+    ab = (torch.rand(2, 2, 40, 48, generator=g) * 2 - 1) * 127  # mostly out of gamut: bisected
+    assert C._bands(40, 48) == [(0, 40)]  # one band: the whole image at once
+    whole_L, whole_rgb = C.lightness(rgb), C.lab_to_rgb_keep_l(L, ab)
+    assert torch.equal(whole_L, C.rgb_to_lab(rgb)[:, :1])
+    with monkeypatch.context() as m:
+        m.setattr(C, "BAND_PIXELS", 1)
+        assert C._bands(40, 48) == [(r, r + 4) for r in range(0, 40, 4)]  # 4 x 48 px = 3 x 64
+        assert torch.equal(C.lightness(rgb), whole_L)
+        assert torch.equal(C.lab_to_rgb_keep_l(L, ab), whole_rgb)
+        assert torch.equal(C.lightness(rgb[:, :1]), C.rgb_to_lab(rgb[:, :1].expand(-1, 3, -1, -1))[:, :1])
+    # other sizes: bands of 64 rows (29 px wide), the last one shorter; one pass may round a pow()
+    # differently in the last bit, which the chroma bisection can grow to about 2^-16
+    L, ab = L[:1, :, :, :29].repeat(1, 1, 4, 1), ab[:1, :, :, :29].repeat(1, 1, 4, 1)  # 160 x 29
+    one_pass = C.lab_to_rgb_keep_l(L, ab)
+    with monkeypatch.context() as m:
+        m.setattr(C, "BAND_PIXELS", 1)
+        assert C._bands(160, 29) == [(0, 64), (64, 128), (128, 160)]
+        torch.testing.assert_close(C.lab_to_rgb_keep_l(L, ab), one_pass, atol=1e-4, rtol=0)
+
+
 # ----------------------------------------------------------------------------- the task
 
 
@@ -300,6 +326,26 @@ def test_restore_batch_any_size_keeps_l(tiny_model, channels, size):
     q = (out * 255).round() / 255
     assert (C.rgb_to_lab(q)[:, :1] - L_in).abs().max() < 1.0
     assert (out.max(1).values - out.min(1).values).max() > 0.05  # it did add colour
+
+
+def test_restore_batch_in_row_bands_equals_one_pass(tiny_model, monkeypatch):
+    """restore_batch converts its LAB buffer to RGB in place, band by band: the same result as one pass."""
+    import argparse
+
+    G, card = tiny_model
+    opts = argparse.Namespace(saturation=10.0)
+    for x in (torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(12)),
+              torch.rand(1, 1, 64, 72, generator=torch.Generator().manual_seed(13))):
+        L = C.lightness(x)
+        lab = torch.cat([L, C.predict_ab(G, L, card) * 10.0], 1)
+        assert C._out_of_gamut(C.lab_to_rgb(lab, clip=False), C.KEEP_L_TOL).float().mean() > 0.1  # bisected
+        whole = C.restore_batch(G, {"input": x}, card, options=opts)
+        assert torch.equal(whole, C.lab_to_rgb_keep_l(lab[:, :1], lab[:, 1:]))  # in place = into a new tensor
+        assert len(C._bands(*x.shape[-2:])) == 1
+        with monkeypatch.context() as m:
+            m.setattr(C, "BAND_PIXELS", 1)
+            assert len(C._bands(*x.shape[-2:])) == x.shape[-2] // 8  # 8 rows of 40 / 72 px: multiples of 64
+            assert torch.equal(C.restore_batch(G, {"input": x}, card, options=opts), whole)
 
 
 def test_restore_batch_colour_input_is_made_gray_first(tiny_model):

@@ -200,6 +200,48 @@ def test_restore_batch_pushpull_model_adds_its_correction_to_the_full_resolution
     assert (moved - out)[~known].mean() > 0.02
 
 
+def test_pull_push_in_row_bands_equals_the_one_pass_fill():
+    """push_pull_fill's full-resolution steps in row bands (memory) give the one-pass values bit for bit."""
+    from restore.models.fill import push_pull_fill
+
+    g = torch.Generator().manual_seed(21)
+    gray = torch.rand(2, 1, 45, 31, generator=g)
+    cases = [(torch.rand(2, 3, 61, 83, generator=g), _mask(2, 61, 83, seed=5)),
+             (gray.expand(-1, 3, -1, -1), _mask(2, 45, 31, seed=6)),  # a gray photo fed to a colour model
+             (torch.rand(3, 1, 40, 7, generator=g), _mask(3, 40, 7, seed=7)),
+             (torch.rand(1, 3, 2, 9, generator=g), torch.tensor([[[[0.0] * 8 + [1.0]] * 2]])),
+             (torch.rand(1, 3, 37, 1, generator=g), (torch.arange(37.0) % 5 == 0).float().view(1, 1, 37, 1))]
+    for x, mask in cases:
+        hole = mask.bool()
+        expected = push_pull_fill(x, hole)
+        for rows in (1000, 2, 5, 16):  # one band (the whole image), then bands of 2 to 16 rows
+            assert torch.equal(push_pull_fill(x, hole, band_rows=rows), expected), (tuple(x.shape), rows)
+            base = torch.rand(x.shape)
+            added = push_pull_fill(x, hole, band_rows=rows, add_to=base.clone())
+            assert torch.equal(added, base + expected), (tuple(x.shape), rows)
+
+
+@pytest.mark.parametrize("prefill", ["pushpull", "constant"])
+@pytest.mark.parametrize("image_channels, model_channels", [(3, 3), (1, 3), (3, 1)])
+def test_restore_batch_in_row_bands_equals_one_pass(monkeypatch, prefill, image_channels, model_channels):
+    """Upscaled fill, pull-push fill and composite run in row bands: tiny bands give the one-pass result."""
+    torch.manual_seed(3)
+    model = InpaintGenerator(in_channels=model_channels + 1, base_channels=8, dilations=(2,), prefill=prefill).eval()
+    with torch.no_grad():  # a visible correction of the fill
+        model.refine.out.bias.fill_(0.05)
+    x = torch.rand(2, image_channels, 61, 83)
+    mask = _mask(2, 61, 83, seed=8)
+    for work in (24, 0):  # at a working resolution, and at full resolution
+        opts = type("O", (), {"work_size": work})()
+        monkeypatch.setattr(T, "BAND_ROWS", 1000)
+        whole = T.restore_batch(model, {"input": x, "mask": mask}, {}, tile=0, options=opts)
+        monkeypatch.setattr(T, "BAND_ROWS", 6)
+        banded = T.restore_batch(model, {"input": x, "mask": mask}, {}, tile=0, options=opts)
+        assert torch.equal(banded, whole)
+        known = ~mask.bool().expand_as(x)
+        assert torch.equal(banded[known], x[known]) and not torch.equal(banded[~known], x[~known])
+
+
 def test_restore_batch_gray_tiles_empty_and_full_masks():
     model = tiny_model()
     gray = torch.rand(1, 1, 40, 52)

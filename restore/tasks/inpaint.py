@@ -88,6 +88,11 @@ log = logging.getLogger("restore.engine")
 DEFAULT_WEIGHTS = "inpaint"
 #: Shorter image side the model works at when neither ``--work-size`` nor the card says otherwise.
 DEFAULT_WORK_SIZE = 512
+#: Rows of a full-resolution image processed at a time by `restore_batch` (the pull-push fill's
+#: finest level and the final composite): their temporaries, several float32 copies of what is
+#: processed, stay a band's instead of the photo's (gigabytes at 24 megapixels). Even, so that a
+#: band's 2x2 pooling windows are the whole image's. The results do not depend on it.
+BAND_ROWS = 256
 
 _FULL_MASK_HELP = (
     "the mask covers the whole image, so nothing is known to inpaint from; "
@@ -567,18 +572,27 @@ def restore_batch(
         filled = tiled(run, packed, tile=tile, overlap=min(64, tile // 4), multiple=multiple)
     else:
         filled = run(packed)
+    del packed
+    # Full resolution from here on. Memory: `filled` is the only full-size result (the output is
+    # composited into it), a pull-push model's upsampled fill the only other full-size buffer;
+    # everything else works in row bands (`restore inpaint` on a 6000x4000 photo: 3.2 -> 2.3 GB).
     if scale < 1.0:
         if getattr(model, "prefill", "constant") == "pushpull":
             # the network corrects a pull-push fill at the working scale; add its upscaled
             # correction to the full-resolution fill, which keeps the hole edges sharp
             correction = filled - push_pull_fill(small, small_hole)
-            filled = push_pull_fill(feed, hmask) + F.interpolate(
-                correction, size=(h, w), mode="bilinear", align_corners=False)
+            del small, small_hole, filled
+            filled = F.interpolate(correction, size=(h, w), mode="bilinear", align_corners=False)
+            del correction
+            push_pull_fill(feed, hmask, band_rows=BAND_ROWS, add_to=filled)  # in row bands: memory
         else:
             filled = F.interpolate(filled, size=(h, w), mode="bilinear", align_corners=False)
     filled = from_model_channels(filled.clamp_(0, 1), c, cin)
-    # the known region is the input itself, selected (not blended): bit-exact
-    return torch.where(hd, filled, xd)
+    # the known region is the input itself, selected (not blended): bit-exact; in place, in bands
+    for r0 in range(0, h, BAND_ROWS):
+        band = slice(r0, r0 + BAND_ROWS)
+        filled[..., band, :] = torch.where(hd[..., band, :], filled[..., band, :], xd[..., band, :])
+    return filled
 
 
 def demo(
