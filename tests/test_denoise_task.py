@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 from PIL import Image
 
 from restore import cli
@@ -426,3 +427,44 @@ def test_eval_fashion_scores_and_updates_the_card(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         eval_denoise.main(["--weights", str(stem) + ".safetensors", "--set", "fashion-mnist-test", "--limit", "16",
                            "--out", str(tmp_path / "x8"), "--quiet", "--ensemble", "x8", "--update-card"])
+
+
+def test_recalibrate_batchnorm_averages_the_statistics_and_restores_the_model() -> None:
+    from restore.engine.ema import recalibrate_batchnorm
+
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3, momentum=0.3)).eval()
+    bn = model[1]
+    bn.running_mean.fill_(5.0)
+    with pytest.raises(ValueError, match="no inputs"):
+        recalibrate_batchnorm(model, [])
+    assert torch.all(bn.running_mean == 5.0)  # an empty pass leaves the statistics alone
+    batches = [torch.randn(4, 3, 6, 6) * (i + 1) + i for i in range(5)]
+    assert recalibrate_batchnorm(model, batches) == 1
+    with torch.no_grad():
+        feats = [model[0](b) for b in batches]
+    torch.testing.assert_close(bn.running_mean, torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0))
+    torch.testing.assert_close(bn.running_var,
+                               torch.stack([f.transpose(0, 1).flatten(1).var(1) for f in feats]).mean(0))
+    assert not model.training and bn.momentum == 0.3
+    assert recalibrate_batchnorm(nn.Conv2d(1, 1, 1), batches) == 0
+
+
+def test_recalibrate_bn_script_keeps_the_card_and_records_the_pass(tmp_path: Path, photo_dir: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recal", Path(__file__).resolve().parents[1] / "train" / "recalibrate_bn.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model = UNet(**{**TINY_UNET, "norm": "batch"})
+    W.save(tmp_path / "tiny", model, {**_card(model), "options": {"dataset": "photos", "quantize": True}})
+    out = tmp_path / "tiny-bn"
+    assert script.main([str(tmp_path / "tiny.safetensors"), "--data", str(photo_dir), "--out", str(out),
+                        "--batches", "3", "--batch-size", "2", "--patch-size", "16"]) == 0
+    recal, card = W.load(str(out) + ".safetensors")
+    assert card["bn_recalibration"]["batches"] == 3 and card["corruption"] == "gaussian:sigma=25"
+    bn = next(m for m in recal.modules() if isinstance(m, nn.BatchNorm2d))
+    assert bn.num_batches_tracked == 3 and not torch.all(bn.running_var == 1.0)
+    # a Fashion-MNIST card and a missing folder are refused with exit 2
+    W.save(tmp_path / "fm", model, {**_card(model), "options": {"dataset": "fashion-mnist"}})
+    assert script.main([str(tmp_path / "fm.safetensors"), "--data", str(photo_dir), "--out", str(out)]) == 2
+    assert script.main([str(tmp_path / "tiny.safetensors"), "--data", str(tmp_path / "none"), "--out", str(out)]) == 2

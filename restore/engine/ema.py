@@ -11,6 +11,7 @@ Buffers (BatchNorm statistics) are copied, not averaged.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -59,3 +60,39 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
         self.num_updates = int(state["num_updates"])
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:
+    """Replace every BatchNorm's running statistics by their plain average over ``inputs``; returns the layer count.
+
+    Why: the EMA (and any exported) generator carries the live model's running
+    statistics, a momentum-0.1 average of the last few training batches. With
+    small batches of patches whose corruption strength varies (blind sigma
+    5-50) they are noisy, and they do not belong to the averaged weights. One
+    pass over a few thousand training-like inputs in train mode (SWA's
+    ``update_bn``) measured +0.1 to +0.7 dB on the blind Gaussian denoiser.
+    The model's train/eval mode and the layers' momentum are restored.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return 0
+    stream = iter(inputs)
+    first = next(stream, None)
+    if first is None:  # checked before the statistics are reset
+        raise ValueError("recalibrate_batchnorm: no inputs")
+    was_training = model.training
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    model.train()
+    try:
+        model(first)
+        for x in stream:
+            model(x)
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(layers)

@@ -1,0 +1,101 @@
+"""Re-estimate the BatchNorm statistics of exported photo-denoiser weights on their training corruption.
+
+Why: an exported generator carries the running statistics of the last few
+training batches (momentum 0.1), which are noisy when batches are small and
+the corruption strength varies (blind sigma 5-50), and which belong to the
+live weights rather than the EMA ones. One pass in train mode over a few
+thousand patches of the training photos, corrupted with the card's own spec
+and quantised as in training, replaces them by a plain average
+(`restore.engine.ema.recalibrate_batchnorm`, SWA's ``update_bn``). Only the
+statistics change; the card records the pass and keeps every other field.
+
+    python train/recalibrate_bn.py WEIGHTS --data eval/data/photos-train-plus --out STEM \\
+        [--batches 200] [--batch-size 16] [--patch-size 64] [--seed 0]
+
+WEIGHTS is a shipped name or a .safetensors file of the ``denoise`` task
+(photo denoisers; Fashion-MNIST cards are refused: their data is not a
+folder of photos). Never pass the evaluation photos as ``--data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+
+def noisy_batches(card: dict, data: str, batches: int, batch_size: int, patch_size: int,
+                  seed: int) -> Iterator[torch.Tensor]:
+    """``batches`` batches of training-photo patches corrupted as the card's training did (seeded)."""
+    from restore import corrupt
+    from restore.data import ImageFolderPatches
+
+    spec = card.get("corruption")
+    if not spec:
+        raise ValueError("the card names no corruption spec")
+    corruption = corrupt.parse_spec(spec)
+    quantize = bool(card.get("options", {}).get("quantize", True))
+    patches = ImageFolderPatches(data, patch_size, length=batches * batch_size, augment=True, cache=True, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    for b in range(batches):
+        clean = torch.stack([patches[b * batch_size + i]["target"] for i in range(batch_size)])
+        noisy = corruption(clean, generator).input
+        yield noisy.clamp(0, 1).mul(255).round().div(255) if quantize else noisy.clamp(0, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python train/recalibrate_bn.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("weights", help="shipped weights name or .safetensors file (task denoise, photos)")
+    p.add_argument("--data", required=True, help="folder of training photos (not the evaluation photos)")
+    p.add_argument("--out", required=True, help="output stem: writes OUT.safetensors and OUT.json")
+    p.add_argument("--batches", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--patch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if min(args.batches, args.batch_size, args.patch_size) < 1:
+        p.error("--batches, --batch-size and --patch-size must be >= 1")
+    from restore import weights as W
+    from restore.engine.ema import recalibrate_batchnorm
+
+    try:
+        model, card = W.load(args.weights)
+    except W.WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if card.get("task") != "denoise" or card.get("options", {}).get("dataset", "photos") != "photos":
+        print(f"error: {args.weights}: only photo denoisers (task denoise, dataset photos) are supported",
+              file=sys.stderr)
+        return 2
+    if not Path(args.data).is_dir():
+        print(f"error: --data {args.data}: no such folder", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    try:
+        layers = recalibrate_batchnorm(model, noisy_batches(card, args.data, args.batches, args.batch_size,
+                                                           args.patch_size, args.seed))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not layers:
+        print(f"error: {args.weights}: the model has no BatchNorm layer", file=sys.stderr)
+        return 2
+    card = {k: v for k, v in card.items() if k not in ("sha256", "size_bytes", "created", "name")}
+    card["bn_recalibration"] = {
+        "layers": layers, "batches": args.batches, "batch_size": args.batch_size, "patch_size": args.patch_size,
+        "seed": args.seed, "data": args.data, "corruption": card.get("corruption"),
+        "command": " ".join(["python", "train/recalibrate_bn.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    path = W.save(args.out, model, card)
+    print(f"re-estimated {layers} BatchNorm layer(s) over {args.batches * args.batch_size} patches: wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
