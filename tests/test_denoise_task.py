@@ -456,7 +456,7 @@ def test_recalibrate_bn_script_keeps_the_card_and_records_the_pass(tmp_path: Pat
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     model = UNet(**{**TINY_UNET, "norm": "batch"})
-    W.save(tmp_path / "tiny", model, {**_card(model), "options": {"dataset": "photos", "quantize": True}})
+    W.save(tmp_path / "tiny", model, {**_card(model), "options": {"dataset": "photos", "spec": "gaussian:sigma=25", "quantize": True}})
     out = tmp_path / "tiny-bn"
     assert script.main([str(tmp_path / "tiny.safetensors"), "--data", str(photo_dir), "--out", str(out),
                         "--batches", "3", "--batch-size", "2", "--patch-size", "16"]) == 0

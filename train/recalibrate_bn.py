@@ -32,21 +32,17 @@ import torch  # noqa: E402
 
 def noisy_batches(card: dict, data: str, batches: int, batch_size: int, patch_size: int,
                   seed: int) -> Iterator[torch.Tensor]:
-    """``batches`` batches of training-photo patches corrupted as the card's training did (seeded)."""
-    from restore import corrupt
+    """``batches`` batches of training-photo patches, degraded by the card's task exactly as in training (seeded)."""
     from restore.data import ImageFolderPatches
+    from restore.tasks.denoise import DenoiseTask
 
-    spec = card.get("corruption")
-    if not spec:
-        raise ValueError("the card names no corruption spec")
-    corruption = corrupt.parse_spec(spec)
-    quantize = bool(card.get("options", {}).get("quantize", True))
+    # the card's task options (its spec and 8-bit rounding); no perceptual loss is needed, nor its warning
+    task = DenoiseTask({**(card.get("options") or {}), "lambda_perc": 0.0})
     patches = ImageFolderPatches(data, patch_size, length=batches * batch_size, augment=True, cache=True, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     for b in range(batches):
         clean = torch.stack([patches[b * batch_size + i]["target"] for i in range(batch_size)])
-        noisy = corruption(clean, generator).input
-        yield noisy.clamp(0, 1).mul(255).round().div(255) if quantize else noisy.clamp(0, 1)
+        yield task.degrade(clean, generator)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -271,17 +271,22 @@ class DenoiseTask(Task):
         return train, val
 
     # ---- one step -----------------------------------------------------------------
-    def prepare_batch(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
-        """Move clean images to the device and corrupt them there with the trainer's generator."""
-        batch = super().prepare_batch(batch, ctx)
-        target = batch["target"]
-        degraded = self.corruption(target, generator=ctx.generator)
+    def degrade(self, target: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """The network's training input for clean ``target`` and the sigma drawn (None for other specs):
+        the task's corruption, rounded to 8 bits when ``quantize`` (as files are). One place, so anything
+        that must see the training distribution (``train/recalibrate_bn.py``) sees exactly this."""
+        degraded = self.corruption(target, generator=generator)
         noisy = degraded.input
         if self.options["quantize"]:
             noisy = noisy.clamp(0, 1).mul(255).round().div(255)
-        batch["input"] = noisy
-        if degraded.sigma is not None:
-            batch["sigma"] = degraded.sigma
+        return noisy, degraded.sigma
+
+    def prepare_batch(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """Move clean images to the device and corrupt them there with the trainer's generator."""
+        batch = super().prepare_batch(batch, ctx)
+        batch["input"], sigma = self.degrade(batch["target"], ctx.generator)
+        if sigma is not None:
+            batch["sigma"] = sigma
         return batch
 
     def forward(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
