@@ -280,7 +280,7 @@ def plan_outputs(
     if not suffix.startswith("."):
         raise UsageError(f"suffix must start with '.', got {suffix!r}")
     in_abs, out_abs = inp.resolve(), out.resolve()
-    if in_abs == out_abs or _same_file(inp, out):
+    if _same_file(inp, out):  # IN exists, so this covers equal resolved paths too
         raise UsageError(f"{out}: OUT is the same as IN; choose another output folder (inputs are never overwritten)")
     excluded = [(Path(e), Path(e).resolve()) for e in exclude]
     for e, e_abs in excluded:
@@ -307,10 +307,10 @@ def plan_outputs(
         pairs = [(f, out / f.relative_to(inp).with_suffix(suffix)) for f in files]
     _check_writable(pairs[0][1].parent, out)
 
-    inputs = {f.resolve() for f in files} | {e_abs for e, e_abs in excluded if e.is_file()}
+    # by device and inode: an output that is an input under any spelling (link, case) exists, so this is enough
     input_ids = {_file_id(f) for f in files} | {_file_id(e) for e, _ in excluded if e.is_file()}
     for src, dst in pairs:
-        if dst.resolve() in inputs or (dst.exists() and _file_id(dst) in input_ids):
+        if dst.exists() and _file_id(dst) in input_ids:
             raise UsageError(f"{dst}: output path is an input file ({src} would overwrite it); choose another OUT")
     return pairs
 
