@@ -274,11 +274,6 @@ def apply_dict(cfg: TrainConfig, d: dict[str, Any], source: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: optim must be a mapping model -> options")
             for model, opts in value.items():
-                if str(model) not in MODEL_NAMES:
-                    # a typo (optim.g) would otherwise add an optimiser entry no model uses
-                    raise ConfigError(
-                        f"{source}: unknown model optim.{model}; the models a task builds are {', '.join(MODEL_NAMES)}"
-                    )
                 target = cfg.optim.setdefault(str(model), OptimConfig())
                 if not isinstance(opts, dict):
                     raise ConfigError(f"{source}: optim.{model} must be a mapping")
