@@ -20,10 +20,12 @@ each time (issue 4 item 4, issue 6):
   CBM3D's speed on the same CPU).
 * **tiled**: peak RSS of the denoiser restoring a 4096x4096 image with the
   command's default tile, in a fresh subprocess.
-* **huge** (``--huge``): a 6000x4000 photo written to a PNG and restored end to
-  end by ``restore denoise FILE OUT`` (read, tiled restore, write); peak RSS of
-  the process tree (``wait4`` high-water mark and sampled ``/proc`` sums;
-  issue 6 requires < 3 GB).
+* **huge** (``--huge``, or ``huge`` in ``--sections``): a 6000x4000 photo
+  written to a PNG and restored end to end by ``restore TASK FILE OUT`` (read,
+  restore, write) for each of denoise, colorize and inpaint among ``--tasks``
+  (inpaint with a seeded free-form mask covering 25-30% of the photo); peak
+  RSS of the process tree (``wait4`` high-water mark and sampled ``/proc``
+  sums; issue 6 requires < 3 GB of the denoiser).
 * **train**: images/s of one ``restore.engine.Trainer.train_step`` per task on
   in-memory tensors (data loading excluded), fp32 vs bf16 (+ channels_last on
   the GPU).
@@ -42,6 +44,7 @@ Examples::
     nice python eval/speed.py --device cpu                       # everything, CPU
     python eval/speed.py --device cuda --batch-sizes 1,8,32      # GPU: fp32/bf16 x eager/compile
     nice python eval/speed.py --sections baselines,restore --tasks denoise --sizes 768x512 --huge
+    nice python eval/speed.py --sections huge --tasks denoise,colorize,inpaint --threads 1   # peak RAM only
     python eval/speed.py --quick --out /tmp/speed                # tiny settings (tests)
 """
 
@@ -749,24 +752,45 @@ def weights_for_cli(task: str, weights: str | None, folder: Path) -> tuple[str, 
     return str(path), label
 
 
-def time_huge(size: tuple[int, int], device: torch.device, weights: str | None, timeout: float) -> dict[str, Any]:
-    """``restore denoise FILE OUT`` on a ``size`` photo: wall time and peak RSS of the process tree."""
+#: tasks the ``huge`` section runs through the CLI (the others restore 28x28 images)
+HUGE_TASKS = ("denoise", "colorize", "inpaint")
+
+
+def huge_mask(src: Path, size: tuple[int, int], folder: Path) -> Path:
+    """A seeded free-form mask (25-30% holes) for ``src``, as ``restore inpaint --masks`` finds it; returns the folder."""
+    import cv2
+
+    from restore import corrupt
+
+    width, height = size
+    mask = corrupt.apply(torch.zeros(1, 1, height, width), "mask:freeform,coverage=0.25-0.3", 0).mask
+    masks = folder / "masks"
+    masks.mkdir()
+    if not cv2.imwrite(str(masks / src.name), (mask[0, 0].numpy() > 0).astype(np.uint8) * 255):
+        raise SpeedError(f"{masks / src.name}: could not write the test mask")
+    return masks
+
+
+def time_huge(task: str, size: tuple[int, int], device: torch.device, weights: str | None,
+              timeout: float) -> dict[str, Any]:
+    """``restore TASK FILE OUT`` on a ``size`` photo: wall time and peak RSS of the process tree."""
     with tempfile.TemporaryDirectory(prefix="restore-speed-huge-") as tmp:
         folder = Path(tmp)
         try:
             src = huge_file(size, folder)
-            w, label = weights_for_cli("denoise", weights, folder)
+            w, label = weights_for_cli(task, weights, folder)
+            extra = ["--masks", str(huge_mask(src, size, folder))] if task == "inpaint" else []
         except Exception as e:  # noqa: BLE001
-            return _row("huge", "denoise", size=size_text(size), status=f"failed: {type(e).__name__}: {e}")
+            return _row("huge", task, size=size_text(size), status=f"failed: {type(e).__name__}: {e}")
         out = folder / "out.png"
-        cmd = [sys.executable, "-m", "restore.cli", "denoise", str(src), str(out), "--weights", w,
-               "--device", device.type, "--overwrite"]
+        cmd = [sys.executable, "-m", "restore.cli", task, str(src), str(out), "--weights", w,
+               "--device", device.type, "--overwrite", *extra]
         status, wall, peak, tail = run_tree(cmd, timeout)
         ok = status == 0 and out.is_file()
         verdict = "ok" if ok else f"failed: exit status {status}: {tail[:300]}"
         if ok:
             verdict += f" ({'<' if peak < HUGE_LIMIT_GB * 1024 else '>='} {HUGE_LIMIT_GB:g} GB)"
-        return _row("huge", "denoise", model=label, device=device.type, dtype="fp32", mode="eager", batch=1,
+        return _row("huge", task, model=label, device=device.type, dtype="fp32", mode="eager", batch=1,
                     size=size_text(size), tile=default_tile(), images_per_s=1.0 / wall if ok else None,
                     ms_per_image=1000.0 * wall if ok else None, runs=1, peak_mem_mb=peak,
                     mem_kind="process-tree peak RSS (restore CLI: read + restore + write)", status=verdict,
@@ -831,7 +855,8 @@ def issue6_lines(rows: list[dict[str, Any]], baseline_size: str) -> list[str]:
             lines.append(f"- Issue 6, speed with `--ensemble {ens}` (batch {r['batch']}): {r['images_per_s']:.3g} "
                          f"images/s, **{r['x_cbm3d']:.1f}x CBM3D**: "
                          f"{'PASS' if r['x_cbm3d'] >= ISSUE6_SPEEDUP else 'FAIL'}.")
-    huge = [r for r in rows if r["section"] == "huge" and r.get("peak_mem_mb") and str(r["status"]).startswith("ok")]
+    huge = [r for r in rows if r["section"] == "huge" and r["task"] == "denoise" and r.get("peak_mem_mb")
+            and str(r["status"]).startswith("ok")]
     for r in huge:
         ok = r["peak_mem_mb"] < HUGE_LIMIT_GB * 1024
         lines.append(f"- Issue 6, memory: `restore denoise` on a {r['size']} photo peaked at "
@@ -860,7 +885,7 @@ _TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
                  "first_call_s", "peak_mem_mb", "base_mem_mb", "x_cbm3d", "x_nlm", "x_telea", "status")),
     "tiled": ("Tiled restoration of a large image (fresh process)",
               ("task", "model", "device", "size", "tile", "ms_per_image", "peak_mem_mb", "base_mem_mb", "status")),
-    "huge": ("A huge photo end to end through `restore denoise` (read, tiled restore, write)",
+    "huge": ("A huge photo end to end through `restore TASK` (read, restore, write)",
              ("task", "model", "device", "size", "tile", "ms_per_image", "peak_mem_mb", "status")),
     "train": ("Training (`Trainer.train_step`, in-memory data)",
               ("task", "model", "device", "dtype", "mode", "batch", "size", "images_per_s", "ms_per_image",
@@ -962,7 +987,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model device (baselines always run on CPU); auto = cuda when present")
     p.add_argument("--tasks", default=None, help="comma list of tasks (default: all of restore.tasks.TASKS)")
     p.add_argument("--sections", default=",".join(SECTIONS),
-                   help=f"comma list of {', '.join(SECTIONS)} (default: all); --huge adds the 6000x4000 CLI run")
+                   help=f"comma list of {', '.join(SECTIONS)} (default: all) and huge (the 6000x4000 CLI runs, "
+                        "also added by --huge)")
     p.add_argument("--sizes", default=None, help="image sizes N or WxH (default 256,512,768x512)")
     p.add_argument("--batch-sizes", default=None, help="restore batch sizes (default 1,4)")
     p.add_argument("--vae-batch-sizes", default=None, help="batch sizes of the 28x28 VAE (default 1,256)")
@@ -1015,7 +1041,7 @@ def _settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "train_batch": pick("train_batch", 16 if device.type == "cuda" else 4),
         "train_size": pick("train_size", None),
         "train_repeats": pick("train_repeats", 5),
-        "sections": _csv_list(args.sections, "--sections", SECTIONS),
+        "sections": _csv_list(args.sections, "--sections", SECTIONS + ("huge",)),
         "ensembles": _csv_list(pick("ensembles", "none"), "--ensembles", ENSEMBLES),
     }
     s["warmup"] = pick("warmup", 2 if "compile" in s["modes"] else 1)
@@ -1085,7 +1111,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     meta = machine_info(device)
     meta["command"] = shlex.join(["python", "eval/speed.py"] + list(sys.argv[1:] if argv is None else argv))
     meta.update(repeats=s["repeats"], warmup=s["warmup"], baseline_size=size_text(s["baseline_size"]),
-                device=device.type, sections=s["sections"] + (["huge"] if args.huge else []))
+                device=device.type, sections=s["sections"] + (["huge"] if args.huge and "huge" not in s["sections"] else []))
     common = {"device": device.type, "threads": args.threads or None, "warmup": s["warmup"], "repeats": s["repeats"]}
     rows: list[dict[str, Any]] = []
 
@@ -1139,13 +1165,14 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         rows.append(row)
         _progress(row, i, total)
 
-    if args.huge:
-        if "denoise" in modules:
-            print(f"huge: restore denoise on a {size_text(s['huge_size'])} PNG ...", file=sys.stderr, flush=True)
-            rows.append(time_huge(s["huge_size"], device, weights.get("denoise"), args.timeout))
-        else:
-            rows.append(_row("huge", "denoise", status="skipped: the denoise task does not import"))
-        _progress(rows[-1])
+    if args.huge or "huge" in s["sections"]:
+        for task in (t for t in HUGE_TASKS if t in names):
+            if task in modules:
+                print(f"huge: restore {task} on a {size_text(s['huge_size'])} PNG ...", file=sys.stderr, flush=True)
+                rows.append(time_huge(task, s["huge_size"], device, weights.get(task), args.timeout))
+            else:
+                rows.append(_row("huge", task, status=f"skipped: the {task} task does not import"))
+            _progress(rows[-1])
 
     add_ratios(rows, size_text(s["baseline_size"]))
     meta["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"

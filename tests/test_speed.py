@@ -59,6 +59,19 @@ def test_quick_run_writes_tables_and_reports_broken_task(tmp_path, tiny_denoise,
     assert "[1/1] restore denoise cpu fp32 eager b1 64x64" in capsys.readouterr().err
 
 
+def test_huge_section_runs_each_photo_task_through_the_cli(tmp_path):
+    """``--sections huge``: restore denoise/colorize/inpaint on one generated photo (inpaint with a mask)."""
+    out = tmp_path / "speed"
+    assert speed.main(["--quick", "--device", "cpu", "--out", str(out), "--tasks", "colorize,inpaint",
+                       "--sections", "huge"]) == 0
+    with open(out / "speed.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["section"], r["task"]) for r in rows] == [("huge", "colorize"), ("huge", "inpaint")]
+    assert all(r["status"].startswith("ok") and float(r["peak_mem_mb"]) > 50 for r in rows), rows
+    inpaint = json.loads((out / "speed.json").read_text())["rows"][1]
+    assert inpaint["task"] == "inpaint" and "--masks" in inpaint["command"]
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     assert speed.main(["--sizes", "7x512", "--out", str(tmp_path)]) == 2
     assert "size '7x512'" in capsys.readouterr().err

@@ -652,8 +652,8 @@ def restore_batch(model: nn.Module, batch: dict[str, Tensor], card: dict[str, An
     saturation = float(option(options, "saturation", 1.0))
     # Memory: one full-size float32 N3HW buffer holds L, then L and a/b, then (converted in place,
     # band by band) the RGB result; only the upsampled a/b exists once more, briefly. Converting
-    # whole images held several full-size copies (`restore colorize` on a 6000x4000 photo: 4.9 GB
-    # peak, now 2.2 GB).
+    # whole images held several full-size copies (`restore colorize` on a 6000x4000 photo: 4.6 GB
+    # peak, now 2.3 GB; eval/speed.py --sections huge).
     n, _, h, w = x.shape
     lab = torch.empty(n, 3, h, w, dtype=torch.float32, device=device)
     for r0, r1 in _bands(h, w):  # moved to the device band by band too

@@ -575,7 +575,7 @@ def restore_batch(
     del packed
     # Full resolution from here on. Memory: `filled` is the only full-size result (the output is
     # composited into it), a pull-push model's upsampled fill the only other full-size buffer;
-    # everything else works in row bands (`restore inpaint` on a 6000x4000 photo: 3.2 -> 2.3 GB).
+    # everything else works in row bands (`restore inpaint` on a 6000x4000 photo: 3.0 -> 2.2 GB).
     if scale < 1.0:
         if getattr(model, "prefill", "constant") == "pushpull":
             # the network corrects a pull-push fill at the working scale; add its upscaled
