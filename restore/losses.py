@@ -12,6 +12,8 @@ Contents
   label smoothing and label flipping for the discriminator, multi-scale aware.
 * `l1_loss` - optionally split into hole / valid terms, each normalised by its
   own area (inpainting).
+* `psnr_loss` - mean over the batch of each image's ``10 log10 MSE`` (minus its
+  PSNR): what a per-image mean PSNR rewards, whatever each image's noise level.
 * `VGGFeatures`, `PerceptualLoss`, `StyleLoss`, `gram_matrix` - VGG16 feature
   losses with frozen ImageNet weights that are never downloaded implicitly.
 * `tv_loss` - total variation, optionally restricted to a dilated hole region.
@@ -34,6 +36,7 @@ from torch import Tensor
 __all__ = [
     "AdversarialLoss",
     "l1_loss",
+    "psnr_loss",
     "VGGWeightsMissing",
     "VGG16_LAYERS",
     "VGG16_WEIGHTS_FILE",
@@ -287,6 +290,26 @@ def l1_loss(
     per_sample = hole_weight * hole + valid_weight * valid
     return _reduce(per_sample, reduction, "l1_loss")
 
+
+
+def psnr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8, reduction: Reduction = "mean") -> Tensor:
+    """Per-image ``10 * log10(MSE + eps)`` (= -PSNR for data range 1), reduced over the batch.
+
+    Benchmarks average PSNR per image, and a plain MSE or L1 over a batch lets
+    the hardest images (a blind model's sigma-50 patches) outweigh the easy ones
+    the mean PSNR counts just as much: the gradient of this loss scales each
+    image's MSE gradient by ``1 / MSE``, so every image moves the mean PSNR
+    equally (the PSNR loss of NAFNet / HINet). ``eps`` caps a perfect image at
+    80 dB so it cannot dominate.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"psnr_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    if not eps > 0:
+        raise ValueError(f"psnr_loss: eps must be > 0, got {eps!r}")
+    diff = pred.float() - target.float()
+    n = diff.shape[0] if diff.dim() > 0 else 1
+    mse = diff.square().reshape(n, -1).mean(dim=1)
+    return _reduce(10.0 * torch.log10(mse + eps), reduction, "psnr_loss")
 
 # --------------------------------------------------------------------------- #
 # VGG16 features, perceptual and style losses

@@ -206,7 +206,13 @@ def test_mse_term_replaces_or_joins_l1() -> None:
     terms = both.generator_losses({"target": target}, {"output": output}, None, None)
     assert terms["l1"].item() == pytest.approx(0.5) and terms["mse"].item() == pytest.approx(0.5 * 0.25)
     assert mse.model_card()["losses"]["lambda_mse"] == 1.0
-    with pytest.raises(DenoiseConfigError, match="lambda_l1.*lambda_mse are both 0"):
+    only_psnr = DenoiseTask({"lambda_adv": 0.0, "lambda_l1": 0.0, "lambda_psnr": 0.5, "unet": TINY_UNET,
+                             "patch_size": 32})
+    assert only_psnr.objective("G") == ("psnr",)
+    terms = only_psnr.generator_losses({"target": target}, {"output": torch.full_like(target, 0.1)}, None, None)
+    assert terms["psnr"].item() == pytest.approx(0.5 * -20.0, abs=1e-4)
+    assert only_psnr.model_card()["losses"]["lambda_psnr"] == 0.5
+    with pytest.raises(DenoiseConfigError, match="lambda_l1.*lambda_psnr are all 0"):
         DenoiseTask({"lambda_l1": 0.0, "lambda_mse": 0.0})
 
 
@@ -464,7 +470,24 @@ def test_recalibrate_bn_script_keeps_the_card_and_records_the_pass(tmp_path: Pat
     assert card["bn_recalibration"]["batches"] == 3 and card["corruption"] == "gaussian:sigma=25"
     bn = next(m for m in recal.modules() if isinstance(m, nn.BatchNorm2d))
     assert bn.num_batches_tracked == 3 and not torch.all(bn.running_var == 1.0)
-    # a Fashion-MNIST card and a missing folder are refused with exit 2
-    W.save(tmp_path / "fm", model, {**_card(model), "options": {"dataset": "fashion-mnist"}})
+    # a Fashion-MNIST card draws from its task's training split of an IDX folder (never the validation tail)
+    fm_model = UNet(**{**TINY_UNET, "norm": "batch", "in_channels": 1, "out_channels": 1})
+    W.save(tmp_path / "fm", fm_model, {**_card(fm_model), "options": {
+        "dataset": "fashion-mnist", "spec": "gaussian:sigma=1", "quantize": True, "val_size": 8}})
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    flat = np.repeat(np.arange(12, dtype=np.uint8) * 20, 28 * 28).reshape(12, 28, 28)  # image i is all 20 * i
+    write_idx(idx / "train-images-idx3-ubyte", flat)
+    write_idx(idx / "train-labels-idx1-ubyte", np.zeros(12, dtype=np.uint8))
+    card = W.load(str(tmp_path / "fm.safetensors"))[1]
+    seen = torch.cat(list(script.noisy_batches(card, str(idx), batches=3, batch_size=2, patch_size=16, seed=0)))
+    assert seen.shape == (6, 1, 28, 28)
+    assert seen.mean(dim=(1, 2, 3)).max() * 255 < 3 * 20 + 2  # images 0-3 only: 4-11 are the validation tail
+    assert script.main([str(tmp_path / "fm.safetensors"), "--data", str(idx), "--out", str(tmp_path / "fm-bn"),
+                        "--batches", "2", "--batch-size", "4"]) == 0
+    assert W.load(str(tmp_path / "fm-bn.safetensors"))[1]["bn_recalibration"]["batches"] == 2
+    # no IDX files in a photo folder, a missing folder, a task that is not denoise: exit 2
     assert script.main([str(tmp_path / "fm.safetensors"), "--data", str(photo_dir), "--out", str(out)]) == 2
     assert script.main([str(tmp_path / "tiny.safetensors"), "--data", str(tmp_path / "none"), "--out", str(out)]) == 2
+    W.save(tmp_path / "other", model, {**_card(model), "task": "colorize"})
+    assert script.main([str(tmp_path / "other.safetensors"), "--data", str(photo_dir), "--out", str(out)]) == 2

@@ -20,6 +20,7 @@ from restore.losses import (
     gram_matrix,
     kl_divergence,
     l1_loss,
+    psnr_loss,
     tv_loss,
 )
 
@@ -170,6 +171,35 @@ def test_l1_errors() -> None:
         l1_loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, 2))
     with pytest.raises(ValueError, match="reduction"):
         l1_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), reduction="avg")
+
+
+def test_psnr_loss_is_minus_mean_per_image_psnr() -> None:
+    from restore.metrics import psnr
+
+    target = torch.zeros(2, 3, 4, 4)
+    pred = torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 0.01)])
+    # per image: 10 log10(0.01) = -20 dB and 10 log10(1e-4) = -40 dB
+    per = psnr_loss(pred, target, eps=1e-12, reduction="none")
+    assert per.tolist() == pytest.approx([-20.0, -40.0], abs=1e-4)
+    assert psnr_loss(pred, target, eps=1e-12).item() == pytest.approx(-30.0, abs=1e-4)
+    assert psnr_loss(pred, target, eps=1e-12).item() == pytest.approx(-psnr(pred, target).mean().item(), abs=1e-4)
+    # a perfect image is capped by eps instead of giving -inf
+    assert psnr_loss(target, target).item() == pytest.approx(-80.0)
+
+
+def test_psnr_loss_gives_each_image_equal_say() -> None:
+    """Halving any image's error moves the loss by the same 3.01 dB / N, whatever its size:
+    the gradient is each image's MSE gradient scaled by 1 / MSE (unlike MSE, which the big errors rule)."""
+    target = torch.zeros(2, 1, 8, 8)
+    pred = torch.stack([torch.full((1, 8, 8), 0.2), torch.full((1, 8, 8), 0.002)]).requires_grad_(True)
+    psnr_loss(pred, target, eps=1e-12).backward()
+    g = pred.grad.reshape(2, -1).sum(1)
+    # d/dx of 10 log10(x^2) / 2 at x = a is 10 / (ln 10 * a): the small error gets 100x the gradient
+    assert g.tolist() == pytest.approx([10 / math.log(10) / 0.2, 10 / math.log(10) / 0.002], rel=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        psnr_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 3))
+    with pytest.raises(ValueError, match="eps"):
+        psnr_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), eps=0.0)
 
 
 # --------------------------------------------------------------------------- #

@@ -1,4 +1,4 @@
-"""Re-estimate the BatchNorm statistics of exported photo-denoiser weights on their training corruption.
+"""Re-estimate the BatchNorm statistics of exported denoiser weights on their training corruption.
 
 Why: an exported generator carries the running statistics of the last few
 training batches (momentum 0.1), which are noisy when batches are small and
@@ -12,9 +12,11 @@ statistics change; the card records the pass and keeps every other field.
     python train/recalibrate_bn.py WEIGHTS --data eval/data/photos-train-plus --out STEM \\
         [--batches 200] [--batch-size 16] [--patch-size 64] [--seed 0]
 
-WEIGHTS is a shipped name or a .safetensors file of the ``denoise`` task
-(photo denoisers; Fashion-MNIST cards are refused: their data is not a
-folder of photos). Never pass the evaluation photos as ``--data``.
+WEIGHTS is a shipped name or a .safetensors file of the ``denoise`` task.
+For a photo denoiser ``--data`` is a folder of training photos (never the
+evaluation photos); for a Fashion-MNIST one (``denoise-fmnist``) it is the IDX
+folder, and the images come from the task's own training split (the test
+split and the validation tail are never seen; ``--patch-size`` is ignored).
 """
 
 from __future__ import annotations
@@ -32,23 +34,31 @@ import torch  # noqa: E402
 
 def noisy_batches(card: dict, data: str, batches: int, batch_size: int, patch_size: int,
                   seed: int) -> Iterator[torch.Tensor]:
-    """``batches`` batches of training-photo patches, degraded by the card's task exactly as in training (seeded)."""
+    """``batches`` batches of training images, degraded by the card's task exactly as in training (seeded):
+    random patches of the photos in ``data``, or random images of a Fashion-MNIST training split."""
     from restore.data import ImageFolderPatches
     from restore.tasks.denoise import DenoiseTask
 
     # the card's task options (its spec and 8-bit rounding); no perceptual loss is needed, nor its warning
     task = DenoiseTask({**(card.get("options") or {}), "lambda_perc": 0.0})
-    patches = ImageFolderPatches(data, patch_size, length=batches * batch_size, augment=True, cache=True, seed=seed)
     generator = torch.Generator().manual_seed(seed)
+    if task.options["dataset"] == "fashion-mnist":
+        images, _ = task.build_datasets(data)  # the training split only, as the card's run saw it
+        order = torch.randperm(len(images), generator=generator).tolist()
+    else:
+        images = ImageFolderPatches(data, patch_size, length=batches * batch_size, augment=True, cache=True,
+                                    seed=seed)
+        order = list(range(len(images)))
     for b in range(batches):
-        clean = torch.stack([patches[b * batch_size + i]["target"] for i in range(batch_size)])
+        index = [order[(b * batch_size + i) % len(order)] for i in range(batch_size)]
+        clean = torch.stack([images[i]["target"] for i in index])
         yield task.degrade(clean, generator)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python train/recalibrate_bn.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("weights", help="shipped weights name or .safetensors file (task denoise, photos)")
-    p.add_argument("--data", required=True, help="folder of training photos (not the evaluation photos)")
+    p.add_argument("weights", help="shipped weights name or .safetensors file (task denoise)")
+    p.add_argument("--data", required=True, help="training photos (never the evaluation photos), or the Fashion-MNIST IDX folder")
     p.add_argument("--out", required=True, help="output stem: writes OUT.safetensors and OUT.json")
     p.add_argument("--batches", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
@@ -58,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.batches, args.batch_size, args.patch_size) < 1:
         p.error("--batches, --batch-size and --patch-size must be >= 1")
     from restore import weights as W
+    from restore.engine.config import ConfigError
     from restore.engine.ema import recalibrate_batchnorm
 
     try:
@@ -65,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except W.WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if card.get("task") != "denoise" or card.get("options", {}).get("dataset", "photos") != "photos":
-        print(f"error: {args.weights}: only photo denoisers (task denoise, dataset photos) are supported",
+    if card.get("task") != "denoise":
+        print(f"error: {args.weights}: only denoisers (task denoise) are supported, this is {card.get('task')!r}",
               file=sys.stderr)
         return 2
     if not Path(args.data).is_dir():
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         layers = recalibrate_batchnorm(model, noisy_batches(card, args.data, args.batches, args.batch_size,
                                                            args.patch_size, args.seed))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not layers:

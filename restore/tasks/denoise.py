@@ -7,8 +7,10 @@ Training side (`DenoiseTask`, driven by `restore.engine.Trainer`):
 * D = `restore.models.patchgan.PatchGAN` (70x70 patches) unless
   ``lambda_adv == 0``: the L1-only configuration builds no discriminator at
   all, which is what makes the GAN-vs-L1 comparison of the issue fair;
-* loss = lambda_l1 * L1 + lambda_mse * MSE + lambda_adv * adversarial + lambda_perc * perceptual
-  (MSE's optimum is the posterior mean, the PSNR-optimal estimate; L1's the median)
+* loss = lambda_l1 * L1 + lambda_mse * MSE + lambda_psnr * PSNR loss + lambda_adv * adversarial
+  + lambda_perc * perceptual (MSE's optimum is the posterior mean, the PSNR-optimal estimate; L1's
+  the median; the PSNR loss, mean of per-image 10 log10 MSE, weighs a blind model's low-noise
+  patches as much as its high-noise ones, as a per-image mean PSNR does)
   (VGG16; switched off with a warning when its ImageNet weights are absent,
   because nothing may be downloaded implicitly);
 * corruption happens on the training device in `prepare_batch`, from a spec
@@ -64,6 +66,8 @@ DEFAULT_WEIGHTS = "denoise-gaussian"
 DEFAULT_TILE_OVERLAP = 32
 
 _DATASETS = ("photos", "fashion-mnist")
+#: Pixel losses; at least one must be on (their lambda_* keys are task options).
+_PIXEL_LOSSES = ("l1", "mse", "psnr")
 
 
 class DenoiseConfigError(ConfigError):
@@ -87,7 +91,7 @@ class DenoiseTask(Task):
     """UNet (+ PatchGAN) denoiser trained on the fly from clean images and a corruption spec."""
 
     name = "denoise"
-    loss_names_G = ("l1", "mse", "adv", "perc")
+    loss_names_G = ("l1", "mse", "psnr", "adv", "perc")
     loss_names_D = ("real", "fake")
     adversarial_term = "adv"
     visual_names = ("input", "output", "target")
@@ -111,6 +115,7 @@ class DenoiseTask(Task):
                 "patchgan": dict(_PATCHGAN_DEFAULTS),
                 "lambda_l1": 1.0,
                 "lambda_mse": 0.0,
+                "lambda_psnr": 0.0,           # per-image -PSNR (dB); 0.01-0.05 matches L1's gradient scale
                 "lambda_adv": 0.005,
                 "lambda_perc": 0.0,
                 "gan_mode": "vanilla",        # vanilla | lsgan | hinge
@@ -160,13 +165,13 @@ class DenoiseTask(Task):
             self.adv_loss = AdversarialLoss(opts["gan_mode"], smoothing=tuple(sm) if isinstance(sm, list) else sm)
         else:
             # no D: declare only what is computed, so nothing logs a constant zero
-            self.loss_names_G = ("l1", "mse", "perc")
+            self.loss_names_G = ("l1", "mse", "psnr", "perc")
             self.loss_names_D = ()
             self.adversarial_term = None
         self.perceptual: nn.Module | None = None
         self.perc_enabled = float(opts["lambda_perc"]) > 0 and self._build_perceptual()
         unused = {"perc"} if not self.perc_enabled else set()
-        unused |= {k for k in ("l1", "mse") if float(opts[f"lambda_{k}"]) == 0}
+        unused |= {k for k in _PIXEL_LOSSES if float(opts[f"lambda_{k}"]) == 0}
         self.loss_names_G = tuple(n for n in self.loss_names_G if n not in unused)
 
     def objective(self, which: str) -> tuple[str, ...]:  # type: ignore[override]
@@ -188,11 +193,11 @@ class DenoiseTask(Task):
         for key in ("val_images", "val_size"):
             if not is_int(o[key]) or o[key] < 0:
                 raise bad(key, "must be an integer >= 0")
-        for key in ("lambda_l1", "lambda_mse", "lambda_adv", "lambda_perc"):
+        for key in [f"lambda_{k}" for k in _PIXEL_LOSSES] + ["lambda_adv", "lambda_perc"]:
             if not is_number(o[key]) or o[key] < 0:
                 raise bad(key, "must be a finite number >= 0")
-        if o["lambda_l1"] == 0 and o["lambda_mse"] == 0:
-            raise bad("lambda_l1", "and task.lambda_mse are both 0: the output would learn no pixel loss")
+        if all(o[f"lambda_{k}"] == 0 for k in _PIXEL_LOSSES):
+            raise bad("lambda_l1", "task.lambda_mse and task.lambda_psnr are all 0: the output would learn no pixel loss")
         if o["gan_mode"] not in ("vanilla", "lsgan", "hinge"):
             raise bad("gan_mode", "must be vanilla, lsgan or hinge")
         if o["unet"].get("norm") == "instance":
@@ -307,6 +312,10 @@ class DenoiseTask(Task):
             terms["l1"] = o["lambda_l1"] * diff.abs().mean()
         if "mse" in self.loss_names_G:
             terms["mse"] = o["lambda_mse"] * diff.square().mean()
+        if "psnr" in self.loss_names_G:
+            from restore.losses import psnr_loss
+
+            terms["psnr"] = o["lambda_psnr"] * psnr_loss(output, target)
         if self.use_gan:
             if D is None:
                 raise RuntimeError("denoise: lambda_adv > 0 but the trainer passed no discriminator")
@@ -344,6 +353,7 @@ class DenoiseTask(Task):
             "losses": {
                 "lambda_l1": o["lambda_l1"],
                 "lambda_mse": o["lambda_mse"],
+                "lambda_psnr": o["lambda_psnr"],
                 "lambda_adv": o["lambda_adv"] if self.use_gan else 0.0,
                 "lambda_perc": o["lambda_perc"] if self.perc_enabled else 0.0,
                 "gan_mode": o["gan_mode"] if self.use_gan else None,
