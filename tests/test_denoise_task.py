@@ -225,6 +225,11 @@ def test_bad_options_raise_config_errors() -> None:
         DenoiseTask({"lambda_adv": -1})
     with pytest.raises(DenoiseConfigError, match="patch_size"):
         DenoiseTask({"patch_size": 16, "unet": TINY_UNET}).build_models()  # 70x70 PatchGAN needs >= 24 px
+    for bad in ([0.5, 2], [3, 2], [1], "2"):
+        with pytest.raises(DenoiseConfigError, match="task.scale_range"):
+            DenoiseTask({"scale_range": bad})
+    with pytest.raises(DenoiseConfigError, match="task.scale_range.*Fashion-MNIST"):
+        DenoiseTask({"dataset": "fashion-mnist", "scale_range": [1, 2]})
 
 
 def test_perceptual_switches_off_without_vgg_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -244,6 +249,36 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(4):
         Image.fromarray(_smooth_photo(48, 56, i)).save(root / f"p{i}.png")
     return root
+
+
+def test_scale_range_downscales_training_crops_only(photo_dir: Path) -> None:
+    import torch.nn.functional as F
+
+    from restore.engine.task import StepContext
+
+    task = DenoiseTask({"scale_range": [2, 3], "patch_size": 12, "val_patch_size": 16, "val_images": 1,
+                        "lambda_adv": 0.0, "unet": TINY_UNET})
+    train, val = task.build_datasets(str(photo_dir))
+    assert train[0]["target"].shape == (3, 36, 36)  # loaded at patch x the largest scale
+    crops = torch.stack([train[i]["target"] for i in range(4)])
+    ctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(3))
+    batch = task.prepare_batch({"target": crops.clone()}, ctx)
+    assert batch["target"].shape == batch["input"].shape == (4, 3, 12, 12)
+    # one scale for the batch, a square crop of side 24-36 px, bicubic (antialiased) down to 12 px
+    g = torch.Generator().manual_seed(3)
+    u = torch.rand(3, generator=g).tolist()
+    side = round(12 * (2 + u[0]))
+    y, x = int(u[1] * (36 - side + 1)), int(u[2] * (36 - side + 1))
+    want = F.interpolate(crops[..., y:y + side, x:x + side], size=(12, 12), mode="bicubic", antialias=True,
+                         align_corners=False).clamp(0, 1)
+    torch.testing.assert_close(batch["target"], want)
+    # validation crops keep their native scale; the default range is the identity
+    vctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(3),
+                       training=False)
+    vcrops = torch.stack([val[i]["target"] for i in range(2)])
+    torch.testing.assert_close(task.prepare_batch({"target": vcrops.clone()}, vctx)["target"], vcrops)
+    plain = DenoiseTask({"patch_size": 12, "lambda_adv": 0.0, "unet": TINY_UNET})
+    torch.testing.assert_close(plain.rescale(crops[..., :12, :12], torch.Generator()), crops[..., :12, :12])
 
 
 def _trainer(task: DenoiseTask, data: str, out: Path, steps: int, workers: int = 0) -> Trainer:

@@ -22,6 +22,7 @@ split and the validation tail are never seen; ``--patch-size`` is ignored).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,13 +46,13 @@ def noisy_batches(card: dict, data: str, batches: int, batch_size: int, patch_si
     if task.options["dataset"] == "fashion-mnist":
         images, _ = task.build_datasets(data)  # the training split only, as the card's run saw it
         order = torch.randperm(len(images), generator=generator).tolist()
-    else:
-        images = ImageFolderPatches(data, patch_size, length=batches * batch_size, augment=True, cache=True,
-                                    seed=seed)
+    else:  # crops as large as the card's scale_range asks, scaled to patch_size as in training
+        load = math.ceil(patch_size * float(task.options["scale_range"][1]))
+        images = ImageFolderPatches(data, load, length=batches * batch_size, augment=True, cache=True, seed=seed)
         order = list(range(len(images)))
     for b in range(batches):
         index = [order[(b * batch_size + i) % len(order)] for i in range(batch_size)]
-        clean = torch.stack([images[i]["target"] for i in index])
+        clean = task.rescale(torch.stack([images[i]["target"] for i in index]), generator, patch_size)
         yield task.degrade(clean, generator)[0]
 
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "train/recalibrate_bn.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     path = W.save(args.out, model, card)
-    print(f"re-estimated {layers} BatchNorm layer(s) over {args.batches * args.batch_size} patches: wrote {path}")
+    print(f"re-estimated {layers} BatchNorm layer(s) over {args.batches * args.batch_size} images: wrote {path}")
     return 0
 
 

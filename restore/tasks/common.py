@@ -232,6 +232,47 @@ def _readable_photos(paths: list[Path], build: Callable[[Path], Any] | None, tas
 # --------------------------------------------------------------------------- restoring
 
 
+def scale_range_error(value: Any) -> str | None:
+    """Why ``value`` is not a valid ``task.scale_range`` ([low, high], 1 <= low <= high), or None."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 2 or not all(is_number(v) for v in value)
+            or not 1.0 <= float(value[0]) <= float(value[1])):
+        return "must be [low, high] with 1 <= low <= high (crop side / patch side)"
+    return None
+
+
+def scaled_crop(target: Tensor, patch: int, scale_range: Iterable[float], generator: torch.Generator | None,
+                mode: str = "area") -> Tensor:
+    """A random square of side ``patch x U(scale_range)`` of NCHW ``target``, resized to ``patch``.
+
+    Why: a model restores photos at whatever scale they come at, while training
+    photos have one (a 2048 px wallpaper is far smoother per pixel than a photo
+    downscaled to 768 px). One draw per batch; ``generator=None`` takes the
+    middle of the range and the centre (validation). ``target`` holds crops of
+    side ``ceil(patch x high)``; ``mode`` is an ``F.interpolate`` mode (bicubic
+    is antialiased and clamped to [0, 1], as a photo editor's downscale is).
+    """
+    import torch.nn.functional as F
+
+    lo, hi = (float(v) for v in scale_range)
+    size = target.shape[-1]
+    if size == patch and lo == hi == 1.0:
+        return target
+    if generator is not None:
+        u = torch.rand(3, generator=generator, device=generator.device).tolist()
+    else:
+        u = [0.5, 0.5, 0.5]
+    side = min(size, max(patch, int(round(patch * (lo + (hi - lo) * u[0])))))
+    y = min(int(u[1] * (size - side + 1)), size - side)
+    x = min(int(u[2] * (size - side + 1)), size - side)
+    crop = target[..., y: y + side, x: x + side]
+    if side == patch:
+        return crop.contiguous()
+    if mode == "bicubic":
+        return F.interpolate(crop, size=(patch, patch), mode="bicubic", antialias=True,
+                             align_corners=False).clamp_(0, 1)
+    return F.interpolate(crop, size=(patch, patch), mode=mode).clamp_(0, 1)
+
+
 def option(options: Any, name: str, default: Any = None) -> Any:
     """A task flag of ``restore <task>`` (see ``add_arguments``), or ``default``.
 

@@ -18,7 +18,9 @@ Training side (`DenoiseTask`, driven by `restore.engine.Trainer`):
   ``speckle:...``, mixtures with ``+``), with the trainer's checkpointed
   generator, so a resumed run sees the same noise;
 * data: random patches of a photo folder (a few photos held back for
-  validation), or a Fashion-MNIST IDX folder (``dataset: fashion-mnist``).
+  validation), optionally downscaled by a random factor (``scale_range``) so
+  the model meets photos' detail at more than the training photos' one scale;
+  or a Fashion-MNIST IDX folder (``dataset: fashion-mnist``).
 
 Restoring side (`restore_batch`, used by ``restore denoise`` and the eval
 scripts): gray/colour adaptation between the file and the model, overlap-
@@ -52,6 +54,8 @@ from restore.tasks.common import (
     model_device_dtype,
     option,
     photo_patch_datasets,
+    scale_range_error,
+    scaled_crop,
     to_model_channels,
 )
 
@@ -105,6 +109,7 @@ class DenoiseTask(Task):
                 "spec": "gaussian:sigma=5-50",
                 "quantize": True,             # round the noisy input to 8 bits, as files are
                 "patch_size": 256,
+                "scale_range": [1.0, 1.0],    # crop side = patch_size x U(range), downscaled (bicubic) to patch_size
                 "patches_per_image": 512,     # epoch length = this x training photos
                 "val_images": 2,              # training photos held back for validation
                 "val_patch_size": 256,
@@ -193,6 +198,11 @@ class DenoiseTask(Task):
         for key in ("val_images", "val_size"):
             if not is_int(o[key]) or o[key] < 0:
                 raise bad(key, "must be an integer >= 0")
+        why = scale_range_error(o["scale_range"])
+        if why:
+            raise bad("scale_range", why)
+        if o["dataset"] == "fashion-mnist" and list(o["scale_range"]) != [1.0, 1.0]:
+            raise bad("scale_range", "applies to photos; Fashion-MNIST images are used whole")
         for key in [f"lambda_{k}" for k in _PIXEL_LOSSES] + ["lambda_adv", "lambda_perc"]:
             if not is_number(o[key]) or o[key] < 0:
                 raise bad(key, "must be a finite number >= 0")
@@ -254,7 +264,7 @@ class DenoiseTask(Task):
     def _photo_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
         o = self.options
         train, val, self._data_info = photo_patch_datasets(
-            data, task="denoise", error=DenoiseConfigError, patch_size=o["patch_size"],
+            data, task="denoise", error=DenoiseConfigError, patch_size=self._load_size(),
             patches_per_image=o["patches_per_image"], val_images=o["val_images"],
             val_patch_size=o["val_patch_size"], val_patches_per_image=o["val_patches_per_image"],
             cache=o["cache"], val_seed=1234,
@@ -275,7 +285,19 @@ class DenoiseTask(Task):
         self._data_info = {"train_images": n_train, "val_images": n_val, "split": "train"}
         return train, val
 
+    def _load_size(self) -> int:
+        """Training crops are loaded at the largest side ``scale_range`` asks for; prepare_batch scales them."""
+        return int(math.ceil(self.options["patch_size"] * float(self.options["scale_range"][1])))
+
     # ---- one step -----------------------------------------------------------------
+    def rescale(self, target: Tensor, generator: torch.Generator, patch: int | None = None) -> Tensor:
+        """Training crops (side ``ceil(patch x scale_range[1])``) -> ``patch``-px patches at a random scale
+        (bicubic, antialiased); the identity for ``scale_range: [1, 1]`` and for Fashion-MNIST."""
+        if self.options["dataset"] != "photos":
+            return target
+        return scaled_crop(target.float(), int(patch or self.options["patch_size"]), self.options["scale_range"],
+                           generator, mode="bicubic")
+
     def degrade(self, target: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
         """The network's training input for clean ``target`` and the sigma drawn (None for other specs):
         the task's corruption, rounded to 8 bits when ``quantize`` (as files are). One place, so anything
@@ -289,6 +311,9 @@ class DenoiseTask(Task):
     def prepare_batch(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         """Move clean images to the device and corrupt them there with the trainer's generator."""
         batch = super().prepare_batch(batch, ctx)
+        if ctx.training:
+            # validation crops keep their native scale, so the curve stays comparable across runs
+            batch["target"] = self.rescale(batch["target"], ctx.generator)
         batch["input"], sigma = self.degrade(batch["target"], ctx.generator)
         if sigma is not None:
             batch["sigma"] = sigma

@@ -67,6 +67,8 @@ from restore.tasks.common import (
     model_device_dtype,
     option,
     photo_patch_datasets,
+    scale_range_error,
+    scaled_crop,
     to_model_channels,
 )
 
@@ -229,10 +231,9 @@ class InpaintTask(Task):
             raise bad("patch_size", "must be >= 16 (free-form strokes need room)")
         if not is_int(o["val_images"]) or o["val_images"] < 0:
             raise bad("val_images", "must be an integer >= 0")
-        sr = o["scale_range"]
-        if (not isinstance(sr, (list, tuple)) or len(sr) != 2 or not all(is_number(v) for v in sr)
-                or not 1.0 <= float(sr[0]) <= float(sr[1])):
-            raise bad("scale_range", "must be [low, high] with 1 <= low <= high (crop side / patch side)")
+        why = scale_range_error(o["scale_range"])
+        if why:
+            raise bad("scale_range", why)
         for key in ("lambda_hole", "lambda_valid", "lambda_coarse", "lambda_adv", "lambda_perc", "lambda_style",
                     "lambda_tv"):
             if not is_number(o[key]) or o[key] < 0:
@@ -321,22 +322,8 @@ class InpaintTask(Task):
     # ---- one step -----------------------------------------------------------------
     def _rescale(self, target: Tensor, ctx: StepContext) -> Tensor:
         """Crop a random square of side patch x U(scale_range) and area-resize it to the patch size."""
-        p = int(self.options["patch_size"])
-        lo, hi = (float(v) for v in self.options["scale_range"])
-        size = target.shape[-1]
-        if size == p and lo == hi == 1.0:
-            return target
-        if ctx.training:
-            u = torch.rand(3, generator=ctx.generator, device=ctx.generator.device).tolist()
-        else:
-            u = [0.5, 0.5, 0.5]
-        side = min(size, max(p, int(round(p * (lo + (hi - lo) * u[0])))))
-        y = int(u[1] * (size - side + 1)) if size > side else 0
-        x = int(u[2] * (size - side + 1)) if size > side else 0
-        crop = target[..., min(y, size - side): min(y, size - side) + side, min(x, size - side): min(x, size - side) + side]
-        if side == p:
-            return crop.contiguous()
-        return F.interpolate(crop, size=(p, p), mode="area").clamp_(0, 1)
+        return scaled_crop(target, int(self.options["patch_size"]), self.options["scale_range"],
+                           ctx.generator if ctx.training else None, mode="area")
 
     def draw_masks(self, target: Tensor, generator: torch.Generator) -> Tensor:
         """N1HW hole masks (1 = hole), one spec of ``task.masks`` per image drawn with ``mask_probs``."""
