@@ -120,7 +120,7 @@ class DenoiseTask(Task):
                 "patchgan": dict(_PATCHGAN_DEFAULTS),
                 "lambda_l1": 1.0,
                 "lambda_mse": 0.0,
-                "lambda_psnr": 0.0,           # per-image -PSNR (dB); 0.01-0.05 matches L1's gradient scale
+                "lambda_psnr": 0.0,           # per-image -PSNR in dB (NAFNet); ~0.002 gives L1's gradient scale
                 "lambda_adv": 0.005,
                 "lambda_perc": 0.0,
                 "gan_mode": "vanilla",        # vanilla | lsgan | hinge
