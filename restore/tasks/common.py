@@ -229,9 +229,6 @@ def _readable_photos(paths: list[Path], build: Callable[[Path], Any] | None, tas
     return good
 
 
-# --------------------------------------------------------------------------- restoring
-
-
 def scale_range_error(value: Any) -> str | None:
     """Why ``value`` is not a valid ``task.scale_range`` ([low, high], 1 <= low <= high), or None."""
     if (not isinstance(value, (list, tuple)) or len(value) != 2 or not all(is_number(v) for v in value)
@@ -271,6 +268,9 @@ def scaled_crop(target: Tensor, patch: int, scale_range: Iterable[float], genera
         return F.interpolate(crop, size=(patch, patch), mode="bicubic", antialias=True,
                              align_corners=False).clamp_(0, 1)
     return F.interpolate(crop, size=(patch, patch), mode=mode).clamp_(0, 1)
+
+
+# --------------------------------------------------------------------------- restoring
 
 
 def option(options: Any, name: str, default: Any = None) -> Any:
