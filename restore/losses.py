@@ -291,7 +291,6 @@ def l1_loss(
     return _reduce(per_sample, reduction, "l1_loss")
 
 
-
 def psnr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8, reduction: Reduction = "mean") -> Tensor:
     """Per-image ``10 * log10(MSE + eps)`` (= -PSNR for data range 1), reduced over the batch.
 
@@ -310,6 +309,7 @@ def psnr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8, reduction: Reduct
     n = diff.shape[0] if diff.dim() > 0 else 1
     mse = diff.square().reshape(n, -1).mean(dim=1)
     return _reduce(10.0 * torch.log10(mse + eps), reduction, "psnr_loss")
+
 
 # --------------------------------------------------------------------------- #
 # VGG16 features, perceptual and style losses

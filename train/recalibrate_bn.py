@@ -22,7 +22,6 @@ split and the validation tail are never seen; ``--patch-size`` is ignored).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ def noisy_batches(card: dict, data: str, batches: int, batch_size: int, patch_si
     """``batches`` batches of training images, degraded by the card's task exactly as in training (seeded):
     random patches of the photos in ``data``, or random images of a Fashion-MNIST training split."""
     from restore.data import ImageFolderPatches
+    from restore.tasks.common import crop_load_size
     from restore.tasks.denoise import DenoiseTask
 
     # the card's task options (its spec and 8-bit rounding); no perceptual loss is needed, nor its warning
@@ -47,7 +47,7 @@ def noisy_batches(card: dict, data: str, batches: int, batch_size: int, patch_si
         images, _ = task.build_datasets(data)  # the training split only, as the card's run saw it
         order = torch.randperm(len(images), generator=generator).tolist()
     else:  # crops as large as the card's scale_range asks, scaled to patch_size as in training
-        load = math.ceil(patch_size * float(task.options["scale_range"][1]))
+        load = crop_load_size(patch_size, task.options["scale_range"])
         images = ImageFolderPatches(data, load, length=batches * batch_size, augment=True, cache=True, seed=seed)
         order = list(range(len(images)))
     for b in range(batches):

@@ -237,6 +237,11 @@ def scale_range_error(value: Any) -> str | None:
     return None
 
 
+def crop_load_size(patch: int, scale_range: Iterable[float]) -> int:
+    """Side of the training crops `scaled_crop` needs: the largest square ``scale_range`` can ask for."""
+    return int(math.ceil(int(patch) * float(list(scale_range)[1])))
+
+
 def scaled_crop(target: Tensor, patch: int, scale_range: Iterable[float], generator: torch.Generator | None,
                 mode: str = "area") -> Tensor:
     """A random square of side ``patch x U(scale_range)`` of NCHW ``target``, resized to ``patch``.
@@ -245,7 +250,7 @@ def scaled_crop(target: Tensor, patch: int, scale_range: Iterable[float], genera
     photos have one (a 2048 px wallpaper is far smoother per pixel than a photo
     downscaled to 768 px). One draw per batch; ``generator=None`` takes the
     middle of the range and the centre (validation). ``target`` holds crops of
-    side ``ceil(patch x high)``; ``mode`` is an ``F.interpolate`` mode (bicubic
+    side `crop_load_size`; ``mode`` is an ``F.interpolate`` mode (bicubic
     is antialiased and clamped to [0, 1], as a photo editor's downscale is).
     """
     import torch.nn.functional as F

@@ -54,6 +54,7 @@ from restore.tasks.common import (
     model_device_dtype,
     option,
     photo_patch_datasets,
+    crop_load_size,
     scale_range_error,
     scaled_crop,
     to_model_channels,
@@ -264,7 +265,8 @@ class DenoiseTask(Task):
     def _photo_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
         o = self.options
         train, val, self._data_info = photo_patch_datasets(
-            data, task="denoise", error=DenoiseConfigError, patch_size=self._load_size(),
+            data, task="denoise", error=DenoiseConfigError,
+            patch_size=crop_load_size(o["patch_size"], o["scale_range"]),  # rescale() brings them to patch_size
             patches_per_image=o["patches_per_image"], val_images=o["val_images"],
             val_patch_size=o["val_patch_size"], val_patches_per_image=o["val_patches_per_image"],
             cache=o["cache"], val_seed=1234,
@@ -284,10 +286,6 @@ class DenoiseTask(Task):
         val = Subset(full, range(n_train, len(full))) if n_val else None
         self._data_info = {"train_images": n_train, "val_images": n_val, "split": "train"}
         return train, val
-
-    def _load_size(self) -> int:
-        """Training crops are loaded at the largest side ``scale_range`` asks for; prepare_batch scales them."""
-        return int(math.ceil(self.options["patch_size"] * float(self.options["scale_range"][1])))
 
     # ---- one step -----------------------------------------------------------------
     def rescale(self, target: Tensor, generator: torch.Generator, patch: int | None = None) -> Tensor:

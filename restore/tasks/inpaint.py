@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from typing import Any
 
 import torch
@@ -67,6 +66,7 @@ from restore.tasks.common import (
     model_device_dtype,
     option,
     photo_patch_datasets,
+    crop_load_size,
     scale_range_error,
     scaled_crop,
     to_model_channels,
@@ -308,16 +308,13 @@ class InpaintTask(Task):
         o = self.options
         # crops of the largest side the scale range asks for; prepare_batch picks the actual scale
         # (validation: the middle of the range)
-        load = self._load_size()
+        load = crop_load_size(o["patch_size"], o["scale_range"])
         train, val, self._data_info = photo_patch_datasets(
             data, task="inpaint", error=InpaintConfigError, patch_size=load,
             patches_per_image=o["patches_per_image"], val_images=o["val_images"], val_patch_size=load,
             val_patches_per_image=o["val_patches_per_image"], cache=o["cache"], val_seed=4321,
         )
         return train, val
-
-    def _load_size(self) -> int:
-        return int(math.ceil(self.options["patch_size"] * float(self.options["scale_range"][1])))
 
     # ---- one step -----------------------------------------------------------------
     def _rescale(self, target: Tensor, ctx: StepContext) -> Tensor:
