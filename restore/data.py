@@ -18,6 +18,7 @@ Design notes (why, not what):
 
 from __future__ import annotations
 
+import copy
 import gzip
 import logging
 import os
@@ -325,6 +326,17 @@ def _reflect_pad(img: np.ndarray, size: int) -> np.ndarray:
     return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect")
 
 
+def _check_sampling(patch_size: Any, patches_per_image: int | None, length: int | None) -> None:
+    if not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"ImageFolderPatches: patch_size must be a positive int, got {patch_size!r}")
+    if patches_per_image is not None and length is not None:
+        raise ValueError("ImageFolderPatches: give patches_per_image or length, not both")
+    if patches_per_image is not None and patches_per_image < 1:
+        raise ValueError(f"ImageFolderPatches: patches_per_image must be >= 1, got {patches_per_image}")
+    if length is not None and length < 1:
+        raise ValueError(f"ImageFolderPatches: length must be >= 1, got {length}")
+
+
 class ImageFolderPatches(Dataset):
     """Random square patches from a folder of photos (recursive), for training restorers.
 
@@ -366,16 +378,9 @@ class ImageFolderPatches(Dataset):
         from restore.io import list_images
 
         self.root = Path(root)
-        if not isinstance(patch_size, int) or patch_size < 1:
-            raise ValueError(f"ImageFolderPatches: patch_size must be a positive int, got {patch_size!r}")
+        _check_sampling(patch_size, patches_per_image, length)
         if small not in ("pad", "skip"):
             raise ValueError(f"ImageFolderPatches: small must be 'pad' or 'skip', got {small!r}")
-        if patches_per_image is not None and length is not None:
-            raise ValueError("ImageFolderPatches: give patches_per_image or length, not both")
-        if patches_per_image is not None and patches_per_image < 1:
-            raise ValueError(f"ImageFolderPatches: patches_per_image must be >= 1, got {patches_per_image}")
-        if length is not None and length < 1:
-            raise ValueError(f"ImageFolderPatches: length must be >= 1, got {length}")
         if not self.root.exists():
             raise FileNotFoundError(f"{self.root}: image folder does not exist")
         self.paths: list[Path] = list(list_images(self.root))
@@ -402,6 +407,25 @@ class ImageFolderPatches(Dataset):
                     self._cache[i] = loaded
             if not self._cache:
                 raise FileNotFoundError(f"{self.root}: none of the {len(self.paths)} images could be used")
+
+    def resampled(
+        self, patch_size: int, patches_per_image: int, *, augment: bool, seed: int | None
+    ) -> "ImageFolderPatches":
+        """The same images cut another way (validation crops of a photo), sharing the decoded cache.
+
+        A cached multi-megapixel photo is then decoded and held once, however
+        many datasets crop it. ``small="skip"`` datasets refuse a larger patch:
+        their cache was filtered by the old size.
+        """
+        _check_sampling(patch_size, patches_per_image, None)
+        if self.small == "skip" and patch_size > self.patch_size:
+            raise ValueError(f"ImageFolderPatches.resampled: patch_size {patch_size} > {self.patch_size} "
+                             "with small='skip' (images skipped for the new size were never excluded)")
+        other = copy.copy(self)
+        other.patch_size, other.augment, other.seed, other.epoch = patch_size, augment, seed, 0
+        other._patches_per_image, other._length = patches_per_image, None
+        other._transform = other._build_transform()
+        return other
 
     # -- sizing -----------------------------------------------------------------
     def __len__(self) -> int:

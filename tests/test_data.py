@@ -221,6 +221,29 @@ def test_patches_grayscale_and_skip_small(photo_dir: Path) -> None:
     assert all(ds[i]["target"].shape == (1, 24, 24) for i in range(len(ds)))
 
 
+def test_patches_resampled_shares_cache(photo_dir: Path, monkeypatch) -> None:
+    """A validation view of a cached dataset decodes nothing and crops exactly as a fresh one would."""
+    import restore.io as io_mod
+
+    fresh = D.ImageFolderPatches(photo_dir, patch_size=16, patches_per_image=3, augment=False, seed=4)
+    expected = [fresh[i]["target"] for i in range(len(fresh))]
+    train = D.ImageFolderPatches(photo_dir, patch_size=8, patches_per_image=2, cache=True)
+    reads = []
+    real = io_mod.read_image
+    monkeypatch.setattr(io_mod, "read_image", lambda *a, **k: reads.append(a) or real(*a, **k))
+    val = train.resampled(16, 3, augment=False, seed=4)
+    assert len(val) == len(expected) == 9 * 3 and val._cache is train._cache
+    for i in range(len(val)):
+        torch.testing.assert_close(val[i]["target"], expected[i])
+    assert reads == []
+    assert train.patch_size == 8 and train[0]["target"].shape == (3, 8, 8)  # the original is untouched
+    with pytest.raises(ValueError, match="patch_size"):
+        train.resampled(0, 3, augment=False, seed=0)
+    skip = D.ImageFolderPatches(photo_dir, patch_size=8, small="skip", cache=True)
+    with pytest.raises(ValueError, match="small='skip'"):
+        skip.resampled(16, 1, augment=False, seed=0)
+
+
 def _single_image_ds(tmp_path: Path, array: np.ndarray, patch: int, **kw) -> D.ImageFolderPatches:
     root = tmp_path / "one"
     root.mkdir(parents=True, exist_ok=True)

@@ -344,10 +344,16 @@ def test_resume_with_loader_workers_is_exact(photo_dir: Path, tmp_path: Path) ->
         assert torch.equal(a, b), name
 
 
-def test_validation_split_holds_back_photos(photo_dir: Path) -> None:
+def test_validation_split_holds_back_photos(photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import restore.io as io_mod
+
+    reads: list[str] = []
+    real = io_mod.read_image
+    monkeypatch.setattr(io_mod, "read_image", lambda path, *a, **k: reads.append(Path(path).name) or real(path, *a, **k))
     task = DenoiseTask({"patch_size": 32, "patches_per_image": 3, "val_images": 1, "val_patches_per_image": 2,
                         "val_patch_size": 32, "unet": TINY_UNET})
     train, val = task.build_datasets(str(photo_dir))
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == 4  # cache: each photo decoded once, validation too
     assert len(train) == 3 * 3 and len(val) == 2
     info = task.model_card()["data_split"]
     assert len(info["train_images"]) == 3 and len(info["val_images"]) == 1

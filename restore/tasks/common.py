@@ -198,13 +198,13 @@ def photo_patch_datasets(
     train_paths = [p for i, p in enumerate(paths) if i not in val_idx]
     val_paths = [p for i, p in enumerate(paths) if i in val_idx]
     train = ConcatDataset([built[p] or train_set(p) for p in train_paths])
-    val = None
-    if val_paths:
-        val = ConcatDataset([
-            ImageFolderPatches(p, val_patch_size, patches_per_image=val_patches_per_image, augment=False,
-                               cache=cache, seed=val_seed + k)
-            for k, p in enumerate(val_paths)
-        ])
+    def val_set(k: int, path: Path) -> ImageFolderPatches:
+        if built[path] is not None:  # already decoded for the readability check: crop that copy
+            return built[path].resampled(val_patch_size, val_patches_per_image, augment=False, seed=val_seed + k)
+        return ImageFolderPatches(path, val_patch_size, patches_per_image=val_patches_per_image, augment=False,
+                                  cache=cache, seed=val_seed + k)
+
+    val = ConcatDataset([val_set(k, p) for k, p in enumerate(val_paths)]) if val_paths else None
     log.info("%s: %d training photo(s), %d validation photo(s): %s", task, len(train_paths), len(val_paths),
              ", ".join(p.name for p in val_paths) or "-")
     info = {"train_images": [p.name for p in train_paths], "val_images": [p.name for p in val_paths]}
