@@ -381,6 +381,8 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
     assert cfg.batch_size == 3 and cfg.steps == 7 and cfg.optim["G"].lr == 1e-3  # CLI > YAML > task defaults
     assert cfg.optim["D"].betas == (0.0, 0.99) and cfg.task["noise"] == 0.4
     assert cfg.optim["G"].schedule == "step" and cfg.d_noise_std == 0.1  # from TinyGAN.defaults()
+    assert cfg.init_weights == ""
+    assert resolve_config(TinyGAN, build_parser(TinyGAN).parse_args(argv + ["--init-weights", "w"])).init_weights == "w"
     assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg  # YAML round trip
     y.write_text("bach_size: 2\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'bach_size'"):
@@ -578,6 +580,51 @@ def test_export_writes_ema_generator(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not torch.equal(model.conv1.weight, tr.models["G"].conv1.weight)  # EMA, not raw G
     assert card["steps"] == 3 and card["task"] == "tiny" and card["arch"] == "tiny-g"
     assert "val_psnr" in card["metrics"] and card["hardware"]
+
+
+def test_init_weights_start_a_fresh_run_from_exported_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--init-weights: G and its EMA start from a card's weights; the card of the new run says so, resumes too."""
+    weights = pytest.importorskip("restore.weights")
+    from restore import models
+
+    monkeypatch.setitem(models.ARCHITECTURES, "tiny-g", "test_engine_tinytask:TinyG")
+    first = make_trainer(tmp_path / "a", steps=3)
+    first.fit()
+    first.export(tmp_path / "w" / "tiny")
+    sha = weights.verify(tmp_path / "w" / "tiny")["sha256"]
+    source = str(tmp_path / "w" / "tiny.safetensors")
+    loaded, _ = weights.load(source)
+
+    fresh = make_trainer(tmp_path / "b", steps=2, init_weights=source)
+    at_first_step: list[dict[str, torch.Tensor]] = []
+    step = fresh.train_step
+
+    def recording(raw):
+        if not at_first_step:
+            at_first_step.append(params(fresh))
+        return step(raw)
+
+    fresh.train_step = recording  # type: ignore[method-assign]
+    fresh.fit()
+    for n, p in loaded.named_parameters():  # G and the EMA started from the file, not the random init
+        assert torch.equal(at_first_step[0][f"G.{n}"], p) and torch.equal(at_first_step[0][f"ema.{n}"], p), n
+    assert fresh.training_settings()["init_from"] == {"weights": source, "sha256": sha}
+
+    resumed = make_trainer(tmp_path / "b", steps=3, init_weights=source)
+    resumed.fit(resume=True)
+    assert resumed.init_from == {"weights": source, "sha256": sha}  # carried by the checkpoint
+    resumed.export(tmp_path / "w" / "tuned")
+    assert weights.verify(tmp_path / "w" / "tuned")["training"]["init_from"]["sha256"] == sha
+
+    wide = tmp_path / "w" / "wide"
+    wtr = make_trainer(tmp_path / "c", steps=1)
+    wtr.models["G"] = type(wtr.models["G"])(width=6)
+    wtr.ema = None
+    wtr.export(wide)
+    with pytest.raises(ConfigError, match="init_weights.*width.*6"):
+        make_trainer(tmp_path / "d", steps=1, init_weights=str(wide) + ".safetensors").fit()
+    with pytest.raises(ConfigError, match="init_weights.*no-such"):
+        make_trainer(tmp_path / "e", steps=1, init_weights="no-such-weights").fit()
 
 
 def test_resumes_keep_the_command_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

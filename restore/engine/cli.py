@@ -38,6 +38,9 @@ def build_parser(task_cls: type[Task]) -> argparse.ArgumentParser:
         help="continue from the newest loadable checkpoint of the run folder (default: --out)",
     )
     p.add_argument("--export", metavar="STEM", help="after training, write the EMA generator to STEM.safetensors + STEM.json")
+    p.add_argument("--init-weights", metavar="NAME|FILE", dest="init_weights",
+                   help="start the generator of a new run from these weights (shipped name or .safetensors "
+                        "file with its card): fine-tuning, or a GAN stage after a pixel-loss one")
     p.add_argument("--steps", type=int, help="total optimisation steps (overrides epochs)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, dest="batch_size")
@@ -75,7 +78,7 @@ def resolve_config(task_cls: type[Task], args: argparse.Namespace) -> TrainConfi
     flags = {
         k: getattr(args, k)
         for k in ("data", "out", "steps", "epochs", "batch_size", "num_workers", "device", "amp", "seed",
-                  "channels_last", "compile", "progress")
+                  "channels_last", "compile", "progress", "init_weights")
         if getattr(args, k) is not None
     }
     if args.epochs is not None and args.steps is None:

@@ -130,6 +130,10 @@ class TrainConfig:
     # reached to the schedule's end value over the new remaining steps; 'redraw' re-draws
     # the whole cosine/linear curve for the new length (the LR jumps back up: a warm restart)
     resume_schedule: str = "continue"  # continue | redraw
+    # a fresh run starts its generator (and EMA) from these weights: a shipped name or a .safetensors
+    # file (fine-tuning on one's own photos, or a GAN stage after a pixel-loss pre-training, as ESRGAN
+    # does); a resume takes the weights from its checkpoint instead
+    init_weights: str = ""
 
     # ---- conversion ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

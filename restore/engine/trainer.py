@@ -237,6 +237,7 @@ class Trainer:
         self.consecutive_bad = 0
         self.rollbacks = 0
         self.d_lr_scale = 1.0
+        self.init_from: dict[str, Any] | None = None  # the weights G started from (init_weights), for the card
         self.last_val: dict[str, float] = {}
         self.best_val: dict[str, float] = {}
         self.images_per_s = 0.0
@@ -585,6 +586,7 @@ class Trainer:
                 "last_val": dict(self.last_val),
                 "best_val": dict(self.best_val),
                 "lr_segments": [list(seg) for seg in self.lr_segments],
+                "init_from": self.init_from,
             },
             "config": self.cfg.to_dict(),
         }
@@ -643,6 +645,7 @@ class Trainer:
         self.d_lr_scale = float(t.get("d_lr_scale", 1.0))
         self.last_val = dict(t.get("last_val", {}))
         self.best_val = dict(t.get("best_val", {}))
+        self.init_from = t.get("init_from")
         self.consecutive_bad = 0
 
     def _resumed_samples(self, state: dict[str, Any]) -> int:
@@ -661,6 +664,33 @@ class Trainer:
             log.info("batch size %d -> %d: epoch %d continues after the %d sample(s) per rank already trained on",
                      old_bs, self.cfg.batch_size, int(state["epoch"]), samples)
         return samples
+
+    def init_generator(self, source: str) -> None:
+        """Load shipped weights into G and restart its EMA from them (a fresh run only).
+
+        The card's architecture must be the one this run builds: a mismatch is a
+        config error naming both, never a partial load.
+        """
+        from restore import weights as W
+
+        try:
+            model, card = W.load(source)
+        except W.WeightsError as e:
+            raise ConfigError(f"config init_weights: {e}") from e
+        g = self.models["G"]
+        try:
+            g.load_state_dict(model.state_dict(), strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(
+                f"config init_weights: {source!r} holds a {card['arch']!r} generator built with {card['config']}, "
+                f"which is not the one this run builds ({first}); set the task's model options to match"
+            ) from e
+        if self.ema is not None:
+            self.ema = EMA(g, self.cfg.ema_decay, self.cfg.ema_warmup)
+        self.init_from = {"weights": str(source), "sha256": card.get("sha256")}
+        if self.is_main:
+            log.info("generator initialised from %s (sha256 %s)", source, str(card.get("sha256"))[:12])
 
     def resume(self) -> Path:
         """Load the newest loadable checkpoint of the run folder (fallback past truncated files)."""
@@ -728,6 +758,8 @@ class Trainer:
                 f"{self.run_dir} already holds a run (checkpoints up to step {existing[-1][0]}); continue it "
                 f"with --resume {self.run_dir}, or give a new --out"
             )
+        elif self.cfg.init_weights:
+            self.init_generator(self.cfg.init_weights)
         start_step = self.step
         self._write_config(resumed=resume)
         handlers = {}
@@ -858,6 +890,7 @@ class Trainer:
             "optim": {name: plain(dataclasses.asdict(cfg.optim[name])) for name in self.optimizers},
             "lr_segments": [list(seg) for seg in self.lr_segments],
             "resume_schedule": cfg.resume_schedule,
+            "init_from": self.init_from,
             "d_steps": cfg.d_steps if self.has_d else None,
             "d_lr_scale": self.d_lr_scale,
             "rollbacks": self.rollbacks,
