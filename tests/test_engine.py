@@ -566,15 +566,23 @@ def test_amp_on_cpu_trains(tmp_path: Path, amp: str) -> None:
     assert tr.scalers["G"].is_enabled() == (amp == "fp16")
 
 
-def test_export_writes_ema_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    weights = pytest.importorskip("restore.weights")
+def _trained_and_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Trainer, Path]:
+    """A 3-step tiny run exported to tmp_path/w/tiny (its architecture registered for restore.weights)."""
+    pytest.importorskip("restore.weights")
     from restore import models
 
     monkeypatch.setitem(models.ARCHITECTURES, "tiny-g", "test_engine_tinytask:TinyG")
     tr = make_trainer(tmp_path / "run", steps=3)
     tr.fit()
     tr.export(tmp_path / "w" / "tiny")
-    model, card = weights.load(tmp_path / "w" / "tiny")
+    return tr, tmp_path / "w" / "tiny"
+
+
+def test_export_writes_ema_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from restore import weights
+
+    tr, stem = _trained_and_exported(tmp_path, monkeypatch)
+    model, card = weights.load(stem)
     for (n, p), (_, e) in zip(model.named_parameters(), tr.ema.module.named_parameters()):
         assert torch.equal(p, e), n
     assert not torch.equal(model.conv1.weight, tr.models["G"].conv1.weight)  # EMA, not raw G
@@ -584,15 +592,11 @@ def test_export_writes_ema_generator(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_init_weights_start_a_fresh_run_from_exported_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--init-weights: G and its EMA start from a card's weights; the card of the new run says so, resumes too."""
-    weights = pytest.importorskip("restore.weights")
-    from restore import models
+    from restore import weights
 
-    monkeypatch.setitem(models.ARCHITECTURES, "tiny-g", "test_engine_tinytask:TinyG")
-    first = make_trainer(tmp_path / "a", steps=3)
-    first.fit()
-    first.export(tmp_path / "w" / "tiny")
-    sha = weights.verify(tmp_path / "w" / "tiny")["sha256"]
-    source = str(tmp_path / "w" / "tiny.safetensors")
+    _, stem = _trained_and_exported(tmp_path, monkeypatch)
+    sha = weights.verify(stem)["sha256"]
+    source = str(stem) + ".safetensors"
     loaded, _ = weights.load(source)
 
     fresh = make_trainer(tmp_path / "b", steps=2, init_weights=source)
