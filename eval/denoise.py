@@ -245,6 +245,8 @@ def _notes(args: argparse.Namespace, n: int, lp: report.LpipsScorer, spec: str) 
         + " (tuned on training photos, interpolated in sigma)")
     if not lp.available:
         notes.append(f"LPIPS not reported: {lp.reason}")
+    notes.append("detail: mean absolute neighbour difference of the output / of the clean photo (1 = as much "
+                 "fine structure; below 1 smoothed, above 1 noise left or texture invented)")
     return notes
 
 
@@ -252,7 +254,8 @@ def _write(out: Path, rows: list[dict], args: argparse.Namespace, labels: dict[s
            spec: str) -> None:
     report.write_metrics_csv(out / "metrics.csv", rows)
     report.write_summary_md(out / "summary.md", rows, title=f"Denoising: {args.set}, `{spec}`",
-                            metrics=["psnr", "ssim", "lpips"], labels=labels, protocol=args.protocol, notes=notes,
+                            metrics=["psnr", "ssim", "lpips", "detail"], labels=labels, protocol=args.protocol,
+                            notes=notes,
                             command=args.command)
 
 

@@ -186,6 +186,24 @@ def colorfulness(x: torch.Tensor) -> float:
     return std + 0.3 * mean
 
 
+def detail_ratio(out: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean absolute neighbour difference of the output over the target's (1 = as much fine structure).
+
+    A no-reference view of what PSNR averages away: below 1 the restorer
+    smoothed the photo, above 1 it left noise or invented texture. It is what
+    tells a GAN-trained denoiser from a pixel-loss one when LPIPS's backbone
+    weights are not on the machine.
+    """
+    _check_same(out, target, "detail_ratio")
+
+    def energy(x: torch.Tensor) -> float:
+        x = _batch(x).double()
+        return ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()).item()
+
+    t = energy(target)
+    return energy(out) / t if t > 0 else float("nan")
+
+
 class LpipsScorer:
     """LPIPS (AlexNet) when its backbone weights exist on this machine, else a recorded reason.
 
@@ -332,6 +350,8 @@ def _md_number(metric: str, v: float) -> str:
         return f"{v:.2f}"
     if metric in ("ssim", "ssim_hole", "lpips"):
         return f"{v:.4f}"
+    if metric == "detail":
+        return f"{v:.3f}"
     if metric == "runtime_s":
         return f"{v:.3f}" if v < 10 else f"{v:.1f}"
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"

@@ -184,8 +184,11 @@ def image_scorer(lpips: LpipsScorer, extra: Scorer | None = None) -> Scorer:
 
 
 def denoise_scorer(lpips: LpipsScorer) -> Scorer:
-    """PSNR, SSIM and (when available) LPIPS against the clean target."""
-    return image_scorer(lpips)
+    """PSNR, SSIM, the detail ratio (`eval.report.detail_ratio`) and, when available, LPIPS against the clean
+    target."""
+    from eval.report import detail_ratio
+
+    return image_scorer(lpips, lambda out, s: {"detail": detail_ratio(out, s.target)})
 
 
 def photo_samples(args: argparse.Namespace, spec: str, protocol: str = "default") -> tuple[int, Iterator[Sample]]:

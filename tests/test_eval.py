@@ -322,7 +322,9 @@ def test_evaluate_runs_baselines_through_one_path():
                                  grid_images=1, progress=False)
     assert [(r["image"], r["method"]) for r in rows] == [("i0", "noisy"), ("i0", "median3"),
                                                          ("i1", "noisy"), ("i1", "median3")]
-    assert all({"psnr", "ssim", "runtime_s"} <= set(r) for r in rows)
+    assert all({"psnr", "ssim", "detail", "runtime_s"} <= set(r) for r in rows)
+    by = {r["method"]: r["detail"] for r in rows if r["image"] == "i0"}
+    assert by["noisy"] > 1.5 and by["median3"] < by["noisy"]  # noise adds neighbour differences, a median removes them
     assert [lbl for lbl, _ in grid[0][1]] == ["input", "median3", "target"]
 
     def bad(x, info):
@@ -330,6 +332,16 @@ def test_evaluate_runs_baselines_through_one_path():
 
     with pytest.raises(runner.EvalError, match="returned"):
         runner.evaluate(samples, [runner.Method("bad", "bad", bad)], lambda o, s: {}, progress=False)
+
+
+def test_detail_ratio_hand_values():
+    ramp = torch.arange(8.0).repeat(8, 1)[None] / 10  # horizontal steps of 0.1, no vertical change
+    assert report.detail_ratio(ramp, ramp) == pytest.approx(1.0)
+    assert report.detail_ratio(ramp * 0.5, ramp) == pytest.approx(0.5)
+    assert report.detail_ratio(torch.zeros_like(ramp), ramp) == 0.0
+    assert math.isnan(report.detail_ratio(ramp, torch.zeros_like(ramp)))  # a flat target has no detail to match
+    with pytest.raises(report.ReportError):
+        report.detail_ratio(ramp, ramp[..., :4])
 
 
 def test_fashion_mnist_test_split_matches_manifest():
