@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # the command recorded in reports and cards (also when main() is called with an explicit argv)
     args.command = report.command_line(argv, script=__file__)
+    # taken once: with several sigmas, the card written for the first would make the rest "+dirty"
+    args.commit = report.git_commit()
     if not args.baselines_only and not args.weights:
         p.error("give --weights NAME|FILE[,NAME...], or --baselines-only to score the classical baselines alone")
     runner.check_update_card(p, args)
@@ -181,7 +183,8 @@ def _fashion(args: argparse.Namespace, spec: str, models: list[runner.Method], w
     notes += _vae_reference(spec, args.seed)
     report.write_metrics_csv(out_dir / "metrics.csv", rows)
     report.write_summary_md(out_dir / "summary.md", rows, title=f"Denoising: {sets.FASHION_SET}, `{spec}`",
-                            metrics=["psnr", "ssim"], labels=labels, notes=notes, command=args.command)
+                            metrics=["psnr", "ssim"], labels=labels, notes=notes, command=args.command,
+                            commit=args.commit)
     report.save_grid(out_dir / "grid.png", grid)
     print((out_dir / "summary.md").read_text())
     print(f"wrote {out_dir}/metrics.csv, summary.md, grid.png", file=sys.stderr)
@@ -217,8 +220,7 @@ def _update_cards(args: argparse.Namespace, spec: str, rows: list[dict], models:
     from restore import weights as W
 
     summary = {s["method"]: s for s in report.summarize(rows, ["psnr", "ssim", "lpips", "runtime_s"])}
-    command = args.command
-    commit = report.git_commit()
+    command, commit = args.command, args.commit
 
     def figures(s: dict) -> dict:
         return {k: round(float(s[k]), 4) for k in ("psnr", "ssim", "lpips", "runtime_s")
@@ -255,8 +257,7 @@ def _write(out: Path, rows: list[dict], args: argparse.Namespace, labels: dict[s
     report.write_metrics_csv(out / "metrics.csv", rows)
     report.write_summary_md(out / "summary.md", rows, title=f"Denoising: {args.set}, `{spec}`",
                             metrics=["psnr", "ssim", "lpips", "detail"], labels=labels, protocol=args.protocol,
-                            notes=notes,
-                            command=args.command)
+                            notes=notes, command=args.command, commit=args.commit)
 
 
 if __name__ == "__main__":

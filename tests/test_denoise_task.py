@@ -466,6 +466,16 @@ def test_eval_fashion_scores_and_updates_the_card(tmp_path: Path) -> None:
     assert entry["psnr"] == pytest.approx(entry["baselines"]["noisy"]["psnr"], abs=0.05)
     assert "--update-card" in entry["command"]
 
+    # one commit for the whole run: with several sigmas, the card written first made the others "+dirty"
+    commits = iter(["c0", "c0+dirty", "c0+dirty"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(eval_denoise.report, "git_commit", lambda *a, **k: next(commits))
+        assert eval_denoise.main(["--weights", str(stem) + ".safetensors", "--set", "fashion-mnist-test",
+                                  "--sigmas", "100,114.75", "--limit", "16", "--out", str(tmp_path / "s"),
+                                  "--quiet", "--update-card"]) == 0
+    card = json.loads((tmp_path / "w" / "fm.json").read_text())
+    assert [card["metrics"][f"fashion-mnist-test/gaussian:sigma={s}"]["commit"] for s in ("100", "114.75")] == ["c0", "c0"]
+
     # a self-ensemble is scored under its own name, and never written into the card
     code = eval_denoise.main(["--weights", str(stem) + ".safetensors", "--set", "fashion-mnist-test",
                               "--spec", "gaussian:sigma=114.75", "--limit", "16", "--out", str(tmp_path / "x8"),
