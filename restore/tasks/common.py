@@ -198,6 +198,7 @@ def photo_patch_datasets(
     train_paths = [p for i, p in enumerate(paths) if i not in val_idx]
     val_paths = [p for i, p in enumerate(paths) if i in val_idx]
     train = ConcatDataset([built[p] or train_set(p) for p in train_paths])
+
     def val_set(k: int, path: Path) -> ImageFolderPatches:
         if built[path] is not None:  # already decoded for the readability check: crop that copy
             return built[path].resampled(val_patch_size, val_patches_per_image, augment=False, seed=val_seed + k)

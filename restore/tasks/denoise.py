@@ -44,6 +44,7 @@ from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
 from restore.tasks.common import (
     add_ensemble_argument,
+    crop_load_size,
     discriminator_terms,
     ensemble_mode,
     follow_device,
@@ -54,7 +55,6 @@ from restore.tasks.common import (
     model_device_dtype,
     option,
     photo_patch_datasets,
-    crop_load_size,
     scale_range_error,
     scaled_crop,
     to_model_channels,
