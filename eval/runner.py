@@ -23,7 +23,7 @@ from eval import baselines as B
 from eval import sets
 from eval.report import LpipsScorer
 from eval.sets import Sample, quantize8
-from restore.infer import ENSEMBLES
+from restore.tiling import ENSEMBLES
 
 Scorer = Callable[[torch.Tensor, Sample], dict]
 
@@ -59,7 +59,7 @@ def baseline_methods(names: Sequence[str]) -> list[Method]:
 def model_method(task: str, weights: str, device: str = "cpu", ensemble: str = "none") -> Method:
     """Load shipped weights (name or file) and wrap the task's restore function as a Method.
 
-    ``ensemble`` (other than ``none``) restores through `restore.infer.self_ensemble`; the method is
+    ``ensemble`` (other than ``none``) restores through `restore.tiling.self_ensemble`; the method is
     then named ``<model>+<mode>`` so its rows never mix with the plain model's.
 
     Uses ``restore.weights.load`` (verifies the checksum, builds from the card)
@@ -235,7 +235,7 @@ def common_arguments(parser: argparse.ArgumentParser, task: str, default_set: st
     parser.add_argument("--no-cache", action="store_true", help="do not read/write eval/data/cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--ensemble", choices=tuple(ENSEMBLES), default="none",
-                        help="score the model with this self-ensemble (restore.infer.self_ensemble; default none)")
+                        help="score the model with this self-ensemble (restore.tiling.self_ensemble; default none)")
 
 
 def check_update_card(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

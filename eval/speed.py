@@ -77,7 +77,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from restore.infer import ENSEMBLES  # noqa: E402
+from restore.tiling import ENSEMBLES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "eval" / "results" / "speed"

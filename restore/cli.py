@@ -5,7 +5,7 @@ weights), ``demo`` (bundled photos through every shipped model) and one
 restoring subcommand per task (``denoise``, ``colorize``, ``inpaint``). The
 restoring subcommands are generic: they load weights with
 `restore.weights.load`, feed images to the task module's ``restore_batch``
-through `restore.infer.process_folder`, and write results with `restore.io`,
+through `restore.folder.process_folder`, and write results with `restore.io`,
 keeping each input's alpha and bit depth. The task API they rely on is
 documented in docs/internals.md ("Task restoring API").
 
@@ -74,7 +74,7 @@ def _load_task(name: str) -> ModuleType:
 
 
 def _device(choice: str) -> torch.device:
-    from restore.infer import UsageError
+    from restore.folder import UsageError
 
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,7 +172,7 @@ def _check_mask_paths(inp: Path, out_root: Path, sources: list[Path], outputs: s
                       mask_path: Callable[[Path], Path]) -> None:
     """``restore corrupt`` writes each mask to OUT/masks/<rel>.png: refuse layouts where that path is an
     output image, an input file, or anywhere in IN's tree other than an OUT nested inside IN."""
-    from restore.infer import UsageError, is_inside
+    from restore.folder import UsageError, is_inside
 
     in_abs, out_abs = inp.resolve(), out_root.resolve()
     inputs = {src.resolve() for src in sources}
@@ -193,7 +193,7 @@ def _check_mask_paths(inp: Path, out_root: Path, sources: list[Path], outputs: s
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
     from restore import corrupt, io
-    from restore.infer import UsageError, plan_outputs, process_folder
+    from restore.folder import UsageError, plan_outputs, process_folder
 
     try:
         corruption = corrupt.parse_spec(args.spec)
@@ -241,7 +241,7 @@ def _find_mask(masks: Path, rel: Path) -> Path:
 
 def cmd_task(args: argparse.Namespace) -> int:
     from restore import io
-    from restore.infer import BatchJob, UsageError, plan_outputs, process_folder
+    from restore.folder import BatchJob, UsageError, plan_outputs, process_folder
 
     command = args.command
     task = _task_for(command, args.weights)
@@ -423,7 +423,7 @@ def _default_demo(task: ModuleType, model, card, photo, seed: int, *, tile: int,
 def cmd_demo(args: argparse.Namespace) -> int:
     from restore import corrupt, io
     from restore import weights as W
-    from restore.infer import UsageError
+    from restore.folder import UsageError
 
     out = Path(args.output)
     device = _device(args.device)
@@ -551,7 +551,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``restore`` console script; returns the exit status."""
-    from restore.infer import UsageError
+    from restore.folder import UsageError
     from restore.weights import WeightsError
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from restore import cli, models, tasks
 from restore import weights as W
-from restore.infer import tiled
+from restore.tiling import tiled
 
 # --------------------------------------------------------------------------- fixtures: a mixed folder
 
@@ -371,7 +371,7 @@ def test_unusable_out_is_a_usage_error_before_any_work(fake_tasks, tmp_path, mon
     assert "is a file" in capsys.readouterr().err
     assert cli.main(["denoise", str(inp), str(a_file / "below"), "--device", "cpu"]) == 2
     assert "is a file" in capsys.readouterr().err
-    import restore.infer as infer
+    import restore.folder as infer
 
     real = infer.os.access
     monkeypatch.setattr(infer.os, "access", lambda p, m: False if Path(p) == tmp_path else real(p, m))

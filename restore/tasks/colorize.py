@@ -602,9 +602,9 @@ def predict_ab(model: nn.Module, L: Tensor, card: dict[str, Any], *, tile: int =
                work_size: int | None = None, ensemble: str = "none") -> Tensor:
     """a/b (N2HW, CIELAB units) for L (N1HW, 0-100) at L's size, predicted at the working resolution.
 
-    ``ensemble`` (`restore.infer.ENSEMBLES`) averages the a/b predicted for mirrored/rotated copies.
+    ``ensemble`` (`restore.tiling.ENSEMBLES`) averages the a/b predicted for mirrored/rotated copies.
     """
-    from restore.infer import self_ensemble, tiled
+    from restore.tiling import self_ensemble, tiled
 
     l_center, l_scale, ab_scale = _card_scales(card)
     n, _, height, width = L.shape

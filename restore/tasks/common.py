@@ -291,7 +291,7 @@ def option(options: Any, name: str, default: Any = None) -> Any:
 
 def add_ensemble_argument(parser: Any) -> None:
     """``--ensemble`` of the restoring subcommands whose networks have no preferred orientation."""
-    from restore.infer import ENSEMBLES
+    from restore.tiling import ENSEMBLES
 
     parser.add_argument(
         "--ensemble", choices=tuple(ENSEMBLES), default=None,
@@ -307,12 +307,12 @@ CANONICAL_POSE_DATASETS = frozenset({"fashion-mnist", "mnist"})
 
 
 def ensemble_mode(options: Any, card: Mapping[str, Any] | None = None) -> str:
-    """The ``--ensemble`` mode of ``options`` ('none' when not given), checked against `restore.infer.ENSEMBLES`.
+    """The ``--ensemble`` mode of ``options`` ('none' when not given), checked against `restore.tiling.ENSEMBLES`.
 
     Warns when ``card`` says the model learnt one pose (`CANONICAL_POSE_DATASETS`): there the ensemble
     averages in worse estimates (denoise-fmnist: -0.2 dB with flip, -1.5 dB with x8).
     """
-    from restore.infer import ENSEMBLES
+    from restore.tiling import ENSEMBLES
 
     mode = option(options, "ensemble", "none")
     if mode not in ENSEMBLES:

@@ -24,7 +24,7 @@ Training side (`DenoiseTask`, driven by `restore.engine.Trainer`):
 
 Restoring side (`restore_batch`, used by ``restore denoise`` and the eval
 scripts): gray/colour adaptation between the file and the model, overlap-
-blended tiles (`restore.infer.tiled`) so memory is bounded and seams vanish,
+blended tiles (`restore.tiling.tiled`) so memory is bounded and seams vanish,
 output clamped to [0, 1].
 """
 
@@ -413,7 +413,7 @@ def _model_channels(model: nn.Module, card: dict[str, Any]) -> int:
 
 
 def _aligned_size(size: int, tile: int, overlap: int, multiple: int) -> int:
-    """Smallest padded size >= ``size`` for which `restore.infer.tiled` puts every tile start on a multiple.
+    """Smallest padded size >= ``size`` for which `restore.tiling.tiled` puts every tile start on a multiple.
 
     ``tiled`` spaces n tiles evenly: start_i = i * (size - tile) / (n - 1); that is a multiple of
     ``multiple`` exactly when (size - tile) is divisible by (n - 1) * multiple. ``tile`` must itself
@@ -461,9 +461,9 @@ def restore_batch(
     averaged back to one); a gray model (Fashion-MNIST) denoises each colour
     channel on its own. ``tile > 0`` runs overlap-blended tiles of at most
     ``tile`` pixels, so memory is bounded whatever the image size; tiles are
-    padded to the UNet's stride by `restore.infer.tiled` and cropped back.
+    padded to the UNet's stride by `restore.tiling.tiled` and cropped back.
     """
-    from restore.infer import self_ensemble, tiled
+    from restore.tiling import self_ensemble, tiled
 
     x = batch.get("input") if isinstance(batch, dict) else None
     if not isinstance(x, Tensor) or x.dim() != 4:

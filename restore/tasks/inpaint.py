@@ -499,7 +499,7 @@ def restore_batch(
     size), with hole content upscaled bilinearly; ``tile`` bounds the side
     of what the network sees at once (overlap-blended tiles, 0 = whole).
     """
-    from restore.infer import self_ensemble, tiled
+    from restore.tiling import self_ensemble, tiled
 
     x = batch.get("input") if isinstance(batch, dict) else None
     if not isinstance(x, Tensor) or x.dim() != 4:

@@ -1,4 +1,4 @@
-"""restore.infer: tiling exactness, seams and memory; the folder driver's guarantees."""
+"""restore.tiling (exactness, seams, memory) and restore.folder (the folder driver's guarantees)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from restore.infer import BatchJob, Summary, UsageError, _starts, process_folder, self_ensemble, tiled
+from restore.folder import BatchJob, Summary, UsageError, process_folder
+from restore.tiling import _starts, self_ensemble, tiled
 
 
 def _u8_image(h: int, w: int, c: int = 3, seed: int = 0) -> torch.Tensor:
@@ -122,7 +123,7 @@ def test_identity_4000x3000_exact_and_memory_bounded(tmp_path):
     script = textwrap.dedent(
         """
         import json, resource, torch
-        from restore.infer import tiled
+        from restore.tiling import tiled
         torch.set_num_threads(1)
         g = torch.Generator().manual_seed(0)
         u8 = torch.randint(0, 256, (1, 3, 3000, 4000), generator=g, dtype=torch.uint8)
