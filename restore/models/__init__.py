@@ -20,6 +20,7 @@ ARCHITECTURES: dict[str, str] = {
     "cvae": "restore.models.vae:ConditionalVAE",
     "inpaint": "restore.models.inpaint:InpaintGenerator",
     "sn-patchgan": "restore.models.inpaint:SNPatchGAN",
+    "squeezenet": "restore.models.squeezenet:SqueezeNet",
 }
 
 
