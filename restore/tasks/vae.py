@@ -31,7 +31,6 @@ the figures of the model cards; ``eval/vae_metrics.py`` is their command line.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import time
@@ -48,27 +47,18 @@ from torch.utils.data import Dataset
 
 from restore.engine.config import ConfigError
 from restore.engine.task import StepContext, Task
-from restore.tasks.common import is_int, is_number, option
+from restore.tasks.common import is_int, is_number
 
 __all__ = [
-    "COMMANDS",
-    "DEFAULT_WEIGHTS",
     "MNIST_CLASSES",
     "VAEConfigError",
     "VAETask",
-    "add_arguments",
     "beta_at",
-    "demo",
     "encode",
     "evaluate_denoising",
     "knn_accuracy",
-    "restore_batch",
 ]
 
-#: Shipped weights used when ``--weights`` is not given (``restore demo`` lists all of them anyway).
-DEFAULT_WEIGHTS = "vae-fashion"
-#: Restoring subcommands a "vae" card can serve (the CLI dispatches on the card's task).
-COMMANDS: tuple[str, ...] = ("denoise",)
 MNIST_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 #: Columns of ``history.csv``, in order.
 HISTORY_COLUMNS: tuple[str, ...] = (
@@ -610,210 +600,3 @@ def write_history_row(path: Path, row: dict[str, Any]) -> None:
             for r in rows:
                 w.writerow(r)
             w.writerow({k: fmt(row.get(k)) for k in columns})
-
-
-# --------------------------------------------------------------------------- restoring API
-
-
-def add_arguments(parser: argparse._ActionsContainer) -> None:
-    """``--samples K``, ``--uncertainty``, ``--label`` and ``--seed`` for VAE weights."""
-    parser.add_argument(
-        "--samples", type=int, default=0, metavar="K",
-        help="average K decoder outputs from z ~ q(z|x) (default 0: decode z_mean, deterministic)",
-    )
-    parser.add_argument(
-        "--uncertainty", action="store_true",
-        help="also write the per-pixel std of the samples as NAME.std.png (16-bit, std in [0,1] units); "
-        "implies --samples 16 unless given",
-    )
-    parser.add_argument(
-        "--label", default=None, metavar="CLASS",
-        help="conditional VAE weights: class name or index of every input (default: per image, the class "
-        "whose conditioning gives the lowest negative ELBO)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
-
-
-def _to_gray28(x: Tensor, card: dict) -> Tensor:
-    size = card.get("input", {}) if isinstance(card.get("input"), dict) else {}
-    h, w = int(size.get("height", 28)), int(size.get("width", 28))
-    if x.dim() != 4:
-        raise VAEInputError(f"expected an NCHW batch, got shape {tuple(x.shape)}")
-    if tuple(x.shape[-2:]) != (h, w):
-        raise VAEInputError(
-            f"the VAE weights {card.get('name', '')!r} take {w}x{h} gray images (the size of "
-            f"{card.get('dataset', 'its training set')}); this image is {x.shape[-1]}x{x.shape[-2]}. "
-            "Resize it first (restoring photos is the job of the UNet denoiser)"
-        )
-    if x.shape[1] == 3:
-        wts = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
-        x = (x * wts[None, :, None, None]).sum(1, keepdim=True)
-    elif x.shape[1] != 1:
-        raise VAEInputError(f"expected 1 or 3 channels, got {x.shape[1]}")
-    return x.float()
-
-
-def _resolve_label(label: Any, names: Sequence[str], n: int, device: torch.device) -> Tensor:
-    text = str(label).strip()
-    lowered = [s.lower() for s in names]
-    if text.lower() in lowered:
-        idx = lowered.index(text.lower())
-    elif text.isdigit() and int(text) < len(names):
-        idx = int(text)
-    else:
-        raise VAEInputError(f"--label {label!r}: not a class of these weights; use an index 0-{len(names) - 1} "
-                            f"or one of: {', '.join(names)}")
-    return torch.full((n,), idx, dtype=torch.long, device=device)
-
-
-@torch.no_grad()
-def infer_labels(model: nn.Module, x: Tensor) -> Tensor:
-    """Per image, the class whose conditioning gives the lowest negative ELBO (BCE + KL, z = z_mean)."""
-    from restore.losses import kl_divergence
-
-    n = x.shape[0]
-    scores = []
-    for c in range(int(model.num_classes)):
-        y = torch.full((n,), c, dtype=torch.long, device=x.device)
-        out = model(x, y, sample=False)
-        bce = F.binary_cross_entropy_with_logits(out["logits"], x, reduction="none").flatten(1).sum(1)
-        scores.append(bce + kl_divergence(out["z_mean"], out["z_log_var"], reduction="none"))
-    return torch.stack(scores, 1).argmin(1)
-
-
-@torch.no_grad()
-def posterior_samples(
-    model: nn.Module, x: Tensor, y: Tensor | None, k: int, generator: torch.Generator | None = None
-) -> Tensor:
-    """(K, N, C, H, W) decoder outputs for K draws of z ~ q(z|x) (one encoder pass)."""
-    if k < 1:
-        raise VAEInputError(f"--samples must be >= 1, got {k}")
-    if y is not None:
-        z_mean, z_log_var = model.encode(x, y)
-    else:
-        z_mean, z_log_var = model.encode(x)
-    outs = []
-    for _ in range(k):
-        z = model.reparameterize(z_mean, z_log_var, generator)
-        outs.append(model.decode(z, y) if y is not None else model.decode(z))
-    return torch.stack(outs)
-
-
-@torch.no_grad()
-def restore_batch(
-    model: nn.Module, batch: dict[str, Tensor], card: dict, *, tile: int = 0,
-    device: torch.device | str = "cpu", options: argparse.Namespace | None = None,
-) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-    """Denoise 28x28 gray images; returns the images, or (images, {"std": map}) with ``--uncertainty``.
-
-    ``tile`` is ignored: the model sees whole 28x28 images. See the module
-    docstring for ``--samples`` / ``--uncertainty`` / ``--label``.
-    """
-    device = torch.device(device)
-    x = _to_gray28(batch["input"], card).to(device)
-    uncertainty = bool(option(options, "uncertainty", False))
-    k = int(option(options, "samples", 0))
-    if k < 0:
-        raise VAEInputError(f"--samples must be >= 0, got {k}")
-    if uncertainty and k == 0:
-        k = 16
-    if uncertainty and k < 2:
-        raise VAEInputError(f"--uncertainty needs --samples >= 2 (a std of {k} sample is meaningless)")
-    y = None
-    if _is_conditional(model):
-        label = option(options, "label", None)
-        names = card.get("class_names") or [str(i) for i in range(int(model.num_classes))]
-        y = _resolve_label(label, names, x.shape[0], device) if label is not None else infer_labels(model, x)
-    if k == 0:
-        return _run_model(model, x, y, sample=False)["recon"]
-    gen = torch.Generator(device=device if device.type == "cuda" else "cpu")
-    gen.manual_seed(int(option(options, "seed", 0)))
-    samples = posterior_samples(model, x, y, k, gen)
-    mean = samples.mean(0)
-    if not uncertainty:
-        return mean
-    return mean, {"std": samples.std(0, unbiased=True)}
-
-
-def _demo_images(card: dict, n: int, seed: int) -> tuple[Tensor, Tensor] | None:
-    from restore.data import IdxError, default_idx_root, load_idx_split
-
-    roots = [card.get("data"), str(default_idx_root())]
-    for root in filter(None, roots):
-        try:
-            images, labels = load_idx_split(root, "test")
-        except (IdxError, OSError):
-            continue
-        g = np.random.default_rng(seed)
-        idx = g.choice(len(images), size=n, replace=False)
-        x = torch.from_numpy(images[idx].copy()).float().div_(255.0).unsqueeze(1)
-        return x, torch.from_numpy(labels[idx].copy())
-    return None
-
-
-def _slug(name: str) -> str:
-    """A class name usable as a panel label and file name: "T-shirt/top" -> "t-shirt-top"."""
-    import re
-
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "class"
-
-
-def _upscale(x: Tensor, factor: int = 4) -> Tensor:
-    return F.interpolate(x, scale_factor=factor, mode="nearest")
-
-
-def _column(x: Tensor, factor: int = 4) -> Tensor:
-    """(N,C,H,W) -> (1,C,N*(factor*H+2)-2,factor*W): the images upscaled and stacked top to bottom."""
-    x = _upscale(x.detach().float().cpu().clamp(0, 1), factor)
-    n, c, h, w = x.shape
-    gap = torch.ones(c, 2, w)
-    parts: list[Tensor] = []
-    for i in range(n):
-        parts += [x[i], gap] if i < n - 1 else [x[i]]
-    return torch.cat(parts, dim=1)[None]
-
-
-@torch.no_grad()
-def demo(model: nn.Module, card: dict, photo: Tensor, seed: int, *, device: torch.device | str,
-         tile: int = 512) -> list[tuple[str, Tensor]]:
-    """Panels for ``restore demo``: Fashion-MNIST test images, not the bundled photos (28x28: ``tile`` is moot).
-
-    Denoising VAE: noisy / z_mean reconstruction / 16-sample posterior std /
-    clean, 8 test images each (x4 nearest upscale; the std column stretched to
-    its maximum). Conditional VAE: one column of prior samples per class,
-    labelled by the class name's slug. When the IDX test files are missing, the
-    photo, gray and area-resized to 28x28, stands in ("input-photo").
-    """
-    device = torch.device(device)
-    gen = torch.Generator().manual_seed(int(seed))
-    if _is_conditional(model):
-        names = card.get("class_names") or [str(i) for i in range(int(model.num_classes))]
-        panels = []
-        for c, name in enumerate(names[: int(model.num_classes)]):
-            z = torch.randn(6, int(model.latent_dim), generator=gen).to(device)
-            y = torch.full((6,), c, dtype=torch.long, device=device)
-            strip = torch.cat([model.decode(z[i : i + 1], y[i : i + 1]) for i in range(6)], 0)
-            panels.append((_slug(str(name)), _column(strip)))
-        return panels
-    found = _demo_images(card, 8, seed)
-    if found is not None:
-        clean = found[0]
-        where = "test"
-    else:
-        gray = _to_gray28(F.interpolate(photo.float(), size=(28, 28), mode="area"), {"name": card.get("name")})
-        clean = gray.expand(8, -1, -1, -1).contiguous()
-        where = "photo"
-    from restore import corrupt
-
-    noisy = corrupt.apply(clean, str(card["corruption"]), seed).input
-    opts = argparse.Namespace(samples=16, uncertainty=True, label=None, seed=seed)
-    mean, extras = restore_batch(model, {"input": noisy}, card, device=device, options=opts)  # type: ignore[misc]
-    recon = restore_batch(model, {"input": noisy}, card, device=device, options=None)
-    std = extras["std"].cpu()
-    std = std / std.max().clamp_min(1e-6)  # shown stretched to the full range
-    return [
-        ("input" if where == "test" else "input-photo", _column(noisy)),
-        ("restored", _column(recon)),
-        ("std", _column(std)),
-        ("target", _column(clean)),
-    ]
