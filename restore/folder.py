@@ -95,15 +95,27 @@ def plan_outputs(
     and is not a folder, otherwise a folder) or a folder walked recursively;
     OUT mirrors relative paths with ``suffix``. When OUT lies inside IN its
     subtree is not treated as input, so a re-run does not restore its own
-    outputs; nor are the ``exclude`` paths (``restore inpaint``'s
-    ``--masks``, which ``restore corrupt`` writes into ``OUT/masks``), which
-    are inputs too: OUT may not be or lie inside one. Raises ``UsageError``
-    for a missing IN, OUT == IN, an OUT that is a file where a folder is
-    needed or cannot be written, an empty folder, or any output that would
-    land on an input. Paths are compared resolved and, where both exist, by
-    device and inode, so case-insensitive file systems and links are caught.
+    outputs. The ``exclude`` paths
+    (``restore inpaint``'s ``--masks``, which ``restore corrupt`` writes into
+    ``OUT/masks``) are inputs too: OUT may not be or lie inside one, and the
+    images under them are not restored. Raises ``UsageError`` for a missing IN,
+    OUT == IN, an OUT that is a file where a folder is needed or cannot be
+    written, an empty folder, or any output that would land on an input.
+    Paths are compared resolved and, where both exist, by device and inode, so
+    case-insensitive file systems and links are caught.
     """
-    from restore.io import IMAGE_EXTENSIONS, list_images
+    return _plan(inp, out, suffix=suffix, exclude=exclude)[0]
+
+
+def _plan(
+    inp: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    suffix: str,
+    exclude: Sequence[str | os.PathLike[str]],
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """`plan_outputs`, plus the entries of IN that look like images but cannot be read (with reasons)."""
+    from restore.io import IMAGE_EXTENSIONS, scan_images
 
     inp, out = Path(inp), Path(out)
     if not inp.exists():
@@ -119,31 +131,37 @@ def plan_outputs(
             raise UsageError(f"{out}: OUT is {e} or lies inside it, and this command reads that as input; "
                              "choose another output folder")
 
-    if inp.is_file():
+    problems: list[tuple[Path, str]] = []
+    if not inp.is_dir():  # a file (or a FIFO...: the reader names what is wrong with it)
         if out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
             pairs = [(inp, out)]
         else:
             pairs = [(inp, out / (inp.stem + suffix))]
         files = [inp]
     else:
-        files = list_images(inp)
-        # OUT's tree is never input (also when reached through a link inside IN), nor are the excluded
-        # folders; when IN itself lies in such a tree, only what a link leads out of IN to is dropped
-        for skip in [out_abs, *(e_abs for _, e_abs in excluded)]:
+        files, problems = scan_images(inp)
+        # the excluded folders are never input; when IN itself lies in one, only what a link leads out of IN to is
+        for skip in (e_abs for _, e_abs in excluded):
             keep_in = is_inside(in_abs, skip)
             files = [f for f in files
                      if not is_inside(r := f.resolve(), skip) or (keep_in and is_inside(r, in_abs))]
-        if not files:
+            problems = [(f, why) for f, why in problems
+                        if not is_inside(r := f.parent.resolve(), skip) or (keep_in and is_inside(r, in_abs))]
+        # OUT's tree is never input (also when reached through a link inside IN); when IN lies in it, only what
+        # a link leads out of IN to is dropped
+        keep_in = is_inside(in_abs, out_abs)
+        files = [f for f in files if not is_inside(r := f.resolve(), out_abs) or (keep_in and is_inside(r, in_abs))]
+        if not files and not problems:
             raise UsageError(f"{inp}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
         pairs = [(f, out / f.relative_to(inp).with_suffix(suffix)) for f in files]
-    _check_writable(pairs[0][1].parent, out)
+    _check_writable(pairs[0][1].parent if pairs else out, out)
 
     # by device and inode: an output that is an input under any spelling (link, case) exists, so this is enough
     input_ids = {_file_id(f) for f in files} | {_file_id(e) for e, _ in excluded if e.is_file()}
     for src, dst in pairs:
         if dst.exists() and _file_id(dst) in input_ids:
             raise UsageError(f"{dst}: output path is an input file ({src} would overwrite it); choose another OUT")
-    return pairs
+    return pairs, problems
 
 
 def _file_id(path: Path) -> tuple[int, int]:
@@ -192,8 +210,11 @@ def process_folder(
     """
     from tqdm import tqdm
 
-    pairs = plan_outputs(inp, out, suffix=suffix, exclude=exclude)
+    pairs, problems = _plan(inp, out, suffix=suffix, exclude=exclude)
     summary = Summary()
+    for src, reason in problems:  # named like any failed file, so the exit status says something was not restored
+        summary.failed.append((src, reason))
+        print(f"failed: {src}: {reason}", file=sys.stderr)
     claimed: dict[Path, Path] = {}
     todo: list[tuple[Path, Path]] = []
     for src, dst in pairs:

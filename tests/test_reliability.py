@@ -1,0 +1,97 @@
+"""Issue 19: the folder driver under hostile trees and signals; the weights loader under inflated cards."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from restore import cli, io
+from restore.folder import process_folder
+
+
+def _png(path: Path, value: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((6, 5, 3), value, np.uint8)).save(path)
+    return path
+
+
+def _copy_job(src: Path, dst: Path) -> None:
+    io.write_image(dst, io.read_image(src).image)
+
+
+# --------------------------------------------------------------------------- 2. entries that cannot be read
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs symlinks and FIFOs")
+def test_links_and_fifos_named_like_images_are_failures(tmp_path, capsys):
+    inp = tmp_path / "in"
+    _png(inp / "good.png", 10)
+    (inp / "dangling.png").symlink_to(inp / "gone.png")
+    (inp / "loop.png").symlink_to("loop.png")
+    (inp / "sub").mkdir()
+    os.mkfifo(inp / "sub" / "pipe.png")
+    s = process_folder(inp, tmp_path / "out", _copy_job)
+    assert s.done == 1
+    reasons = dict(s.failed)
+    assert sorted(reasons) == [inp / "dangling.png", inp / "loop.png", inp / "sub" / "pipe.png"]
+    assert "dangling symlink" in reasons[inp / "dangling.png"] and "gone.png" in reasons[inp / "dangling.png"]
+    assert "symlink loop" in reasons[inp / "loop.png"]
+    assert "FIFO" in reasons[inp / "sub" / "pipe.png"]
+    err = capsys.readouterr().err
+    assert all(f"failed: {p}: " in err for p in reasons) and "1 done, 0 skipped (output exists), 3 failed" in err
+    assert cli.main(["corrupt", str(inp), str(tmp_path / "out2"), "--spec", "gray"]) == 1
+    # the only entries are unreadable: still named, still exit 1 (not "no images found")
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "dangling.png").symlink_to(only / "gone.png")
+    assert cli.main(["corrupt", str(only), str(tmp_path / "out3"), "--spec", "gray"]) == 1
+    assert f"failed: {only / 'dangling.png'}: dangling symlink" in capsys.readouterr().err
+
+
+def test_a_fifo_given_as_in_is_a_failed_file(tmp_path, capsys):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    assert cli.main(["corrupt", str(fifo), str(tmp_path / "out"), "--spec", "gray"]) == 1
+    assert "is not a regular file" in capsys.readouterr().err
+
+
+def _unlistable(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` fail to list as a chmod 000 folder does (chmod does not stop root)."""
+    real = os.scandir
+
+    def scandir(path=".", *a, **k):
+        if Path(os.fsdecode(path)) == folder:
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_a_folder_that_cannot_be_listed_is_a_failure(tmp_path, monkeypatch, capsys):
+    inp = tmp_path / "in"
+    _png(inp / "good.png", 10)
+    _png(inp / "locked" / "hidden_from_us.png", 10)
+    _unlistable(monkeypatch, inp / "locked")
+    s = process_folder(inp, tmp_path / "out", _copy_job)
+    assert s.done == 1 and s.failed == [(inp / "locked", "folder cannot be listed (Permission denied)")]
+    assert "1 failed" in capsys.readouterr().err
+    assert cli.main(["corrupt", str(inp), str(tmp_path / "out2"), "--spec", "gray"]) == 1
+    with pytest.warns(UserWarning, match="locked: skipped, folder cannot be listed"):  # training sets: a warning
+        assert io.list_images(inp) == [inp / "good.png"]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root lists any folder")
+def test_a_chmod_000_folder_is_a_failure(tmp_path):
+    inp = tmp_path / "in"
+    _png(inp / "good.png", 10)
+    _png(inp / "locked" / "x.png", 10)
+    (inp / "locked").chmod(0)
+    try:
+        s = process_folder(inp, tmp_path / "out", _copy_job)
+    finally:
+        (inp / "locked").chmod(0o755)
+    assert s.done == 1 and [p for p, _ in s.failed] == [inp / "locked"]
