@@ -1,7 +1,9 @@
 """The folder driver behind the ``restore`` subcommands (DESIGN section 4).
 
 Mirrored relative paths, skip-existing, per-file error isolation, a progress
-bar and a summary, and the guarantee that no input file is ever written. It
+bar and a summary, and the guarantee that no input file is ever written: an
+image that was there before the run is an input wherever it lies, OUT inside
+IN included (`plan_outputs` says how earlier outputs are told apart). It
 belongs to the command line: the Python API and the app restore in-memory
 images through `restore.pipeline` and never walk folders.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Hashable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -93,9 +96,7 @@ def plan_outputs(
 
     IN may be a file (OUT is then an output file when it has an image suffix
     and is not a folder, otherwise a folder) or a folder walked recursively;
-    OUT mirrors relative paths with ``suffix``. When OUT lies inside IN its
-    subtree is not treated as input, so a re-run does not restore its own
-    outputs. The ``exclude`` paths
+    OUT mirrors relative paths with ``suffix``. The ``exclude`` paths
     (``restore inpaint``'s ``--masks``, which ``restore corrupt`` writes into
     ``OUT/masks``) are inputs too: OUT may not be or lie inside one, and the
     images under them are not restored. Raises ``UsageError`` for a missing IN,
@@ -103,8 +104,20 @@ def plan_outputs(
     written, an empty folder, or any output that would land on an input.
     Paths are compared resolved and, where both exist, by device and inode, so
     case-insensitive file systems and links are caught.
+
+    OUT inside IN (or reached from IN through a link) is allowed. An image
+    under OUT is an earlier output, and not an input, only when OUT's record
+    (``OUTPUTS_RECORD``, written by `process_folder`) lists it; any other image
+    there existed before and is the user's: it is an input like the rest of IN
+    and is never replaced, even with ``--overwrite`` (a plan whose output
+    would land on it is refused).
     """
     return _plan(inp, out, suffix=suffix, exclude=exclude)[0]
+
+
+#: Hidden file in OUT listing (NUL-terminated, relative to OUT) every file a run wrote or was about to write
+#: there, so a later run whose IN walk reaches OUT tells its own outputs from the user's images.
+OUTPUTS_RECORD = ".restore-outputs"
 
 
 def _plan(
@@ -147,10 +160,11 @@ def _plan(
                      if not is_inside(r := f.resolve(), skip) or (keep_in and is_inside(r, in_abs))]
             problems = [(f, why) for f, why in problems
                         if not is_inside(r := f.parent.resolve(), skip) or (keep_in and is_inside(r, in_abs))]
-        # OUT's tree is never input (also when reached through a link inside IN); when IN lies in it, only what
-        # a link leads out of IN to is dropped
-        keep_in = is_inside(in_abs, out_abs)
-        files = [f for f in files if not is_inside(r := f.resolve(), out_abs) or (keep_in and is_inside(r, in_abs))]
+        # OUT's tree (also reached through a link inside IN): only the files an earlier run recorded are outputs,
+        # and when IN lies in OUT's tree, what lies in IN is what the user asked for
+        recorded, keep_in = _read_record(out), is_inside(in_abs, out_abs)
+        files = [f for f in files if _relative_key(r := f.resolve(), out_abs) not in recorded
+                 or (keep_in and is_inside(r, in_abs))]
         if not files and not problems:
             raise UsageError(f"{inp}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
         pairs = [(f, out / f.relative_to(inp).with_suffix(suffix)) for f in files]
@@ -160,8 +174,57 @@ def _plan(
     input_ids = {_file_id(f) for f in files} | {_file_id(e) for e, _ in excluded if e.is_file()}
     for src, dst in pairs:
         if dst.exists() and _file_id(dst) in input_ids:
-            raise UsageError(f"{dst}: output path is an input file ({src} would overwrite it); choose another OUT")
+            why = ""
+            if is_inside(dst.resolve(), out_abs) and is_inside(dst.resolve(), in_abs):
+                why = (f"; it was in OUT before this run and is not in OUT's record of restore's outputs "
+                       f"({out / OUTPUTS_RECORD}), so it is taken as one of your images")
+            raise UsageError(f"{dst}: output path is an input file ({src} would overwrite it{why}); "
+                             "choose another OUT")
     return pairs, problems
+
+
+def _relative_key(path: Path, folder: Path) -> bytes | None:
+    """``path`` (resolved) relative to ``folder`` (resolved), as an OUTPUTS_RECORD entry; None when outside."""
+    try:
+        return os.fsencode(path.relative_to(folder).as_posix())
+    except ValueError:
+        return None
+
+
+def _read_record(out: Path) -> set[bytes]:
+    """The entries of OUT's record of written files (empty when there is none)."""
+    try:
+        data = (out / OUTPUTS_RECORD).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):  # no record yet (OUT a file is refused later)
+        return set()
+    except OSError as e:
+        raise UsageError(f"{out / OUTPUTS_RECORD}: cannot read OUT's record of earlier outputs "
+                         f"({e.strerror or e})") from e
+    return {entry for entry in data.split(b"\0") if entry}
+
+
+class _Recorder:
+    """Appends each file written under OUT to OUTPUTS_RECORD before it is written (a kill leaves it listed)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.out_abs = out, out.resolve()
+        self.known = _read_record(out)
+        self.handle: Any = None
+
+    def __call__(self, path: Path) -> None:
+        key = _relative_key(path.parent.resolve() / path.name, self.out_abs)
+        if key is None or key in self.known:
+            return
+        if self.handle is None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.out / OUTPUTS_RECORD, "ab")
+        self.handle.write(key + b"\0")
+        self.handle.flush()
+        self.known.add(key)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
 
 
 def _file_id(path: Path) -> tuple[int, int]:
@@ -210,6 +273,8 @@ def process_folder(
     """
     from tqdm import tqdm
 
+    from restore.io import on_commit
+
     pairs, problems = _plan(inp, out, suffix=suffix, exclude=exclude)
     summary = Summary()
     for src, reason in problems:  # named like any failed file, so the exit status says something was not restored
@@ -227,6 +292,8 @@ def process_folder(
             summary.skipped += 1
         else:
             todo.append((src, dst))
+    # OUT a folder: every file written under it is recorded there first (see plan_outputs)
+    recorder = None if [dst for _, dst in pairs] == [Path(out)] else _Recorder(Path(out))
 
     bar = tqdm(total=len(todo), desc=desc or None, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
 
@@ -237,21 +304,26 @@ def process_folder(
 
     def prepare(dst: Path) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
+        if recorder is not None:
+            recorder(dst)
 
     try:
-        if isinstance(job, BatchJob):
-            _run_batched(job, todo, summary, bar, fail, prepare)
-        else:
-            for src, dst in todo:
-                try:
-                    prepare(dst)
-                    job(src, dst)
-                    summary.done += 1
-                except Exception as e:  # noqa: BLE001 - one bad file must not stop the folder
-                    fail(src, e)
-                bar.update(1)
+        with on_commit(recorder) if recorder is not None else nullcontext():
+            if isinstance(job, BatchJob):
+                _run_batched(job, todo, summary, bar, fail, prepare)
+            else:
+                for src, dst in todo:
+                    try:
+                        prepare(dst)
+                        job(src, dst)
+                        summary.done += 1
+                    except Exception as e:  # noqa: BLE001 - one bad file must not stop the folder
+                        fail(src, e)
+                    bar.update(1)
     finally:
         bar.close()
+        if recorder is not None:
+            recorder.close()
     print(summary.line(desc), file=sys.stderr)
     return summary
 

@@ -31,9 +31,10 @@ import tempfile
 import warnings
 import zlib
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ __all__ = [
     "read_mask",
     "write_image",
     "atomic_output",
+    "on_commit",
     "list_images",
     "scan_images",
     "to_uint8",
@@ -506,6 +508,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         except FileNotFoundError:
             mode = _NEW_FILE_MODE
         os.chmod(tmp, mode)
+        hook = _COMMIT_HOOK.get()
+        if hook is not None:
+            hook(path)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -538,6 +543,24 @@ def _temp_name_parts(path: Path) -> tuple[str, str]:
     while len(os.fsencode(stem)) > room:
         stem = stem[: max(0, min(len(stem) - 1, room))]
     return f".{stem}.", suffix
+
+
+_COMMIT_HOOK: ContextVar[Callable[[Path], None] | None] = ContextVar("restore_io_commit_hook", default=None)
+
+
+@contextmanager
+def on_commit(hook: Callable[[Path], None]) -> Iterator[None]:
+    """Call ``hook(path)`` each time :func:`atomic_output` is about to move a file onto ``path``.
+
+    The folder driver records the files it writes (side maps, masks) this way,
+    so a later run can tell its own outputs from the user's images. A hook
+    that raises aborts that write (the temporary file is removed).
+    """
+    token = _COMMIT_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _COMMIT_HOOK.reset(token)
 
 
 def _fsync_directory(folder: Path) -> None:

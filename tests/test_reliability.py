@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from restore import cli, io
-from restore.folder import process_folder
+from restore.folder import OUTPUTS_RECORD, UsageError, process_folder
 
 
 def _png(path: Path, value: int) -> Path:
@@ -21,6 +22,53 @@ def _png(path: Path, value: int) -> Path:
 
 def _copy_job(src: Path, dst: Path) -> None:
     io.write_image(dst, io.read_image(src).image)
+
+
+# --------------------------------------------------------------------------- 1. OUT inside IN
+
+
+def test_out_inside_in_never_replaces_an_image_that_was_there(tmp_path, capsys):
+    d = tmp_path / "d"
+    _png(d / "a.png", 10)
+    mine = _png(d / "sub" / "a.png", 200).read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match="output path is an input file.*not in OUT's record"):
+            process_folder(d, d / "sub", _copy_job, overwrite=overwrite)
+    args = ["corrupt", str(d), str(d / "sub"), "--spec", "gray", "--overwrite"]
+    assert cli.main(args) == 2
+    assert (d / "sub" / "a.png").read_bytes() == mine
+    assert sorted(p.name for p in (d / "sub").iterdir()) == ["a.png"]
+
+
+def test_out_inside_in_restores_the_users_images_there_and_skips_its_own(tmp_path):
+    inp = tmp_path / "in"
+    _png(inp / "a.png", 10)
+    out = inp / "restored"
+    theirs = _png(out / "b.png", 99).read_bytes()  # the user's photo, already in OUT: an input like the others
+    s = process_folder(inp, out, _copy_job)
+    assert (s.done, s.skipped, s.failed) == (2, 0, [])
+    assert (out / "b.png").read_bytes() == theirs and (out / "restored" / "b.png").is_file()
+    assert (out / OUTPUTS_RECORD).read_bytes().split(b"\0") == [b"a.png", b"restored/b.png", b""]
+    s = process_folder(inp, out, _copy_job)  # its own outputs are not new inputs
+    assert (s.done, s.skipped, s.failed) == (0, 2, []) and not (out / "restored" / "restored").exists()
+    (out / "a.png").write_bytes(b"stale")
+    s = process_folder(inp, out, _copy_job, overwrite=True)  # and --overwrite replaces them, only them
+    assert (s.done, s.skipped, s.failed) == (2, 0, [])
+    assert io.read_image(out / "a.png").image.mul(255).round().eq(10).all()
+    assert (out / "b.png").read_bytes() == theirs
+
+
+def test_files_a_job_writes_beside_its_output_are_its_own(tmp_path):
+    inp = tmp_path / "in"
+    _png(inp / "x.png", 10)
+
+    def job(src: Path, dst: Path) -> None:  # a side map, as restore denoise --uncertainty writes
+        io.write_image(dst.with_name(dst.stem + ".std.png"), torch.zeros(1, 6, 5), bit_depth=16)
+        _copy_job(src, dst)
+
+    assert process_folder(inp, inp / "out", job).done == 1
+    s = process_folder(inp, inp / "out", job)
+    assert (s.done, s.skipped, s.failed) == (0, 1, [])  # x.std.png was not taken for an input
 
 
 # --------------------------------------------------------------------------- 2. entries that cannot be read
