@@ -40,20 +40,23 @@ actually used per image; two Gaussian steps combine in quadrature.
 
 Randomness
 ----------
-All randomness comes from the ``torch.Generator`` passed in (see
-:func:`make_generator`); the same seed gives the same output. Noise is drawn on
-the tensor's device. Masks are drawn with OpenCV on the CPU from a CPU random
-stream attached to the generator and seeded from its initial seed, then moved
-to the device: the same seed therefore yields the same masks on CPU and GPU,
-and repeated calls with one generator yield new masks. A generator that is
-(re)seeded and unused restarts its mask stream.
+All randomness comes from what the caller passes: a :class:`RandomStreams`
+(a generator on the device for noise plus a CPU stream for masks, one object
+that its owner, e.g. the trainer, saves and restores) or a bare
+``torch.Generator`` (see :func:`make_generator`); the same seed gives the same
+output. Noise is drawn on the tensor's device. Masks are drawn with OpenCV on
+the CPU from the CPU stream, seeded from the seed alone, then moved to the
+device: the same seed therefore yields the same masks on CPU and GPU. With a
+bare generator a fresh (just seeded) one gives the masks of its seed and a used
+one a seed drawn from it, so repeated calls with one generator yield new masks
+and a generator that is (re)seeded and unused repeats them; no state is kept
+here between calls.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import weakref
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -76,6 +79,7 @@ __all__ = [
     "Gray",
     "Jpeg",
     "PoissonNoise",
+    "RandomStreams",
     "SaltPepper",
     "SpeckleNoise",
     "apply",
@@ -279,9 +283,6 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-_MASK_STREAMS: "weakref.WeakKeyDictionary[torch.Generator, torch.Generator]" = weakref.WeakKeyDictionary()
-
-
 def _is_fresh(generator: torch.Generator) -> bool:
     """True if the generator is exactly as manual_seed(initial_seed) left it (never drawn from)."""
     probe = torch.Generator(device=generator.device)
@@ -289,43 +290,77 @@ def _is_fresh(generator: torch.Generator) -> bool:
     return torch.equal(generator.get_state(), probe.get_state())
 
 
-def _mask_stream(generator: torch.Generator) -> torch.Generator:
-    """The CPU stream masks are drawn from, attached to ``generator``.
-
-    Why not draw from ``generator`` itself: CPU (MT19937) and CUDA (Philox)
-    generators give different numbers for one seed, so masks would differ by
-    device. The stream is seeded from the device-independent initial seed and
-    restarts whenever the generator is fresh (newly seeded); the generator is
-    advanced by one draw per use so a later re-seed is detectable.
-    """
-    stream = _MASK_STREAMS.get(generator)
-    if stream is None or _is_fresh(generator):
-        stream = torch.Generator()
-        stream.manual_seed(_splitmix64(generator.initial_seed()))
-        _MASK_STREAMS[generator] = stream
-    torch.empty(1, device=generator.device).uniform_(generator=generator)
+def _seeded_cpu(seed: int) -> torch.Generator:
+    stream = torch.Generator()
+    stream.manual_seed(seed)
     return stream
 
 
-def mask_stream_state(generator: torch.Generator) -> torch.Tensor | None:
-    """The state of the mask stream attached to ``generator`` (None if no mask was drawn from it yet).
+class RandomStreams:
+    """The random state one consumer draws from, as one object its owner creates, passes and saves.
 
-    Checkpoints save it with the generator: the stream lives outside the
-    generator's own state, so without it a resumed run would draw its strokes
-    from the start of the stream again.
+    ``generator`` (on the device) draws noise and per-image parameters; ``masks``
+    (a CPU stream) draws mask strokes. Masks get their own stream because CPU
+    (MT19937) and CUDA (Philox) generators give different numbers for one seed:
+    seeded from the seed alone, the same seed yields the same masks on CPU and
+    GPU. The trainer owns one per rank and checkpoints `state_dict`, so a resumed
+    run draws the same noise and strokes; `apply` makes one per call.
     """
-    stream = _MASK_STREAMS.get(generator)
-    return None if stream is None else stream.get_state()
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+        self.generator = make_generator(seed, device)
+        self.masks = _seeded_cpu(_splitmix64(int(seed)))
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+    def manual_seed(self, seed: int) -> "RandomStreams":
+        """Restart both streams from ``seed`` (as a new ``RandomStreams(seed, device)``)."""
+        self.generator.manual_seed(int(seed))
+        self.masks.manual_seed(_splitmix64(int(seed)))
+        return self
+
+    def mask_stream(self) -> torch.Generator:
+        """The CPU stream for the next mask draw; the device generator advances by one draw per use
+        (as it always has, so a seed's noise after a mask step is unchanged)."""
+        torch.empty(1, device=self.generator.device).uniform_(generator=self.generator)
+        return self.masks
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Both states as CPU tensors (``task``, ``mask_stream``: the checkpoint's keys since format 1)."""
+        return {"task": self.generator.get_state(), "mask_stream": self.masks.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict`; a checkpoint written before any mask was drawn has no ``mask_stream``:
+        the stream then starts from the generator's seed, as it would have."""
+        self.generator.set_state(state["task"].cpu())
+        if state.get("mask_stream") is None:
+            self.masks.manual_seed(_splitmix64(self.generator.initial_seed()))
+        else:
+            self.masks.set_state(state["mask_stream"].cpu())
+
+    @classmethod
+    def for_generator(cls, generator: torch.Generator) -> "RandomStreams":
+        """Streams for one call given a bare generator: noise from ``generator`` itself, masks from a
+        stream seeded from its seed when it is fresh (so ``make_generator(s)`` gives ``RandomStreams(s)``'s
+        masks), else from a seed drawn from it (a later call gets new masks; reseeding repeats them).
+        Pass a `RandomStreams` to continue one mask stream across calls independently of the device."""
+        streams = cls.__new__(cls)
+        streams.generator = generator
+        if _is_fresh(generator):
+            seed = _splitmix64(generator.initial_seed())
+        else:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        streams.masks = _seeded_cpu(seed)
+        return streams
 
 
-def set_mask_stream_state(generator: torch.Generator, state: torch.Tensor | None) -> None:
-    """Reattach a saved mask stream to ``generator`` (call after restoring the generator's own state)."""
-    if state is None:
-        _MASK_STREAMS.pop(generator, None)
-        return
-    stream = torch.Generator()
-    stream.set_state(state.cpu())
-    _MASK_STREAMS[generator] = stream
+def _resolve_streams(random: torch.Generator | RandomStreams | None, device: torch.device) -> RandomStreams:
+    if isinstance(random, RandomStreams):
+        _resolve_generator(random.generator, device)  # the device check
+        return random
+    return RandomStreams.for_generator(_resolve_generator(random, device))
 
 
 def _cpu_uniform(stream: torch.Generator, n: int) -> list[float]:
@@ -498,10 +533,12 @@ def _boxes(height: int, width: int, lo: int, hi: int, stream: torch.Generator) -
     return canvas
 
 
-def _public_mask(kind: str, height: int, width: int, coverage: Any, generator: torch.Generator | None) -> Tensor:
+def _public_mask(
+    kind: str, height: int, width: int, coverage: Any, generator: torch.Generator | RandomStreams | None
+) -> Tensor:
     lo, hi = _coverage_band(height, width, coverage, f"{kind}_mask")
-    gen = _resolve_generator(generator, generator.device if generator is not None else torch.device("cpu"))
-    stream = _mask_stream(gen)
+    device = generator.device if generator is not None else torch.device("cpu")
+    stream = _resolve_streams(generator, device).mask_stream()
     fn = _freeform if kind == "freeform" else _boxes
     # numpy does the bool -> float cast: cheaper than a torch kernel launch on a busy CPU.
     return torch.from_numpy(fn(int(height), int(width), lo, hi, stream).astype(np.float32)).unsqueeze(0)
@@ -511,7 +548,7 @@ def freeform_mask(
     height: int,
     width: int,
     coverage: tuple[float, float] = DEFAULT_COVERAGE,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RandomStreams | None = None,
 ) -> Tensor:
     """A 1HW float CPU mask (1 = hole) of DeepFill v2 strokes whose hole fraction lies in ``coverage``.
 
@@ -525,7 +562,7 @@ def box_mask(
     height: int,
     width: int,
     coverage: tuple[float, float] = DEFAULT_COVERAGE,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RandomStreams | None = None,
 ) -> Tensor:
     """A 1HW float CPU mask (1 = hole) of 1-3 rectangles whose hole fraction lies in ``coverage``."""
     return _public_mask("box", height, width, coverage, generator)
@@ -627,11 +664,14 @@ class Corruption:
         return Chain([self, other])
 
     # -- application ----------------------------------------------------------
-    def __call__(self, clean: Tensor, generator: torch.Generator | None = None) -> Degraded:
+    def __call__(self, clean: Tensor, generator: torch.Generator | RandomStreams | None = None) -> Degraded:
         clean = _check_image(clean)
-        gen = _resolve_generator(generator, clean.device)
-        stream = _mask_stream(gen) if self.uses_masks else None
-        ctx = _Context(gen, stream)
+        if self.uses_masks:
+            streams = _resolve_streams(generator, clean.device)
+            ctx = _Context(streams.generator, streams.mask_stream())
+        else:
+            gen = generator.generator if isinstance(generator, RandomStreams) else generator
+            ctx = _Context(_resolve_generator(gen, clean.device), None)
         work = clean if clean.dtype in (torch.float32, torch.float64) else clean.float()
         with torch.no_grad():
             out = self._run(Degraded(input=work, target=clean), ctx)
@@ -935,7 +975,7 @@ def parse_spec(spec: str | Corruption) -> Corruption:
 
 
 def apply(clean: Tensor, spec: str | Corruption, seed: int) -> Degraded:
-    """Parse ``spec`` and apply it with a generator seeded by ``seed`` on ``clean``'s device."""
+    """Parse ``spec`` and apply it with `RandomStreams` seeded by ``seed`` on ``clean``'s device."""
     corruption = parse_spec(spec)
     clean = _check_image(clean)
-    return corruption(clean, make_generator(seed, clean.device))
+    return corruption(clean, RandomStreams(seed, clean.device))

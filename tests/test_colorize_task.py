@@ -17,6 +17,7 @@ from skimage.color import rgb2lab
 
 from restore import cli
 from restore import weights as W
+from restore.corrupt import RandomStreams
 from restore.engine.config import ConfigError, TrainConfig, apply_dict
 from restore.engine.task import StepContext
 from restore.tasks import colorize as C
@@ -33,7 +34,7 @@ def tiny_task(**options) -> C.ColorizeTask:
 
 
 def ctx(noise: float = 0.0, training: bool = True) -> StepContext:
-    return StepContext(step=0, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+    return StepContext(step=0, epoch=0, device=torch.device("cpu"), streams=RandomStreams(0),
                        training=training, d_noise_std=noise)
 
 

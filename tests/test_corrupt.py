@@ -14,6 +14,7 @@ from restore.corrupt import (
     CorruptionSpecError,
     Degraded,
     GaussianNoise,
+    RandomStreams,
     apply,
     box_mask,
     freeform_mask,
@@ -472,18 +473,41 @@ def test_cpu_and_gpu_agree():
 
 
 def test_checkpointed_rng_state_carries_the_mask_stream() -> None:
-    """Masks come from a CPU stream attached to the task generator; a resume must continue it, not restart it."""
-    from restore import corrupt
+    """Masks come from the CPU stream of the task's RandomStreams; a resume must continue it, not restart it."""
     from restore.engine import checkpoint as ckpt
 
-    corruption = corrupt.parse_spec("mask:freeform")
+    corruption = parse_spec("mask:freeform")
     x = torch.rand(1, 3, 32, 32)
-    g = torch.Generator()
-    g.manual_seed(5)
-    corruption(x, g)  # the run has drawn masks before the checkpoint
-    state = ckpt.rng_state(g)
-    expected = corruption(x, g).mask
-    g2 = torch.Generator()
-    g2.manual_seed(5)  # a new process: fresh generator, then the checkpoint's states
-    ckpt.set_rng_state(state, g2)
-    assert torch.equal(corruption(x, g2).mask, expected)
+    streams = RandomStreams(5)
+    corruption(x, streams)  # the run has drawn masks before the checkpoint
+    state = ckpt.rng_state(streams)
+    expected = corruption(x, streams).mask
+    again = RandomStreams(5)  # a new process: fresh streams, then the checkpoint's states
+    ckpt.set_rng_state(state, again)
+    assert torch.equal(corruption(x, again).mask, expected)
+
+
+def test_random_streams_continue_across_calls_and_match_a_fresh_generator() -> None:
+    spec = parse_spec("saltpepper:amount=0.1+mask:box")
+    x = torch.rand(2, 3, 24, 24)
+    streams = RandomStreams(7)
+    first, second = spec(x, streams), spec(x, streams)
+    assert not torch.equal(first.mask, second.mask)  # one stream, new masks each call
+    fresh = spec(x, make_generator(7))  # a just-seeded generator draws its seed's masks and noise
+    assert torch.equal(first.input, fresh.input) and torch.equal(first.mask, fresh.mask)
+    streams.manual_seed(7)
+    assert torch.equal(spec(x, streams).input, first.input)
+    assert torch.equal(freeform_mask(30, 30, generator=RandomStreams(3)), freeform_mask(30, 30, generator=make_generator(3)))
+
+
+def test_random_streams_load_a_checkpoint_written_before_any_mask() -> None:
+    """Format-1 checkpoints have mask_stream None until a mask is drawn: the stream then starts at the seed."""
+    spec = parse_spec("mask:freeform")
+    x = torch.rand(1, 3, 32, 32)
+    streams = RandomStreams(11)
+    torch.rand(4, generator=streams.generator)  # noise drawn, no mask yet
+    state = {"task": streams.generator.get_state(), "mask_stream": None}
+    expected = spec(x, streams).mask
+    other = RandomStreams(99)  # the generator's state carries its seed 11
+    other.load_state_dict(state)
+    assert torch.equal(spec(x, other).mask, expected)

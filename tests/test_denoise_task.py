@@ -16,6 +16,7 @@ from PIL import Image
 
 from restore import cli
 from restore import weights as W
+from restore.corrupt import RandomStreams
 from restore.data import write_idx
 from restore.engine.config import TrainConfig, apply_dict
 from restore.engine.trainer import Trainer
@@ -261,7 +262,7 @@ def test_scale_range_downscales_training_crops_only(photo_dir: Path) -> None:
     train, val = task.build_datasets(str(photo_dir))
     assert train[0]["target"].shape == (3, 36, 36)  # loaded at patch x the largest scale
     crops = torch.stack([train[i]["target"] for i in range(4)])
-    ctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(3))
+    ctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), streams=RandomStreams(3))
     batch = task.prepare_batch({"target": crops.clone()}, ctx)
     assert batch["target"].shape == batch["input"].shape == (4, 3, 12, 12)
     # one scale for the batch, a square crop of side 24-36 px, bicubic (antialiased) down to 12 px
@@ -273,7 +274,7 @@ def test_scale_range_downscales_training_crops_only(photo_dir: Path) -> None:
                          align_corners=False).clamp(0, 1)
     torch.testing.assert_close(batch["target"], want)
     # validation crops keep their native scale; the default range is the identity
-    vctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(3),
+    vctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), streams=RandomStreams(3),
                        training=False)
     vcrops = torch.stack([val[i]["target"] for i in range(2)])
     torch.testing.assert_close(task.prepare_batch({"target": vcrops.clone()}, vctx)["target"], vcrops)
@@ -399,7 +400,7 @@ def test_fashion_mnist_mode(tmp_path: Path) -> None:
     assert G.in_channels == 1
     from restore.engine.task import StepContext
 
-    ctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    ctx = StepContext(step=0, epoch=0, device=torch.device("cpu"), streams=RandomStreams(0))
     batch = task.prepare_batch({"target": torch.stack([train[i]["target"] for i in range(4)])}, ctx)
     assert batch["input"].shape == (4, 1, 28, 28)
     # 8-bit quantised, clipped noisy input with the requested sigma recorded per image

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from restore.corrupt import RandomStreams
 from restore.engine import checkpoint as ckpt
 from restore.engine.cli import build_parser, main, resolve_config
 from restore.engine.config import ConfigError, TrainConfig, apply_dict
@@ -257,8 +258,7 @@ def test_lr_schedules_and_annealing_formulas() -> None:
 def test_instance_noise_is_annealed_and_reaches_d_inputs(tmp_path: Path) -> None:
     tr = make_trainer(tmp_path, d_noise_std=0.2, d_noise_anneal_steps=10, d_noise_anneal="linear")
     assert [tr.d_noise_std(s) for s in (0, 5, 10, 20)] == pytest.approx([0.2, 0.1, 0.0, 0.0])
-    g = torch.Generator().manual_seed(0)
-    ctx = StepContext(step=5, epoch=0, device=torch.device("cpu"), generator=g, d_noise_std=tr.d_noise_std(5))
+    ctx = StepContext(step=5, epoch=0, device=torch.device("cpu"), streams=RandomStreams(0), d_noise_std=tr.d_noise_std(5))
     x = torch.zeros(64, 1, 32, 32)
     assert ctx.d_noise(x).std().item() == pytest.approx(0.1, rel=0.03)
     ctx.training = False
@@ -364,11 +364,16 @@ def test_rng_state_roundtrips_through_weights_only(tmp_path: Path) -> None:
 
     import numpy as np
 
-    g = torch.Generator().manual_seed(3)
-    ckpt.save_atomic({"step": 0, "models": {}, "rng": [ckpt.rng_state(g)]}, tmp_path / "r.pt")
-    expect = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=g).item())
-    ckpt.set_rng_state(ckpt.load(tmp_path / "r.pt")["rng"][0], g)
-    assert (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=g).item()) == expect
+    streams = RandomStreams(3)
+    ckpt.save_atomic({"step": 0, "models": {}, "rng": [ckpt.rng_state(streams)]}, tmp_path / "r.pt")
+
+    def draws() -> tuple[float, ...]:
+        return (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=streams.generator).item(),
+                torch.rand(1, generator=streams.masks).item())
+
+    expect = draws()
+    ckpt.set_rng_state(ckpt.load(tmp_path / "r.pt")["rng"][0], streams)
+    assert draws() == expect
 
 
 # ---------------------------------------------------------------------------- config / CLI

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from restore import io
+from restore.corrupt import RandomStreams
 from restore.engine.task import StepContext
 from restore.models.inpaint import InpaintGenerator
 from restore.tasks import inpaint as T
@@ -39,9 +40,7 @@ def tiny_task(**opts) -> InpaintTask:
 
 
 def ctx(seed: int = 0, training: bool = True, d_noise: float = 0.0) -> StepContext:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return StepContext(step=0, epoch=0, device=torch.device("cpu"), generator=g, training=training,
+    return StepContext(step=0, epoch=0, device=torch.device("cpu"), streams=RandomStreams(seed), training=training,
                        d_noise_std=d_noise)
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from restore.corrupt import RandomStreams
 from restore.data import write_idx
 from restore.engine.config import ConfigError, TrainConfig
 from restore.engine.task import StepContext
@@ -64,7 +65,7 @@ def _config(tmp: Path, data: Path, **extra) -> TrainConfig:
 
 
 def _ctx(step: int = 0, config: TrainConfig | None = None, training: bool = True) -> StepContext:
-    return StepContext(step=step, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+    return StepContext(step=step, epoch=0, device=torch.device("cpu"), streams=RandomStreams(0),
                        training=training, config=config)
 
 

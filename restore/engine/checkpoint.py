@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from restore import corrupt
+from restore.corrupt import RandomStreams
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{8,})\.pt$")
 
@@ -110,8 +110,8 @@ def find_latest(
 
 
 # ---- RNG states as weights_only-friendly containers ---------------------------------------
-def rng_state(task_generator: torch.Generator | None = None) -> dict[str, Any]:
-    """Python, NumPy, torch CPU (+ CUDA when present) and the task generator's states."""
+def rng_state(streams: RandomStreams | None = None) -> dict[str, Any]:
+    """Python, NumPy, torch CPU (+ CUDA when present) and the task's random streams' states."""
     version, internal, gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
@@ -119,13 +119,15 @@ def rng_state(task_generator: torch.Generator | None = None) -> dict[str, Any]:
         "numpy": [str(np_name), torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "task": task_generator.get_state() if task_generator is not None else None,
-        "mask_stream": corrupt.mask_stream_state(task_generator) if task_generator is not None else None,
+        "task": None,
+        "mask_stream": None,
     }
+    if streams is not None:
+        state.update(streams.state_dict())
     return state
 
 
-def set_rng_state(state: dict[str, Any], task_generator: torch.Generator | None = None) -> None:
+def set_rng_state(state: dict[str, Any], streams: RandomStreams | None = None) -> None:
     version, internal, gauss = state["python"]
     random.setstate((int(version), tuple(int(v) for v in internal.tolist()), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -137,6 +139,5 @@ def set_rng_state(state: dict[str, Any], task_generator: torch.Generator | None 
             torch.cuda.set_rng_state_all(cuda_states)
         else:
             torch.cuda.set_rng_state(cuda_states[0])
-    if task_generator is not None and state.get("task") is not None:
-        task_generator.set_state(state["task"].cpu())
-        corrupt.set_mask_stream_state(task_generator, state.get("mask_stream"))
+    if streams is not None and state.get("task") is not None:
+        streams.load_state_dict(state)

@@ -28,6 +28,10 @@ class ConfigError(ValueError):
 
 #: the models a task can build (`Task.build_models`), hence the only legal keys under ``optim``
 MODEL_NAMES = ("G", "D")
+#: LR schedule kinds (``optim.<model>.schedule``) and anneal kinds, implemented by `restore.engine.schedule`,
+#: which imports them from here (the dependency goes one way: schedule -> config)
+SCHEDULES = ("constant", "step", "cosine", "linear")
+ANNEALS = ("linear", "cosine", "constant")
 #: ``device`` values the trainer can run on
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -183,8 +187,6 @@ class TrainConfig:
                     "val_batch_size", "d_noise_anneal_steps"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0, got {getattr(self, key)}")
-        from restore.engine.schedule import SCHEDULES  # schedule.py imports ConfigError from here
-
         for name, o in self.optim.items():
             k = f"optim.{name}"
             if name not in MODEL_NAMES:

@@ -15,10 +15,7 @@ from typing import Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from restore.engine.config import ConfigError
-
-SCHEDULES = ("constant", "step", "cosine", "linear")
-ANNEALS = ("linear", "cosine", "constant")
+from restore.engine.config import ANNEALS, SCHEDULES, ConfigError
 
 
 class ScheduleError(ConfigError):

@@ -20,12 +20,16 @@ Order of calls in one training step (one batch per step)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from restore.corrupt import RandomStreams
+from restore.engine.logging import RunLogger
 
 LossTerms = dict[str, Tensor]
 
@@ -34,21 +38,28 @@ LossTerms = dict[str, Tensor]
 class StepContext:
     """Services the trainer hands to the task for one step (or one validation pass).
 
-    ``generator`` is the task's random generator on ``device`` (corruptions,
-    instance noise, random label smoothing); its state is checkpointed, so a
-    resumed run draws the same numbers. ``d_noise`` adds the annealed instance
-    noise to a discriminator input: the task calls it on *every* tensor it
-    feeds to D (real and fake, in both D and G losses).
+    ``streams`` are the task's random streams (`restore.corrupt.RandomStreams`:
+    ``streams.generator`` on ``device`` for corruptions, instance noise, random
+    label smoothing; a CPU stream for masks), owned and checkpointed by the
+    trainer, so a resumed run draws the same numbers: pass ``ctx.streams`` to a
+    corruption, ``ctx.generator`` to anything else that draws. ``d_noise`` adds
+    the annealed instance noise to a discriminator input: the task calls it on
+    *every* tensor it feeds to D (real and fake, in both D and G losses).
     """
 
     step: int
     epoch: int
     device: torch.device
-    generator: torch.Generator
+    streams: RandomStreams
     training: bool = True
     d_noise_std: float = 0.0
     config: Any = None
     scalars: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The device generator of `streams`."""
+        return self.streams.generator
 
     def d_noise(self, x: Tensor) -> Tensor:
         """Instance noise (Sønderby et al. 2016): x + N(0, std^2), std annealed by the trainer."""
@@ -62,6 +73,27 @@ class StepContext:
         if isinstance(value, Tensor):
             value = float(value.detach().float().mean())
         self.scalars[tag] = float(value)
+
+
+@dataclass
+class EpochContext:
+    """What a task may use at the end of an epoch (`Task.on_epoch_end`), built by the trainer.
+
+    The task gets these and nothing else of the trainer, so a task cannot come to
+    depend on the trainer's internals (optimisers, checkpoints, DDP wrappers).
+    """
+
+    epoch: int  # epochs completed
+    step: int
+    run_dir: Path
+    device: torch.device
+    G: nn.Module  # the EMA generator (G itself when the run has no EMA), unwrapped
+    is_main: bool  # rank 0: the rank that writes files and logs
+    logger: RunLogger  # TensorBoard scalars of rank 0 (a no-op on other ranks)
+
+    def log(self, values: dict[str, float]) -> None:
+        """Log scalars at this epoch's last step."""
+        self.logger.scalars(values, self.step)
 
 
 class Task:
@@ -145,13 +177,12 @@ class Task:
         out = self.forward(G, batch, ctx)
         return out["output"].float().clamp(0, 1), batch["target"].float()
 
-    def on_epoch_end(self, trainer: Any) -> None:
-        """Called on every rank after each completed epoch (``trainer.epoch`` = epochs done).
+    def on_epoch_end(self, ctx: EpochContext) -> None:
+        """Called on every rank after each completed epoch (``ctx.epoch`` = epochs done).
 
         For per-epoch bookkeeping the step loop cannot do, e.g. the VAE's
-        ``history.csv`` of train/test metrics. ``trainer`` is the `Trainer`:
-        ``is_main``, ``ema``, ``models``, ``device``, ``cfg``, ``logger``. The
-        trainer meets all ranks at a barrier afterwards. Default: nothing.
+        ``history.csv`` of train/test metrics. The trainer meets all ranks at a
+        barrier afterwards. Default: nothing.
         """
 
     def model_card(self) -> dict[str, Any]:

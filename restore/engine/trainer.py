@@ -29,13 +29,14 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from restore.corrupt import RandomStreams
 from restore.engine import checkpoint as ckpt
 from restore.engine import distributed as dist_utils
 from restore.engine.config import DEVICE_RE, ConfigError, TrainConfig, plain
 from restore.engine.ema import EMA
 from restore.engine.logging import RunLogger, run_info
 from restore.engine.schedule import ScheduleError, anneal, build_scheduler, continued, lr_multiplier
-from restore.engine.task import StepContext, Task, check_terms
+from restore.engine.task import EpochContext, StepContext, Task, check_terms
 from restore.engine.watch import CollapseWatch
 
 log = logging.getLogger("restore.engine")
@@ -222,9 +223,9 @@ class Trainer:
         self.scalers = {
             name: torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16") for name in self.models
         }
-        gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
-        self.generator = torch.Generator(device=gen_device)
-        self.generator.manual_seed(cfg.seed * 1000 + 17 + self.dist.rank)
+        # the task's random streams (corruption noise, masks, instance noise): this rank's, checkpointed
+        self.streams_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        self.streams = RandomStreams(cfg.seed * 1000 + 17 + self.dist.rank, self.streams_device)
 
         # ---- run state ----------------------------------------------------------
         self.step = 0
@@ -268,10 +269,17 @@ class Trainer:
         """Instance-noise std at ``step``: d_noise_std annealed to 0 over d_noise_anneal_steps."""
         return anneal(self.cfg.d_noise_anneal, self.cfg.d_noise_std, 0.0, self.cfg.d_noise_anneal_steps, step)
 
-    def _context(self, training: bool = True, generator: torch.Generator | None = None) -> StepContext:
+    def _context(self, training: bool = True, streams: RandomStreams | None = None) -> StepContext:
         return StepContext(
-            step=self.step, epoch=self.epoch, device=self.device, generator=generator or self.generator,
+            step=self.step, epoch=self.epoch, device=self.device, streams=streams or self.streams,
             training=training, d_noise_std=self.d_noise_std(self.step) if training else 0.0, config=self.cfg,
+        )
+
+    def _epoch_context(self) -> EpochContext:
+        return EpochContext(
+            epoch=self.epoch, step=self.step, run_dir=self.run_dir, device=self.device,
+            G=self.ema.module if self.ema is not None else self.models["G"], is_main=self.is_main,
+            logger=self.logger,
         )
 
     def _prepare(self, raw: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -459,9 +467,7 @@ class Trainer:
         G = self.ema.module if self.ema is not None else self.models["G"]
         was_training = G.training
         G.eval()
-        gen = torch.Generator(device=self.generator.device)
-        gen.manual_seed(self.cfg.seed + 99_991)
-        ctx = self._context(training=False, generator=gen)
+        ctx = self._context(training=False, streams=RandomStreams(self.cfg.seed + 99_991, self.streams_device))
         psnr_sum = ssim_sum = 0.0
         n = 0
         for i, raw in enumerate(self.val_loader):
@@ -564,7 +570,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs, as tensors and plain containers (weights_only-loadable)."""
-        rngs = dist_utils.all_gather_objects(ckpt.rng_state(self.generator))
+        rngs = dist_utils.all_gather_objects(ckpt.rng_state(self.streams))
         return {
             "format": 1,
             "step": self.step,
@@ -628,7 +634,7 @@ class Trainer:
                 s.load_state_dict(state["scalers"][k])
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
-            ckpt.set_rng_state(rngs[self.dist.rank], self.generator)
+            ckpt.set_rng_state(rngs[self.dist.rank], self.streams)
         else:
             warnings.warn(
                 f"checkpoint was written by {len(rngs)} process(es), this run has {self.dist.world_size}: "
@@ -805,7 +811,7 @@ class Trainer:
                     self.epoch += 1
                     self.batch_in_epoch = 0
                     self.samples_in_epoch = 0
-                    self.task.on_epoch_end(self)
+                    self.task.on_epoch_end(self._epoch_context())
                     dist_utils.barrier()
             if self.step > start_step:  # a resume of a finished run trains, logs and saves nothing
                 self._finish()

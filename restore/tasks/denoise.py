@@ -40,6 +40,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from restore.corrupt import RandomStreams
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
 from restore.tasks.common import (
@@ -296,7 +297,7 @@ class DenoiseTask(Task):
         return scaled_crop(target.float(), int(patch or self.options["patch_size"]), self.options["scale_range"],
                            generator, mode="bicubic")
 
-    def degrade(self, target: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    def degrade(self, target: Tensor, generator: torch.Generator | RandomStreams) -> tuple[Tensor, Tensor | None]:
         """The network's training input for clean ``target`` and the sigma drawn (None for other specs):
         the task's corruption, rounded to 8 bits when ``quantize`` (as files are). One place, so anything
         that must see the training distribution (``train/recalibrate_bn.py``) sees exactly this."""
@@ -312,7 +313,7 @@ class DenoiseTask(Task):
         if ctx.training:
             # validation crops keep their native scale, so the curve stays comparable across runs
             batch["target"] = self.rescale(batch["target"], ctx.generator)
-        batch["input"], sigma = self.degrade(batch["target"], ctx.generator)
+        batch["input"], sigma = self.degrade(batch["target"], ctx.streams)
         if sigma is not None:
             batch["sigma"] = sigma
         return batch

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from restore.corrupt import RandomStreams
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
 from restore.models.fill import push_pull_fill
@@ -322,23 +323,23 @@ class InpaintTask(Task):
         return scaled_crop(target, int(self.options["patch_size"]), self.options["scale_range"],
                            ctx.generator if ctx.training else None, mode="area")
 
-    def draw_masks(self, target: Tensor, generator: torch.Generator) -> Tensor:
+    def draw_masks(self, target: Tensor, streams: RandomStreams) -> Tensor:
         """N1HW hole masks (1 = hole), one spec of ``task.masks`` per image drawn with ``mask_probs``."""
         n = target.shape[0]
-        probs = torch.tensor(self.options["mask_probs"], dtype=torch.float32, device=generator.device)
-        choice = torch.multinomial(probs.expand(n, -1), 1, generator=generator).flatten().tolist()
+        probs = torch.tensor(self.options["mask_probs"], dtype=torch.float32, device=streams.device)
+        choice = torch.multinomial(probs.expand(n, -1), 1, generator=streams.generator).flatten().tolist()
         mask = torch.zeros(n, 1, *target.shape[-2:], device=target.device, dtype=target.dtype)
         for k, c in enumerate(self.corruptions):
             idx = [i for i, ch in enumerate(choice) if ch == k]
             if idx:
-                mask[idx] = c(target[idx], generator=generator).mask.to(target.dtype)
+                mask[idx] = c(target[idx], streams).mask.to(target.dtype)
         return mask
 
     def prepare_batch(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         """Move clean crops to the device, rescale them to the patch size and draw the holes there."""
         batch = super().prepare_batch(batch, ctx)
         target = self._rescale(batch["target"].float(), ctx)
-        mask = self.draw_masks(target, ctx.generator)
+        mask = self.draw_masks(target, ctx.streams)
         batch["target"] = target
         batch["mask"] = mask
         # the network never sees hole pixels (it fills them itself); 0 here only makes the logged input readable

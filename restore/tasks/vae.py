@@ -46,7 +46,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from restore.engine.config import ConfigError
-from restore.engine.task import StepContext, Task
+from restore.engine.task import EpochContext, StepContext, Task
 from restore.tasks.common import is_int, is_number
 
 __all__ = [
@@ -405,7 +405,7 @@ class VAETask(Task):
     # ---- one step ------------------------------------------------------------------
     def prepare_batch(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         batch = super().prepare_batch(batch, ctx)
-        degraded = self.corruption(batch["target"], ctx.generator)
+        degraded = self.corruption(batch["target"], ctx.streams)
         batch["input"] = degraded.input
         return batch
 
@@ -510,48 +510,46 @@ class VAETask(Task):
             row.update({f"{which}_mse": r["mse"], f"{which}_psnr": r["psnr"], f"{which}_ssim": r["ssim"]})
         return row
 
-    def on_epoch_end(self, trainer: Any) -> None:
+    def on_epoch_end(self, ctx: EpochContext) -> None:
         """Append this epoch's row to ``history.csv`` and log it as ``epoch/*`` (rank 0)."""
         sums, count, images = self._sums, max(1, self._count), self._images
         self._sums, self._count, self._images = {}, 0, 0
         t0 = self._epoch_t0
         train_s = time.perf_counter() - t0  # before the evaluation below
         try:
-            if getattr(trainer, "is_main", True) and self.options["history"]:
-                self._write_epoch(trainer, sums, count, images, t0, train_s)
+            if ctx.is_main and self.options["history"]:
+                self._write_epoch(ctx, sums, count, images, t0, train_s)
         finally:
             self._epoch_t0 = time.perf_counter()  # the next epoch's clock starts after the evaluation
 
-    def _write_epoch(self, trainer: Any, sums: dict[str, Tensor], count: int, images: int, t0: float,
+    def _write_epoch(self, ctx: EpochContext, sums: dict[str, Tensor], count: int, images: int, t0: float,
                      train_s: float) -> None:
-        G = trainer.ema.module if getattr(trainer, "ema", None) is not None else trainer.models["G"]
+        G = ctx.G
         row: dict[str, Any] = {
-            "epoch": int(trainer.epoch),
-            "step": int(trainer.step),
+            "epoch": int(ctx.epoch),
+            "step": int(ctx.step),
             "beta": getattr(self, "_beta_last", float("nan")),
             **{f"loss_{k}": float(v) / count for k, v in sums.items()},
         }
-        row.update(self.epoch_metrics(G, trainer.device))
+        row.update(self.epoch_metrics(G, ctx.device))
         row["images_per_s"] = images / max(train_s, 1e-9)  # this rank's training throughput
         row["time_s"] = time.perf_counter() - t0
-        run_dir = Path(trainer.cfg.out)
+        run_dir = ctx.run_dir
         write_history_row(run_dir / "history.csv", row)
-        logger = getattr(trainer, "logger", None)
-        if logger is not None:
-            logger.scalars({f"epoch/{k}": float(v) for k, v in row.items() if k not in ("epoch", "step")}, trainer.step)
+        ctx.log({f"epoch/{k}": float(v) for k, v in row.items() if k not in ("epoch", "step")})
         n_snap = int(self.options["snapshot_latents"])
         if n_snap > 0 and self.val_set is not None:
             x, y = self._eval_set("test")
             r = evaluate_denoising(G, x[:n_snap], y[:n_snap] if y is not None else None, str(self.options["corruption"]),
-                                   _HISTORY_SEED, device=trainer.device, return_latents=True)
+                                   _HISTORY_SEED, device=ctx.device, return_latents=True)
             k = min(16, len(r["noisy"]))  # images of the reconstruction GIF
             with torch.no_grad():
-                recon = _run_model(_unwrap(G), r["noisy"][:k].to(trainer.device),
-                                   y[:k].to(trainer.device) if y is not None else None, sample=False)["recon"]
+                recon = _run_model(_unwrap(G), r["noisy"][:k].to(ctx.device),
+                                   y[:k].to(ctx.device) if y is not None else None, sample=False)["recon"]
             folder = run_dir / "epochs"
             folder.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(
-                folder / f"epoch_{int(trainer.epoch):04d}.npz",
+                folder / f"epoch_{int(ctx.epoch):04d}.npz",
                 z_mean=r["z_mean"].numpy(), labels=(y[:n_snap].numpy() if y is not None else np.zeros(0)),
                 recon=recon.float().cpu().numpy(), noisy=r["noisy"][:k].numpy(), clean=x[:k].numpy(),
             )
