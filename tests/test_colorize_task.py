@@ -422,7 +422,6 @@ def test_restore_colorize_command_on_files(tiny_model, tmp_path, monkeypatch, ca
 
 
 def test_eval_checks_issue_targets():
-    pytest.importorskip("eval.colorize")
     from eval.colorize import check_targets, target_notes
 
     def rows(method, psnr, ab, cf):
@@ -440,7 +439,6 @@ def test_eval_checks_issue_targets():
 
 
 def test_eval_card_entry_records_model_beside_gray():
-    pytest.importorskip("eval.colorize")
     import argparse
 
     from eval.colorize import card_entry, check_targets

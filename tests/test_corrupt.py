@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
+import skimage.data as skdata
 import torch
 
 from restore.corrupt import (
@@ -30,7 +32,6 @@ def grey(n: int = 2, c: int = 3, h: int = 64, w: int = 64, level: float = 0.5) -
 @pytest.fixture(scope="module")
 def photo() -> torch.Tensor:
     """A real 96x96 RGB crop (textures and edges), so JPEG/blur have something to destroy."""
-    skdata = pytest.importorskip("skimage.data")
     img = skdata.astronaut()[40:136, 180:276]  # face and hair: edges, texture, colour
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
 
@@ -127,7 +128,6 @@ def test_mask_coverage_lands_in_range(make_mask, size, coverage):
 
 def test_freeform_masks_are_strokes_not_noise():
     # A stroke mask is made of thick connected blobs: few components, hole pixels mostly have hole neighbours.
-    cv2 = pytest.importorskip("cv2")
     for seed in range(5):
         m = freeform_mask(128, 128, generator=make_generator(seed))[0].numpy().astype(np.uint8)
         n_components = cv2.connectedComponents(m)[0] - 1
@@ -137,7 +137,6 @@ def test_freeform_masks_are_strokes_not_noise():
 
 
 def test_box_masks_are_rectangles():
-    cv2 = pytest.importorskip("cv2")
     for seed in range(5):
         m = box_mask(96, 96, (0.1, 0.2), make_generator(seed))[0].numpy().astype(np.uint8)
         # every component fills most of its bounding box (a partial last row is allowed)

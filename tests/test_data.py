@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from restore import data as D
+from restore.corrupt import CorruptionSpecError
 
 # ----------------------------------------------------------------------------- IDX
 
@@ -427,7 +428,6 @@ def test_paired_dataset_bad_arguments() -> None:
 
 
 def test_paired_dataset_with_real_spec() -> None:
-    corrupt = pytest.importorskip("restore.corrupt", reason="restore.corrupt not written yet")
     base = _Fixed(4)
     ds = D.PairedDataset(base, "gaussian:sigma=25", seed=0)
     item = ds[0]
@@ -436,5 +436,5 @@ def test_paired_dataset_with_real_spec() -> None:
     assert torch.equal(item["input"], D.PairedDataset(base, "gaussian:sigma=25", seed=0)[0]["input"])
     masked = D.PairedDataset(base, "mask:box", seed=0)[1]
     assert masked["mask"].shape == (1, 16, 16) and masked["mask"].sum() > 0
-    with pytest.raises(corrupt.CorruptionSpecError):
+    with pytest.raises(CorruptionSpecError):
         D.PairedDataset(base, "nonsense:foo=1")

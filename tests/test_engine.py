@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from restore import losses
 from restore.corrupt import RandomStreams
 from restore.engine import checkpoint as ckpt
 from restore.engine.cli import build_parser, main, resolve_config
@@ -266,7 +267,6 @@ def test_instance_noise_is_annealed_and_reaches_d_inputs(tmp_path: Path) -> None
 
 
 def test_label_smoothing_targets() -> None:
-    losses = pytest.importorskip("restore.losses")
     pred = torch.zeros(2, 1, 4, 4)
     fixed = losses.AdversarialLoss("vanilla", smoothing=0.9)
     assert torch.all(fixed.targets(pred, True, for_discriminator=True) == 0.9)
@@ -573,7 +573,6 @@ def test_amp_on_cpu_trains(tmp_path: Path, amp: str) -> None:
 
 def _trained_and_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Trainer, Path]:
     """A 3-step tiny run exported to tmp_path/w/tiny (its architecture registered for restore.weights)."""
-    pytest.importorskip("restore.weights")
     from restore import models
 
     monkeypatch.setitem(models.ARCHITECTURES, "tiny-g", "test_engine_tinytask:TinyG")
@@ -638,7 +637,6 @@ def test_init_weights_start_a_fresh_run_from_exported_weights(tmp_path: Path, mo
 
 def test_resumes_keep_the_command_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A resume replaced run_info.argv and the card's train_command, so the command with --data/--set was lost."""
-    pytest.importorskip("restore.weights")
     from eval.vae import default_run
     from restore import models
 
@@ -759,6 +757,7 @@ def test_tensorboard_server_serves_scalar_tags(tb_run: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- DDP / signals
+@pytest.mark.slow
 def test_ddp_two_process_gloo_keeps_ranks_identical(tmp_path: Path) -> None:
     env = {**_env(), "TINY_DUMP_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
@@ -779,6 +778,7 @@ def test_ddp_two_process_gloo_keeps_ranks_identical(tmp_path: Path) -> None:
     assert torch.equal(state["models"]["G"]["conv1.weight"], r0["G.conv1.weight"])
 
 
+@pytest.mark.slow
 def test_ddp_sigint_on_one_rank_stops_every_rank_with_130(tmp_path: Path) -> None:
     """Only rank 0 gets the SIGINT here: rank 1 printed "SIGTERM received: checkpoint written to None" and
     exited 143. Every rank must report the signal that stopped the run, and only rank 0 a checkpoint."""

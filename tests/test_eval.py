@@ -288,7 +288,6 @@ def test_seeds_slugs_and_published_spec():
 
 
 def test_degrade_protocols_and_cache(tmp_path, monkeypatch):
-    pytest.importorskip("restore.corrupt")
     monkeypatch.setattr(sets, "DATA_DIR", tmp_path)
     clean = _photo()
     s1 = sets.degrade("img", clean, "gaussian:sigma=25", base_seed=3)

@@ -359,7 +359,8 @@ def test_vgg_features_shapes_and_truncation(vgg: VGGFeatures) -> None:
 
 def test_vgg_layout_matches_torchvision_vgg16() -> None:
     """Indices and shapes must match torchvision's, or real weights would mis-load."""
-    vgg_mod = pytest.importorskip("torchvision.models.vgg")
+    from torchvision.models import vgg as vgg_mod
+
     ref = vgg_mod.make_layers(vgg_mod.cfgs["D"])  # == vgg16().features, without the classifier
     ours = L._vgg16_features(len(ref) - 1)
     assert [type(m) for m in ours] == [type(m) for m in ref]
