@@ -550,7 +550,13 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``restore`` console script; returns the exit status."""
+    """Entry point of the ``restore`` console script; returns the exit status.
+
+    0 all done (or skipped), 1 some files failed or could not be read, 2 usage
+    error, 128 + N after signal N (SIGINT 130, SIGHUP 129, SIGTERM 143: the
+    temporary file is removed and the summary printed; restore.signals).
+    """
+    from restore import signals
     from restore.folder import UsageError
     from restore.weights import WeightsError
 
@@ -564,13 +570,14 @@ def main(argv: list[str] | None = None) -> int:
         _err(args.command, task_errors[args.command])
         return 2
     try:
-        return int(args.func(args))
+        with signals.raising_on_signals():  # SIGTERM, SIGHUP: clean up and report as Ctrl-C does
+            return int(args.func(args))
     except (UsageError, WeightsError, TaskUnavailable) as e:
         _err(args.command, e)
         return 2
-    except KeyboardInterrupt:
-        _err(args.command, "interrupted")
-        return 130
+    except KeyboardInterrupt as e:
+        _err(args.command, f"interrupted by {signals.signal_name(e)}")
+        return signals.exit_status(e)
 
 
 if __name__ == "__main__":

@@ -273,13 +273,20 @@ def process_folder(
     """
     from tqdm import tqdm
 
-    from restore.io import on_commit
+    from restore.io import on_commit, stale_temporaries
+    from restore.signals import signal_name
 
     pairs, problems = _plan(inp, out, suffix=suffix, exclude=exclude)
     summary = Summary()
     for src, reason in problems:  # named like any failed file, so the exit status says something was not restored
         summary.failed.append((src, reason))
         print(f"failed: {src}: {reason}", file=sys.stderr)
+    for tmp in stale_temporaries(dst for _, dst in pairs):
+        try:
+            tmp.unlink()
+            print(f"removed {tmp}: a temporary file left by an interrupted run", file=sys.stderr)
+        except OSError as e:
+            print(f"warning: cannot remove {tmp}, left by an interrupted run ({e.strerror or e})", file=sys.stderr)
     claimed: dict[Path, Path] = {}
     todo: list[tuple[Path, Path]] = []
     for src, dst in pairs:
@@ -292,6 +299,7 @@ def process_folder(
             summary.skipped += 1
         else:
             todo.append((src, dst))
+    failed_before = len(summary.failed)
     # OUT a folder: every file written under it is recorded there first (see plan_outputs)
     recorder = None if [dst for _, dst in pairs] == [Path(out)] else _Recorder(Path(out))
 
@@ -307,6 +315,7 @@ def process_folder(
         if recorder is not None:
             recorder(dst)
 
+    interrupted: KeyboardInterrupt | None = None
     try:
         with on_commit(recorder) if recorder is not None else nullcontext():
             if isinstance(job, BatchJob):
@@ -320,10 +329,16 @@ def process_folder(
                     except Exception as e:  # noqa: BLE001 - one bad file must not stop the folder
                         fail(src, e)
                     bar.update(1)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP (restore.signals): say what was done, then stop
+        interrupted = e
     finally:
         bar.close()
         if recorder is not None:
             recorder.close()
+    if interrupted is not None:
+        left = len(todo) - summary.done - (len(summary.failed) - failed_before)
+        print(f"{summary.line(desc)}, {left} not done (interrupted by {signal_name(interrupted)})", file=sys.stderr)
+        raise interrupted
     print(summary.line(desc), file=sys.stderr)
     return summary
 

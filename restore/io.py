@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import io as _io
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ __all__ = [
     "write_image",
     "atomic_output",
     "on_commit",
+    "stale_temporaries",
     "list_images",
     "scan_images",
     "to_uint8",
@@ -561,6 +563,34 @@ def on_commit(hook: Callable[[Path], None]) -> Iterator[None]:
         yield
     finally:
         _COMMIT_HOOK.reset(token)
+
+
+# mkstemp draws its random characters from this alphabet
+_TEMP_NAME = re.compile(r"\.(?P<stem>.*)\.[a-z0-9_]{%d}(?P<suffix>\.tmp(?:\.[^.]*)?)" % _TEMP_RANDOM_CHARS, re.DOTALL)
+
+
+def stale_temporaries(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Temporary files :func:`atomic_output` left next to ``paths`` (a killed process), sorted.
+
+    Only names of the exact form ``atomic_output`` gives a temporary for one
+    of ``paths`` (``.{stem}.XXXXXXXX.tmp{suffix}``, the stem cut as it cuts
+    it) are returned, so nothing else in those folders is ever taken. Each
+    folder is listed once.
+    """
+    wanted: dict[Path, set[tuple[str, str]]] = {}
+    for path in map(Path, paths):
+        wanted.setdefault(path.parent, set()).add(_temp_name_parts(path))
+    stale = []
+    for folder, parts in wanted.items():
+        try:
+            names = os.listdir(folder)
+        except OSError:  # not created yet, or unreadable: nothing of ours can be there
+            continue
+        for name in names:
+            match = _TEMP_NAME.fullmatch(name)
+            if match and (f".{match['stem']}.", match["suffix"]) in parts and (folder / name).is_file():
+                stale.append(folder / name)
+    return sorted(stale)
 
 
 def _fsync_directory(folder: Path) -> None:

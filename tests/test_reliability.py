@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +146,61 @@ def test_a_chmod_000_folder_is_a_failure(tmp_path):
     finally:
         (inp / "locked").chmod(0o755)
     assert s.done == 1 and [p for p, _ in s.failed] == [inp / "locked"]
+
+
+# --------------------------------------------------------------------------- 3. SIGTERM, SIGHUP, SIGINT
+
+# The child stops inside restore.io.atomic_output, after the temporary file is written (at its fsync),
+# says so, and waits for the test's signal.
+_SLOW_WRITER = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+from restore import cli
+
+def stuck_fsync(fd):
+    print("WRITING", flush=True)
+    time.sleep(120)
+
+os.fsync = stuck_fsync
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])  # SIGINT: the same path, from Python itself
+def test_a_signal_while_writing_removes_the_temporary_file_and_reports(tmp_path, signame):
+    signum = getattr(signal, signame)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _png(inp / "a.png", 10)
+    _png(inp / "b.png", 20)
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, "corrupt", str(inp), str(out), "--spec", "gray"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert child.stdout.readline().strip() == "WRITING"
+        assert [p.name for p in out.iterdir() if p.name.endswith(".tmp.png")]  # the temporary file exists
+        child.send_signal(signum)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 128 + signum, err
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUTS_RECORD]  # no temporary file, no output
+    assert f"0 done, 0 skipped (output exists), 0 failed, 2 not done (interrupted by {signame})" in err
+    assert f"restore corrupt: error: interrupted by {signame}" in err and "Traceback" not in err
+
+
+def test_a_rerun_removes_the_temporary_files_a_killed_run_left(tmp_path, capsys):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _png(inp / "a.png", 10)
+    _png(inp / "sub" / "b.png", 20)
+    (out / "sub").mkdir(parents=True)
+    prefix, suffix = io._temp_name_parts(out / "sub" / "b.png")  # what a SIGKILL during its write leaves
+    stale = out / "sub" / f"{prefix}x1y2z3_4{suffix}"
+    stale.write_bytes(b"half")
+    others = [out / ".c.x1y2z3_4.tmp.png", out / ".a.X1Y2Z3_4.tmp.png", out / ".a.x1y2z3_4.tmp.jpg", out / "a.tmp.png"]
+    for p in others:  # not atomic_output's name for a planned output: never touched
+        p.write_bytes(b"theirs")
+    s = process_folder(inp, out, _copy_job)
+    assert (s.done, s.skipped, s.failed) == (2, 0, [])
+    assert not stale.exists() and all(p.read_bytes() == b"theirs" for p in others)
+    assert f"removed {stale}: a temporary file left by an interrupted run" in capsys.readouterr().err
