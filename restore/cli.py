@@ -554,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
 
     0 all done (or skipped), 1 some files failed or could not be read, 2 usage
     error, 128 + N after signal N (SIGINT 130, SIGHUP 129, SIGTERM 143: the
-    temporary file is removed and the summary printed; restore.signals).
+    temporary file is removed and the summary printed), 141 when standard
+    output is closed early (restore.signals).
     """
     from restore import signals
     from restore.folder import UsageError
@@ -571,7 +572,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with signals.raising_on_signals():  # SIGTERM, SIGHUP: clean up and report as Ctrl-C does
-            return int(args.func(args))
+            status = int(args.func(args))
+            sys.stdout.flush()  # a reader that went away (`| head -1`) is found here, not at exit
+        return status
+    except BrokenPipeError:
+        return signals.reader_gone()
     except (UsageError, WeightsError, TaskUnavailable) as e:
         _err(args.command, e)
         return 2

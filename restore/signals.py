@@ -1,4 +1,4 @@
-"""How a ``restore`` command ends when it is told to stop.
+"""How a ``restore`` command ends when it is told to stop or its reader goes away.
 
 SIGTERM (``kill``, a scheduler's timeout) and SIGHUP (the terminal closed)
 end a command the way Ctrl-C does: a `KeyboardInterrupt` is raised where the
@@ -9,16 +9,22 @@ process killed by that signal. A second signal of the same kind while
 cleaning up kills at once; a signal ignored when the command starts (``nohup``)
 stays ignored. The training loop has its own handling (it
 finishes the step and writes a checkpoint), in ``restore.engine.trainer``.
+
+A closed standard output (``restore weights --json | head -1``) is not an
+error of the command: it ends quietly with 141 (128 + SIGPIPE), the status
+``yes | head -1`` gives its first command.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["Interrupted", "exit_status", "raising_on_signals", "signal_name"]
+__all__ = ["Interrupted", "exit_status", "raising_on_signals", "reader_gone", "signal_name"]
 
 #: Signals that stop a command like Ctrl-C (those the platform has).
 STOP_SIGNALS: tuple[int, ...] = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
@@ -71,3 +77,17 @@ def raising_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None
         for s, handler in previous.items():
             signal.signal(s, handler)
 
+
+def reader_gone() -> int:
+    """Standard output's reader has gone: send what is still buffered nowhere; return 128 + SIGPIPE.
+
+    Without this, Python's final flush of ``sys.stdout`` at exit fails again and prints
+    "Exception ignored ... BrokenPipeError".
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a descriptor
+        pass
+    return 128 + int(getattr(signal, "SIGPIPE", 13))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -204,3 +205,28 @@ def test_a_rerun_removes_the_temporary_files_a_killed_run_left(tmp_path, capsys)
     assert (s.done, s.skipped, s.failed) == (2, 0, [])
     assert not stale.exists() and all(p.read_bytes() == b"theirs" for p in others)
     assert f"removed {stale}: a temporary file left by an interrupted run" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- a reader that goes away
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX pipes")
+@pytest.mark.parametrize("json_flag", [["--json"], []])
+def test_weights_listing_into_a_closed_pipe_ends_quietly(tmp_path, json_flag):
+    """`restore weights --json | head -1`: the reader is gone before the first write."""
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    for k in range(3):
+        card = {"name": f"w{k}", "task": "denoise", "arch": "unet", "config": {}, "sha256": "0" * 64,
+                "size_bytes": 1, "metrics": {"note": "x" * 4000}}
+        (wdir / f"w{k}.json").write_text(json.dumps(card))
+    read, write = os.pipe()
+    os.close(read)  # no reader at all: every write fails with EPIPE
+    try:
+        child = subprocess.run([sys.executable, "-m", "restore.cli", "weights", *json_flag], stdout=write,
+                               stderr=subprocess.PIPE, text=True, timeout=120,
+                               env={**os.environ, "RESTORE_WEIGHTS_DIR": str(wdir), "OMP_NUM_THREADS": "1"})
+    finally:
+        os.close(write)
+    assert child.returncode == 128 + signal.SIGPIPE
+    assert child.stderr == ""  # no BrokenPipeError traceback, no "Exception ignored" at exit
