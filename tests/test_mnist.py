@@ -160,3 +160,48 @@ def test_vae_task_trains_on_the_csv_split(tmp_path: Path) -> None:
     train, test = task.build_datasets(str(path))
     assert (len(train), len(test)) == (40, 10)
     assert task.class_names == list(D.MNIST_CLASSES)
+
+
+# ----------------------------------------------------------------------------- eval/mnist.py helpers
+
+
+def test_elbo_per_image_is_summed_bce_plus_kl_per_image() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from eval import mnist as M
+    from restore import models
+    from restore.losses import kl_divergence
+
+    torch.manual_seed(0)
+    model = models.build("cvae", in_channels=1, image_size=28, latent_dim=2, channels=[4], hidden=8,
+                         num_classes=10, conditioning="onehot").eval()
+    x = torch.rand(6, 1, 28, 28)
+    y = torch.arange(6)
+    got = M.elbo_per_image(model, x, y, seed=3, batch_size=4)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        out = model(x, y, generator=gen, sample=True)
+    want = F.binary_cross_entropy_with_logits(out["logits"], x, reduction="none").flatten(1).sum(1)
+    want = want + kl_divergence(out["z_mean"], out["z_log_var"], reduction="none")
+    assert got.shape == (6,)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert float(got.mean()) > 100  # summed over 784 pixels, not averaged: the source's scale
+
+
+def test_shrink_makes_small_docs_copies(tmp_path: Path) -> None:
+    from PIL import Image, ImageSequence
+
+    from eval import mnist as M
+
+    frames = [Image.new("RGB", (960, 300), (i * 12, 0, 255 - i * 12)) for i in range(20)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[-1].save(tmp_path / "b.png")
+    gif = M.shrink(tmp_path / "a.gif", tmp_path / "out" / "a.gif", width=240, max_frames=5)
+    with Image.open(gif) as im:
+        got = [f.convert("RGB") for f in ImageSequence.Iterator(im)]
+    assert len(got) == 5 and got[0].size == (240, 75)
+    assert got[-1].getpixel((10, 10))[0] > 200  # the last frame is kept
+    png = M.shrink(tmp_path / "b.png", tmp_path / "out" / "b.png", width=240)
+    with Image.open(png) as im:
+        assert im.size == (240, 75) and im.mode == "P"
