@@ -12,7 +12,7 @@ calibrating it.
 The sample goes through the path ``restore <task> IN OUT`` takes: the
 degraded input is written as an 8-bit PNG and read back with `restore.io`
 (inpainting: its mask too, with `restore.io.read_mask`), restored by the
-task module's ``restore_batch(model, batch, card, tile=512, device=cpu)``
+restore pipeline (`restore.pipeline.Pipeline`, tile 512, CPU)
 with the model in ``eval()``, clamped, written and read back as an 8-bit PNG,
 then scored with `restore.metrics` against the clean image.
 
@@ -26,7 +26,7 @@ Samples (never in any training set):
 * Fashion-MNIST cards (``dataset == "fashion-mnist"`` or task ``vae``): the
   first 64 images of the official test split, degraded the same way (the
   conditional VAEs' ``gaussian:sigma=0`` is the identity: they are calibrated
-  on reconstructing clean images, with the class inferred by ``restore_batch``
+  on reconstructing clean images, with the class inferred by the pipeline
   as ``restore denoise`` does when no ``--label`` is given).
 
 Commands (from the repository root; deterministic, so re-running is idempotent)::
@@ -91,7 +91,7 @@ PHOTO = "astronaut"
 PHOTO_CROP = 128
 #: Fashion-MNIST sample: the first N test images.
 FASHION_IMAGES = 64
-#: Tile side passed to restore_batch: the ``restore`` command's default.
+#: Tile side passed to the pipeline: the ``restore`` command's default.
 TILE = 512
 #: Mask spec for inpainting cards whose corruption is not a mask spec.
 DEFAULT_MASK_SPEC = "mask:freeform"
@@ -246,33 +246,25 @@ def _mean_psnr(x: Tensor, y: Tensor) -> float | None:
 def measure(model: nn.Module, card: dict[str, Any], sample: Sample | None = None,
             *, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Restore the card's sample through the user path; return the calibration block (without ``command``)."""
-    from restore import tasks
     from restore.metrics import ssim
+    from restore.options import OptionError
+    from restore.pipeline import Pipeline
 
-    task_name = str(card.get("task"))
     try:
-        task = tasks.get(task_name)
-    except KeyError as e:
-        raise CalibrationError(f"card {card.get('name')!r}: {e.args[0]}") from e
+        pipeline = Pipeline(model, card, device=device)
+    except OptionError as e:
+        raise CalibrationError(f"card {card.get('name')!r}: {e}") from e
     sample = make_sample(card) if sample is None else sample
     clean = sample.clean
     with tempfile.TemporaryDirectory(prefix="restore-calib-") as tmp:
         folder = Path(tmp)
         x = _png_roundtrip(sample.input, folder / "input.png")
-        batch: dict[str, Tensor] = {"input": x}
-        if sample.mask is not None:
-            batch["mask"] = _png_roundtrip(sample.mask, folder / "mask.png", mask=True)
-        out = task.restore_batch(model, batch, card, tile=TILE, device=torch.device(device), options=None)
-        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
-            out = out[0]  # side maps (uncertainty) are not calibrated
-        if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[0] != x.shape[0] \
-                or tuple(out.shape[-2:]) != tuple(x.shape[-2:]):
-            raise CalibrationError(
-                f"{task.__name__}.restore_batch returned {getattr(out, 'shape', type(out).__name__)} "
-                f"for an input of shape {tuple(x.shape)}"
-            )
-        if not bool(torch.isfinite(out).all()):
-            raise CalibrationError(f"{task.__name__}.restore_batch produced NaN or infinite values")
+        mask = _png_roundtrip(sample.mask, folder / "mask.png", mask=True) if sample.mask is not None else None
+        options = {"tile": TILE} if "tile" in pipeline.options_type.__dataclass_fields__ else {}
+        try:
+            out = pipeline.run(x, mask, **options).image  # side maps (uncertainty) are not calibrated
+        except (RuntimeError, ValueError) as e:
+            raise CalibrationError(f"restoring the sample of {card.get('name')!r} failed: {e}") from e
         out = _png_roundtrip(out.float().clamp(0, 1), folder / "output.png")
     if out.shape[1] != clean.shape[1]:
         if out.shape[1] == 1:

@@ -136,7 +136,7 @@ def _fashion(args: argparse.Namespace, spec: str, models: list[runner.Method], w
     from restore.metrics import psnr, ssim
 
     from restore import weights as W
-    from restore.tasks.denoise import restore_batch
+    from restore.pipeline import Pipeline
 
     x, _ = sets.load_fashion_mnist_test(limit=args.limit)
     noisy = corrupt.apply(x, spec, args.seed).input
@@ -146,9 +146,10 @@ def _fashion(args: argparse.Namespace, spec: str, models: list[runner.Method], w
     batch_fns = {}
     for m, w in zip(models, weights):
         model, card = W.load(w, device=args.device)
-        model.eval()
-        batch_fns[m.name] = (lambda xb, model=model, card=card: restore_batch(
-            model, {"input": xb}, card, tile=0, device=args.device, options=args).cpu())
+        pipeline = Pipeline(model, card, device=args.device)
+        options = {"ensemble": args.ensemble} if getattr(args, "ensemble", None) else {}
+        batch_fns[m.name] = (lambda xb, pipeline=pipeline, options=options: pipeline.run(
+            xb, tile=0, **options).image)
     rows: list[dict] = []
     grid: list[tuple[str, list[tuple[str, torch.Tensor]]]] = []
     shown = min(args.grid_images * 4, n)

@@ -62,15 +62,13 @@ def model_method(task: str, weights: str, device: str = "cpu", ensemble: str = "
     ``ensemble`` (other than ``none``) restores through `restore.tiling.self_ensemble`; the method is
     then named ``<model>+<mode>`` so its rows never mix with the plain model's.
 
-    Uses ``restore.weights.load`` (verifies the checksum, builds from the card)
-    and ``restore.tasks.<task>.restore_batch(model, batch, card)`` (or
-    ``restore_image(model, image, card)`` where a task provides that instead).
+    Uses ``restore.weights.load`` (verifies the checksum, builds from the card) and the restore
+    pipeline (`restore.pipeline.Pipeline`), as the ``restore`` command does.
     """
-    try:
-        from restore import weights as W
-        from restore.tasks import get as get_task
-    except ImportError as e:
-        raise EvalError(f"--weights {weights}: the model side is not available in this checkout ({e})") from e
+    from restore import weights as W
+    from restore.options import OptionError
+    from restore.pipeline import Pipeline
+
     path = Path(weights).expanduser()
     looks_like_file = path.suffix in (".safetensors", ".json") or "/" in weights
     if looks_like_file and not path.exists():
@@ -79,30 +77,22 @@ def model_method(task: str, weights: str, device: str = "cpu", ensemble: str = "
         model, card = W.load(weights, device=device)
     except (W.WeightsError, FileNotFoundError) as e:
         raise EvalError(f"--weights {weights}: {e}") from e
-    model.eval()
-    try:
-        mod = get_task(task)
-    except (KeyError, ImportError) as e:
-        raise EvalError(f"task {task!r} cannot restore images in this checkout ({e})") from e
     card_task = card.get("task")
     if card_task and card_task != task:
         raise EvalError(f"--weights {weights}: trained for task {card_task!r}, not {task!r}")
+    try:
+        pipeline = Pipeline(model, card, task=task, device=device)
+        options = pipeline.options(ensemble=ensemble) if ensemble != "none" else pipeline.options()
+    except OptionError as e:
+        raise EvalError(f"--weights {weights}: {e}") from e
+    has_sigma = "sigma" in pipeline.options_type.__dataclass_fields__
 
-    options = argparse.Namespace(ensemble=ensemble)
-
-    @torch.no_grad()
     def run(x: torch.Tensor, info: dict) -> torch.Tensor:
-        x = x.to(device)
-        if hasattr(mod, "restore_batch"):
-            batch = {"input": x.unsqueeze(0)}
-            if info.get("mask") is not None:
-                batch["mask"] = info["mask"].to(device).unsqueeze(0)
-            if info.get("sigma") is not None:
-                batch["sigma"] = torch.tensor([float(info["sigma"])], device=device)
-            return mod.restore_batch(model, batch, card, options=options)[0].float().cpu()
-        if hasattr(mod, "restore_image"):
-            return mod.restore_image(model, x, card).float().cpu()
-        raise EvalError(f"restore.tasks.{task} has neither restore_batch nor restore_image")
+        mask = info["mask"].unsqueeze(0) if info.get("mask") is not None else None
+        opts = options
+        if has_sigma and info.get("sigma") is not None:  # non-blind: the true noise level is given
+            opts = options.replace(sigma=str(float(info["sigma"])))
+        return pipeline.run(x.unsqueeze(0), mask, opts).image[0]
 
     name = card.get("name") or Path(weights).stem
     if ensemble != "none":

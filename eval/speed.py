@@ -3,7 +3,7 @@
 Every figure is something a user of the toolkit gets, measured the same way
 each time (issue 4 item 4, issue 6):
 
-* **restore**: images/s of each task's ``restore_batch`` (the function the
+* **restore**: images/s of each task's restore pipeline (the code the
   ``restore`` command calls, tiling included, with the command's default
   options) per device, precision (fp32 / bf16 autocast), mode (eager /
   ``torch.compile``), batch size and image size. Each figure is the median of
@@ -53,11 +53,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import re
 import resource
 import shlex
@@ -77,6 +75,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from restore import provenance  # noqa: E402
 from restore.tiling import ENSEMBLES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,7 +246,7 @@ def hole_mask(width: int, height: int, seed: int = 0) -> torch.Tensor:
 
 
 def task_batch(task: str, n: int, width: int, height: int) -> dict[str, torch.Tensor]:
-    """What the ``restore`` command would hand ``restore_batch``: NCHW on CPU (+ N1HW mask for inpainting)."""
+    """What the ``restore`` command would hand the pipeline: NCHW on CPU (+ N1HW mask for inpainting)."""
     if task == "vae":
         digits = photo(width, height).mean(0, keepdim=True)
         return {"input": noisy(digits).expand(n, -1, -1, -1).contiguous()}
@@ -352,7 +351,7 @@ def _arch_name(model: torch.nn.Module) -> str | None:
 def random_init_model(task: str, module: Any) -> tuple[torch.nn.Module, dict[str, Any], str]:
     """The task's generator, randomly initialised with the shipped weights' recipe; (model, card, label)."""
     cls = task_class(module)
-    name = getattr(module, "DEFAULT_WEIGHTS", None)
+    name = default_weights(task)
     recipe = find_recipe(task, name)
     cfg = _recipe_config(cls, recipe)
     t = cls(cfg.task)
@@ -370,7 +369,7 @@ def load_model(task: str, module: Any, weights: str | None, device: torch.device
     """Shipped/explicit weights when present, else `random_init_model`; on ``device``, eval, no grad."""
     from restore import weights as W
 
-    name = weights or getattr(module, "DEFAULT_WEIGHTS", None)
+    name = weights or default_weights(task)
     model = None
     if name:
         try:
@@ -389,23 +388,18 @@ def load_model(task: str, module: Any, weights: str | None, device: torch.device
     return model, card, label
 
 
-def cli_options(task: str) -> argparse.Namespace | None:
-    """The ``restore <task> IN OUT`` namespace with every default, so restore_batch sees the CLI's options."""
+def default_weights(task: str) -> str | None:
+    """The weights ``restore <task>`` uses without ``--weights`` (VAE: the Fashion-MNIST denoising VAE)."""
     from restore import cli
 
-    command = task if task in cli.TASK_COMMANDS else "denoise"
-    argv = [command, "in.png", "out.png"] + (["--masks", "masks"] if command == "inpaint" else [])
-    try:
-        parser, _ = cli.build_parser(argv)
-        return parser.parse_args(argv)
-    except (SystemExit, Exception):  # noqa: BLE001 - fall back to restore_batch's own defaults (as `restore demo`)
-        return None
+    return cli.DEFAULT_WEIGHTS.get(task, "vae-fashion" if task == "vae" else None)
 
 
 def default_tile() -> int:
-    """The ``--tile`` default of the ``restore`` command (what 'default tile' means for users)."""
-    opts = cli_options("denoise")
-    return int(getattr(opts, "tile", 512)) if opts is not None else 512
+    """The ``--tile`` default of the ``restore`` command and the API (what 'default tile' means for users)."""
+    from restore.options import Options
+
+    return int(Options().tile)
 
 
 # =========================================================================== workers (fresh subprocesses)
@@ -453,8 +447,9 @@ def _setup_worker(cfg: dict[str, Any]) -> torch.device:
 
 
 def restore_worker(cfg: dict[str, Any]) -> dict[str, Any]:
-    """One restore configuration: load model, build the batch, warm up, time ``restore_batch``."""
+    """One restore configuration: load model, build the batch, warm up, time the restore pipeline."""
     from restore import tasks
+    from restore.pipeline import Pipeline
 
     device = _setup_worker(cfg)
     task = cfg["task"]
@@ -464,24 +459,21 @@ def restore_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         model = torch.compile(model)
     width, height = cfg["size"]
     batch = task_batch(task, int(cfg["batch"]), width, height)
-    options = cli_options(task)
-    tile = int(cfg["tile"])
-    if options is not None:
-        options.tile = tile
+    pipeline = Pipeline(model, card, task=task, device=device)
+    fields = pipeline.options_type.__dataclass_fields__
+    values: dict[str, Any] = {"tile": int(cfg["tile"])} if "tile" in fields else {}
     ensemble = cfg.get("ensemble", "none")
     if ensemble != "none":
-        if options is None or not hasattr(options, "ensemble"):
+        if "ensemble" not in fields:
             raise RuntimeError(f"restore {task} has no --ensemble option")
-        options.ensemble = ensemble
+        values["ensemble"] = ensemble
+    options = pipeline.options(**values)
     base_mb = _rss_mb() if device.type == "cpu" else (
         torch.cuda.memory_allocated(device) / 2**20)
 
     def call() -> torch.Tensor:
         with torch.no_grad(), _autocast(device, cfg["dtype"]):
-            out = module.restore_batch(model, batch, card, tile=tile, device=device, options=options)
-        if not isinstance(out, torch.Tensor) or out.shape[0] != batch["input"].shape[0]:
-            raise RuntimeError(f"{module.__name__}.restore_batch returned {getattr(out, 'shape', type(out))}")
-        return out
+            return pipeline.run(batch["input"], batch.get("mask"), options).image
 
     times, first = _time_calls(call, device, int(cfg["warmup"]), int(cfg["repeats"]))
     n = int(cfg["batch"])
@@ -528,7 +520,7 @@ def train_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     task = cfg["task"]
     module = tasks.get(task)
     cls = task_class(module)
-    recipe = find_recipe(task, getattr(module, "DEFAULT_WEIGHTS", None))
+    recipe = find_recipe(task, default_weights(task))
     tcfg = _recipe_config(cls, recipe)
     if cfg.get("size"):
         key = {"colorize": "crop_size"}.get(task, "patch_size")
@@ -737,7 +729,7 @@ def weights_for_cli(task: str, weights: str | None, folder: Path) -> tuple[str, 
     from restore import weights as W
 
     module = tasks.get(task)
-    name = weights or getattr(module, "DEFAULT_WEIGHTS", None)
+    name = weights or default_weights(task)
     if name:
         try:
             W.resolve(name)
@@ -880,7 +872,7 @@ def _fmt(v: Any, key: str = "") -> str:
 _TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "baselines": ("Classical baselines (CPU, same photo, same run)",
                   ("task", "model", "size", "images_per_s", "ms_per_image", "runs", "status")),
-    "restore": ("Restoring (`restore_batch`, as the `restore` command runs it)",
+    "restore": ("Restoring (the restore pipeline, as the `restore` command runs it)",
                 ("task", "model", "device", "dtype", "mode", "batch", "size", "tile", "images_per_s", "ms_per_image",
                  "first_call_s", "peak_mem_mb", "base_mem_mb", "x_cbm3d", "x_nlm", "x_telea", "status")),
     "tiled": ("Tiled restoration of a large image (fresh process)",
@@ -944,27 +936,6 @@ def write_reports(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
         Path(tmp).write_text(json.dumps({"meta": meta, "columns": list(COLUMNS), "rows": clean}, indent=1,
                                         default=str) + "\n", encoding="utf-8")
     return paths
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10).stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        git = "?"
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": git, "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "load_start": " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?",
-    }
 
 
 # =========================================================================== driver
@@ -1061,17 +1032,17 @@ def _settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
 
 def _check_tasks(names: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Import each task module here (cheap) so one that is missing is reported, not fatal."""
+    """Import each task's restorer and training module here (cheap) so one that is missing is reported, not fatal."""
     from restore import tasks
+    from restore.options import OptionError
+    from restore.pipeline import restorer_class
 
     ok, broken = {}, {}
     for name in names:
         try:
-            module = tasks.get(name)
-            if not hasattr(module, "restore_batch"):
-                raise AttributeError(f"{module.__name__} has no restore_batch()")
-            ok[name] = module
-        except KeyError as e:
+            restorer_class(name)
+            ok[name] = tasks.get(name)
+        except (KeyError, OptionError) as e:
             raise SpeedError(f"--tasks: {e.args[0]}") from None
         except Exception as e:  # noqa: BLE001 - a task being written right now may not import yet
             broken[name] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
@@ -1108,7 +1079,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if unknown_w:
         raise SpeedError(f"--weights: task(s) {', '.join(unknown_w)} not in --tasks")
     out = Path(args.out)
-    meta = machine_info(device)
+    meta = provenance.machine_info(device)
     meta["command"] = shlex.join(["python", "eval/speed.py"] + list(sys.argv[1:] if argv is None else argv))
     meta.update(repeats=s["repeats"], warmup=s["warmup"], baseline_size=size_text(s["baseline_size"]),
                 device=device.type, sections=s["sections"] + (["huge"] if args.huge and "huge" not in s["sections"] else []))

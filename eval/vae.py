@@ -470,7 +470,7 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def posterior_stats(model: torch.nn.Module, noisy: Tensor, k: int, seed: int,
                     batch_size: int = 500) -> tuple[Tensor, Tensor]:
     """Mean and per-pixel std (unbiased) of ``k`` decoder samples from q(z|x) (``restore.tasks.vae``)."""
-    from restore.tasks.vae import posterior_samples
+    from restore.restorers.vae import posterior_samples
 
     if k < 2:
         raise VAEReportError(f"--samples must be >= 2 for a standard deviation, got {k}")

@@ -1,13 +1,14 @@
-"""The ``restore`` command (DESIGN section 4).
+"""The ``restore`` command (DESIGN section 4); ``python -m restore`` runs the same.
 
 Subcommands: ``corrupt`` (degraded copies), ``weights`` (list shipped
 weights), ``demo`` (bundled photos through every shipped model) and one
 restoring subcommand per task (``denoise``, ``colorize``, ``inpaint``). The
-restoring subcommands are generic: they load weights with
-`restore.weights.load`, feed images to the task module's ``restore_batch``
-through `restore.folder.process_folder`, and write results with `restore.io`,
-keeping each input's alpha and bit depth. The task API they rely on is
-documented in docs/internals.md ("Task restoring API").
+restoring subcommands are thin: the folder driver (`restore.folder`) reads
+each file with `restore.io`, `restore.pipeline.Pipeline` restores it (the
+same code as the Python API and the app), and `restore.io` writes it back
+with the input's alpha and bit depth. A task's flags are generated from its
+options dataclass (`restore.options`), so the CLI and the API share names,
+defaults and checks.
 
 Exit status: 0 all done (or skipped), 1 some files failed, 2 usage error.
 """
@@ -19,15 +20,22 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["TASK_COMMANDS", "TaskUnavailable", "build_parser", "file_seed", "main"]
+from restore import corrupt, io, signals
+from restore import weights as W
+from restore.api import resolve_device
+from restore.folder import BatchJob, UsageError, is_inside, plan_outputs, process_folder
+from restore.options import Options, OptionError, add_arguments
+from restore.pipeline import Pipeline, Restorer, match_channels, restorer_class
 
-#: Restoring subcommands; each maps to ``restore.tasks.TASKS[name]``.
-TASK_COMMANDS: tuple[str, ...] = ("denoise", "colorize", "inpaint")
+__all__ = ["DEFAULT_WEIGHTS", "TASK_COMMANDS", "TaskUnavailable", "build_parser", "file_seed", "main"]
+
+#: Restoring subcommands and the shipped weights each uses when ``--weights`` is not given.
+DEFAULT_WEIGHTS: dict[str, str] = {"denoise": "denoise-gaussian", "colorize": "colorize", "inpaint": "inpaint"}
+TASK_COMMANDS: tuple[str, ...] = tuple(DEFAULT_WEIGHTS)
 
 #: Corruptions shown by ``restore demo`` when no weights ship yet (one per restoring task).
 DEMO_SPECS: dict[str, str] = {
@@ -41,7 +49,7 @@ DEMO_PHOTOS: tuple[str, ...] = ("astronaut", "coffee", "chelsea")
 
 
 class TaskUnavailable(RuntimeError):
-    """The task module for a subcommand is not installed or fails to import."""
+    """The restorer of a subcommand is not installed or fails to import."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -62,70 +70,12 @@ def file_seed(seed: int, rel: Path | str) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
 
 
-def _load_task(name: str) -> ModuleType:
-    from restore import tasks
-
-    try:
-        return tasks.get(name)
-    except KeyError as e:
-        raise TaskUnavailable(e.args[0] if e.args else str(e)) from None
-    except ImportError as e:
-        raise TaskUnavailable(f"task {name!r} is not available ({type(e).__name__}: {e})") from e
-
-
-def _device(choice: str) -> torch.device:
-    from restore.folder import UsageError
-
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return torch.device(choice)
-
-
-def _match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """CHW -> same image with ``channels`` channels (gray broadcast, or ITU-R 601 luma)."""
-    if image.shape[0] == channels:
-        return image
-    if image.shape[0] == 1:
-        return image.expand(channels, -1, -1).contiguous()
-    if image.shape[0] == 3 and channels == 1:
-        w = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device)
-        return (image * w[:, None, None]).sum(0, keepdim=True)
-    raise ValueError(f"cannot convert {image.shape[0]} channels to {channels}")
-
-
 def _rel(src: Path, root: Path) -> Path:
     return Path(src.name) if root.is_file() else src.relative_to(root)
 
 
-def _load_model(command: str, weights: str | None, task: ModuleType, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    from restore import weights as W
-
-    name = weights or getattr(task, "DEFAULT_WEIGHTS", None)
-    if not name:
-        raise W.WeightsError(f"task {command!r} names no DEFAULT_WEIGHTS; pass --weights NAME|FILE")
-    try:
-        model, card = W.load(name, device=device)
-    except W.WeightsError as e:
-        if weights is None:  # the task's default is missing: say how to get weights, not just that they're unknown
-            raise W.WeightsError(
-                f"{e}. No default {name!r} weights ship yet: train them with "
-                f"train/{task.__name__.rsplit('.', 1)[-1]}.py (README.md, Training) and pass --weights FILE"
-            ) from e
-        raise
-    if card.get("task") not in (None, command) and command not in getattr(task, "COMMANDS", ()):
-        raise W.WeightsError(f"weights {name!r} are for task {card.get('task')!r}, not {command!r}")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, card
-
-
 def _card_task(weights: str | None) -> str | None:
     """The ``task`` of a weights card (read from its JSON only), or None if there is no readable card."""
-    from restore import weights as W
-
     if not weights:
         return None
     try:
@@ -136,33 +86,40 @@ def _card_task(weights: str | None) -> str | None:
     return str(task) if task else None
 
 
-def _task_for(command: str, weights: str | None) -> ModuleType:
-    """The task module that restores for ``restore COMMAND --weights W``: chosen by the card's task.
+def _restorer_for(command: str, weights: str | None) -> type[Restorer]:
+    """The restorer that answers ``restore COMMAND --weights W``: chosen by the card's task.
 
     A card whose task differs from the subcommand is accepted when that task's
-    module lists the subcommand in ``COMMANDS`` (a "vae" card serves
+    restorer lists the subcommand in ``commands`` (a "vae" card serves
     ``restore denoise``); otherwise it is a usage error.
     """
-    from restore import weights as W
+    task = _card_task(weights) or command
+    try:
+        restorer = restorer_class(task)
+    except OptionError as e:
+        raise TaskUnavailable(str(e)) from None
+    except ImportError as e:
+        raise TaskUnavailable(f"task {task!r} is not available ({type(e).__name__}: {e})") from e
+    if command not in restorer.commands:
+        raise W.WeightsError(f"weights {weights!r} are for task {task!r}, not {command!r}")
+    return restorer
 
-    name = _card_task(weights) or command
-    task = _load_task(name)
-    if name != command and command not in getattr(task, "COMMANDS", ()):
-        raise W.WeightsError(f"weights {weights!r} are for task {name!r}, not {command!r}")
-    return task
 
-
-def _check_output(out: Any, n: int, height: int, width: int, who: str) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor) or out.dim() != 4:
-        raise RuntimeError(f"{who} returned {type(out).__name__} {getattr(out, 'shape', '')}, expected NCHW")
-    if out.shape[0] != n or tuple(out.shape[-2:]) != (height, width) or out.shape[1] not in (1, 3):
-        raise RuntimeError(
-            f"{who} returned shape {tuple(out.shape)}, expected ({n}, 1 or 3, {height}, {width})"
-        )
-    # row by row: isfinite of a whole 24-megapixel batch allocates hundreds of MB of temporaries
-    if not all(bool(torch.isfinite(out[..., r0 : r0 + 256, :]).all()) for r0 in range(0, height, 256)):
-        raise RuntimeError(f"{who} produced NaN or infinite values")
-    return out.detach().to("cpu", torch.float32).clamp_(0.0, 1.0)
+def _pipeline(command: str, weights: str | None, device: torch.device) -> Pipeline:
+    name = weights or DEFAULT_WEIGHTS.get(command)
+    if not name:
+        raise W.WeightsError(f"{command!r} has no default weights; pass --weights NAME|FILE")
+    try:
+        model, card = W.load(name, device=device)
+    except W.WeightsError as e:
+        if weights is None:  # the default is missing: say how to get weights, not just that they're unknown
+            raise W.WeightsError(f"{e}. The default {name!r} weights are not installed: train them with "
+                                 f"train/{command}.py (README.md, Training) and pass --weights FILE") from e
+        raise
+    task = str(card.get("task") or command)
+    if task != command and command not in restorer_class(task).commands:
+        raise W.WeightsError(f"weights {name!r} are for task {task!r}, not {command!r}")
+    return Pipeline(model, card, task=task, device=device)
 
 
 # --------------------------------------------------------------------------- corrupt
@@ -172,8 +129,6 @@ def _check_mask_paths(inp: Path, out_root: Path, sources: list[Path], outputs: s
                       mask_path: Callable[[Path], Path]) -> None:
     """``restore corrupt`` writes each mask to OUT/masks/<rel>.png: refuse layouts where that path is an
     output image, an input file, or anywhere in IN's tree other than an OUT nested inside IN."""
-    from restore.folder import UsageError, is_inside
-
     in_abs, out_abs = inp.resolve(), out_root.resolve()
     inputs = {src.resolve() for src in sources}
     for src in sources:
@@ -192,9 +147,6 @@ def _check_mask_paths(inp: Path, out_root: Path, sources: list[Path], outputs: s
 
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
-    from restore import corrupt, io
-    from restore.folder import UsageError, plan_outputs, process_folder
-
     try:
         corruption = corrupt.parse_spec(args.spec)
     except (corrupt.CorruptionSpecError, ValueError) as e:
@@ -216,7 +168,7 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
         degraded = corruption(loaded.image[None], generator)
         if degraded.mask is not None:  # written first: an existing image implies its mask exists
             io.write_image(mask_path(src), degraded.mask[0].clamp(0, 1).ceil(), bit_depth=8)
-        image = _match_channels(degraded.input[0], loaded.image.shape[0]).clamp(0, 1)
+        image = match_channels(degraded.input[0], loaded.image.shape[0]).clamp(0, 1)
         io.write_image(dst, image, alpha=loaded.alpha, bit_depth=loaded.bit_depth, icc_profile=loaded.icc_profile)
 
     summary = process_folder(inp, out, job, overwrite=args.overwrite, desc=f"corrupt {args.spec}")
@@ -227,12 +179,10 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
 
 
 def _find_mask(masks: Path, rel: Path) -> Path:
-    from restore.io import IMAGE_EXTENSIONS
-
     if masks.is_file():
         return masks
     base = masks / rel.parent
-    for ext in [".png"] + sorted(e for e in IMAGE_EXTENSIONS if e != ".png"):
+    for ext in [".png"] + sorted(e for e in io.IMAGE_EXTENSIONS if e != ".png"):
         for candidate in (base / (rel.stem + ext), base / (rel.stem + ext.upper())):
             if candidate.is_file():
                 return candidate
@@ -240,17 +190,13 @@ def _find_mask(masks: Path, rel: Path) -> Path:
 
 
 def cmd_task(args: argparse.Namespace) -> int:
-    from restore import io
-    from restore.folder import BatchJob, UsageError, plan_outputs, process_folder
-
     command = args.command
-    task = _task_for(command, args.weights)
-    if not hasattr(task, "restore_batch"):
-        raise TaskUnavailable(f"task module {task.__name__} has no restore_batch(); it cannot restore images yet")
-    device = _device(args.device)
-    if args.tile < 0:
-        raise UsageError(f"--tile must be >= 0 (0 = whole image), got {args.tile}")
+    restorer = _restorer_for(command, args.weights)
+    opts = restorer.options_type.from_namespace(args)  # bad options: exit 2 before any work
+    device = resolve_device(args.device)
     batch_size = args.batch_size or (4 if device.type == "cuda" else 1)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     inp = Path(args.input)
     masks = Path(args.masks) if getattr(args, "masks", None) else None
     if masks is not None and not masks.exists():
@@ -258,7 +204,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     excluded = [masks] if masks is not None else []  # masks inside IN are not images to restore
     # usage errors (OUT == IN, empty folder...) before loading a model
     planned = {dst.resolve() for _, dst in plan_outputs(inp, args.output, exclude=excluded)}
-    model, card = _load_model(command, args.weights, task, device)
+    pipeline = _pipeline(command, args.weights, device)
 
     def load(src: Path) -> dict[str, Any]:
         loaded = io.read_image(src)
@@ -279,24 +225,11 @@ def cmd_task(args: argparse.Namespace) -> int:
     def key(item: dict[str, Any]) -> tuple:
         return (tuple(item["loaded"].image.shape), item["mask"] is not None)
 
-    def run(items: list[dict[str, Any]]) -> list[torch.Tensor]:
-        images = torch.stack([it["loaded"].image for it in items])
-        batch = {"input": images}
-        if items[0]["mask"] is not None:
-            batch["mask"] = torch.stack([it["mask"] for it in items])
-        with torch.no_grad():
-            out = task.restore_batch(model, batch, card, tile=args.tile, device=device, options=args)
-        # a task may return (images, {name: NCHW map}): side outputs such as an uncertainty map
-        extras: dict[str, torch.Tensor] = {}
-        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
-            out, extras = out
-        who = f"{task.__name__}.restore_batch"
-        out = _check_output(out, len(items), images.shape[-2], images.shape[-1], who)
-        extras = {k: _check_output(v, len(items), images.shape[-2], images.shape[-1], f"{who} [{k}]") for k, v in extras.items()}
-        return [(out[i], {k: v[i] for k, v in extras.items()}) for i in range(len(items))]
+    def run(items: list[dict[str, Any]]) -> list[tuple[io.LoadedImage, dict[str, torch.Tensor]]]:
+        masks_ = [it["mask"] for it in items] if items[0]["mask"] is not None else None
+        return pipeline.run_images([it["loaded"] for it in items], masks_, opts)
 
-    def save(item: dict[str, Any], result: tuple[torch.Tensor, dict[str, torch.Tensor]], dst: Path) -> None:
-        loaded = item["loaded"]
+    def save(item: dict[str, Any], result: tuple[io.LoadedImage, dict[str, torch.Tensor]], dst: Path) -> None:
         image, extras = result
         side = {name: dst.with_name(f"{dst.stem}.{name}.png") for name in extras}
         for name, path in side.items():  # x.png's x.std.png must not be (or be replaced by) input x.std.png's output
@@ -305,15 +238,11 @@ def cmd_task(args: argparse.Namespace) -> int:
         # side maps first (16-bit PNG, full precision), so an existing output implies its side maps exist
         for name, extra in extras.items():
             io.write_image(side[name], extra, bit_depth=16)
-        icc = None  # colorize predicts sRGB colour: the input's profile would mislabel it
-        if command != "colorize":  # colorize writes RGB; the others keep the channel count and colour space
-            image = _match_channels(image, loaded.image.shape[0])
-            icc = loaded.icc_profile
-        io.write_image(dst, image, alpha=loaded.alpha, bit_depth=loaded.bit_depth, icc_profile=icc)
+        io.write_image(dst, image.image, alpha=image.alpha, bit_depth=image.bit_depth, icc_profile=image.icc_profile)
 
     job = BatchJob(load=load, run=run, save=save, key=key, batch_size=batch_size)
-    summary = process_folder(inp, args.output, job, overwrite=args.overwrite, desc=f"{command} ({card.get('name')})",
-                             exclude=excluded)
+    summary = process_folder(inp, args.output, job, overwrite=args.overwrite,
+                             desc=f"{command} ({pipeline.card.get('name')})", exclude=excluded)
     return 1 if summary.failed else 0
 
 
@@ -336,8 +265,6 @@ def _flat_metrics(metrics: Any, prefix: str = "") -> list[str]:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from restore import weights as W
-
     cards = W.available()
     if args.json:
         print(json.dumps(cards, indent=2))
@@ -372,7 +299,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 def _demo_photos() -> list[tuple[str, torch.Tensor]]:
     """The bundled scikit-image photos as 1CHW float tensors."""
-    from skimage import data
+    from skimage import data  # lazily: scikit-image's data module is slow to import
 
     photos = []
     for name in DEMO_PHOTOS:
@@ -407,26 +334,9 @@ def grid(panels: list[tuple[str, torch.Tensor]], gap: int = 6, bar: int = 26) ->
     return torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255.0)
 
 
-def _default_demo(task: ModuleType, model, card, photo, seed: int, *, tile: int, device) -> list[tuple[str, torch.Tensor]]:
-    from restore import corrupt
-
-    degraded = corrupt.apply(photo, card["corruption"], seed)
-    batch = {"input": degraded.input}
-    if degraded.mask is not None:
-        batch["mask"] = degraded.mask
-    with torch.no_grad():
-        out = task.restore_batch(model, batch, card, tile=tile, device=device, options=None)
-    out = _check_output(out, 1, photo.shape[-2], photo.shape[-1], f"{task.__name__}.restore_batch")
-    return [("input", degraded.input), ("restored", out), ("target", photo)]
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from restore import corrupt, io
-    from restore import weights as W
-    from restore.folder import UsageError
-
     out = Path(args.output)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     photos = _demo_photos()
     cards = W.available()
     if not cards:
@@ -443,27 +353,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: is a file; restore demo writes a folder of images")
     failed = 0
+    first: Path | None = None
     for card in cards:
         name = str(card["name"])
         try:
-            task = _load_task(str(card.get("task")))
-            model, card = _load_model(str(card.get("task")), name, task, device)
-        except (TaskUnavailable, W.WeightsError) as e:
+            model, card = W.load(name, device=device)
+            pipeline = Pipeline(model, card, device=device)
+        except (OptionError, ImportError, W.WeightsError) as e:
             failed += 1
             _err("demo", f"{name}: skipped: {e}")
             continue
         model_failed = failed
+        tile = {"tile": args.tile} if "tile" in pipeline.options_type.__dataclass_fields__ else {}
         for i, (photo_name, photo) in enumerate(photos):
             try:
-                if hasattr(task, "demo"):
-                    panels = task.demo(model, card, photo, args.seed + i, device=device, tile=args.tile)
-                else:
-                    panels = _default_demo(task, model, card, photo, args.seed + i, tile=args.tile, device=device)
+                panels = pipeline.demo(photo, args.seed + i, **tile)
                 folder = out / name
                 for label, image in panels:
-                    if label not in ("target",):
+                    if label != "target":
                         io.write_image(folder / f"{photo_name}-{label}.png", image.detach().cpu().clamp(0, 1))
                 io.write_image(folder / f"{photo_name}-grid.png", grid(panels))
+                first = first or folder / f"{photo_name}-grid.png"
             except Exception as e:  # noqa: BLE001 - one model's failure must not hide the others
                 failed += 1
                 _err("demo", f"{name} on {photo_name}: {type(e).__name__}: {e}")
@@ -471,6 +381,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"{name}: wrote {out / name}")
         else:
             print(f"{name}: {failed - model_failed} of {len(photos)} demo images failed (see above)")
+    if first is not None:
+        print(f"open {first} first: each *-grid.png shows input | restored | target side by side")
     return 1 if failed else 0
 
 
@@ -492,13 +404,12 @@ def _weights_in(argv: list[str]) -> str | None:
 
 
 def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, dict[str, str]]:
-    """The argument parser, plus task import errors keyed by subcommand.
+    """The argument parser, plus restorer import errors keyed by subcommand.
 
-    Only the task named in ``argv`` is imported (for its ``add_arguments``),
-    so one broken task never breaks the other subcommands or ``--help``.
+    Only the restorer of the subcommand named in ``argv`` is imported (for its
+    options' flags), so one broken task never breaks the other subcommands or ``--help``.
     """
     from restore import __version__
-    from restore.weights import WeightsError
 
     parser = argparse.ArgumentParser(
         prog="restore", description="GAN-augmented image restoration: denoise, colorize, inpaint."
@@ -512,21 +423,21 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
         p = sub.add_parser(name, help=f"{name} images (IN file or folder -> OUT)")
         p.add_argument("input", metavar="IN", help="image file or folder (walked recursively)")
         p.add_argument("output", metavar="OUT", help="output folder (mirrors IN), or a file when IN is a file")
-        p.add_argument("--weights", metavar="NAME|FILE", help="shipped weights name or .safetensors/.json path")
-        p.add_argument("--tile", type=int, default=512, help="tile side in pixels for large images (0 = whole image)")
+        p.add_argument("--weights", metavar="NAME|FILE", help=f"shipped weights name or .safetensors/.json path "
+                                                              f"(default: {DEFAULT_WEIGHTS[name]})")
         p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         p.add_argument("--batch-size", type=int, default=0, help="images of equal size per batch (default: 4 on cuda, 1 on cpu)")
         p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
         if name == "inpaint":
             p.add_argument("--masks", metavar="MASKDIR", required=True, help="masks matched by relative path and stem (nonzero = hole)")
         p.set_defaults(func=cmd_task)
+        options_type: type[Options] = Options
         if name == wanted:
             try:
-                task = _task_for(name, _weights_in(argv or []))
-                if hasattr(task, "add_arguments"):
-                    task.add_arguments(p.add_argument_group(f"{name} options"))
-            except (TaskUnavailable, WeightsError) as e:
+                options_type = _restorer_for(name, _weights_in(argv or [])).options_type
+            except (TaskUnavailable, W.WeightsError) as e:
                 task_errors[name] = str(e)
+        add_arguments(p.add_argument_group(f"{name} options"), options_type)
 
     p = sub.add_parser("corrupt", help="make degraded copies of images")
     p.add_argument("input", metavar="IN")
@@ -557,10 +468,6 @@ def main(argv: list[str] | None = None) -> int:
     temporary file is removed and the summary printed), 141 when standard
     output is closed early (restore.signals).
     """
-    from restore import signals
-    from restore.folder import UsageError
-    from restore.weights import WeightsError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, task_errors = build_parser(argv)
     try:
@@ -577,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except BrokenPipeError:
         return signals.reader_gone()
-    except (UsageError, WeightsError, TaskUnavailable) as e:
+    except (UsageError, OptionError, W.WeightsError, TaskUnavailable) as e:
         _err(args.command, e)
         return 2
     except KeyboardInterrupt as e:

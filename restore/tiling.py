@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ENSEMBLES", "self_ensemble", "tiled"]
+__all__ = ["ENSEMBLES", "aligned_size", "reflect_pad", "self_ensemble", "tiled", "tiled_on_grid"]
 
 
 # --------------------------------------------------------------------------- tiling
@@ -50,14 +50,26 @@ def _window(starts: list[int], index: int, length: int) -> torch.Tensor:
     return w
 
 
+def reflect_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Reflect-pad the H and W of NCHW ``x``, mirroring again for pads larger than the image
+    (a 5x5 image into a 256-stride network) and replicating along a side of one pixel."""
+    for dim, (before, after) in ((2, (top, bottom)), (3, (left, right))):
+        while before > 0 or after > 0:
+            size = x.shape[dim]
+            if size == 1:
+                pad = (0, 0, before, after) if dim == 2 else (before, after, 0, 0)
+                x = F.pad(x, pad, mode="replicate")
+                break
+            b, a = min(before, size - 1), min(after, size - 1)
+            x = F.pad(x, (0, 0, b, a) if dim == 2 else (b, a, 0, 0), mode="reflect")
+            before, after = before - b, after - a
+    return x
+
+
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad bottom/right to a multiple (reflect; replicate when the tile is too small to reflect)."""
+    """Pad bottom/right to a multiple of ``multiple``."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
+    return reflect_pad(x, 0, (-h) % multiple, 0, (-w) % multiple)
 
 
 def _run_tile(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -135,6 +147,48 @@ def tiled(
         # sum of weights = wy (outer) wx, because every row band meets every column band once.
         out.div_(wy[:, None]).div_(wx[None, :])
     return out[0] if single else out
+
+
+def aligned_size(size: int, tile: int, overlap: int, multiple: int) -> int:
+    """Smallest padded size >= ``size`` for which `tiled` puts every tile start on a multiple.
+
+    ``tiled`` spaces n tiles evenly: start_i = i * (size - tile) / (n - 1); that is a multiple of
+    ``multiple`` exactly when (size - tile) is divisible by (n - 1) * multiple. ``tile`` must itself
+    be a multiple. The extra padding is at most (n - 1) * multiple pixels (a few percent).
+    """
+    s = -(-size // multiple) * multiple
+    if s <= tile:
+        return s
+    while True:
+        n = math.ceil((s - overlap) / (tile - overlap))
+        if n <= 1 or (s - tile) % ((n - 1) * multiple) == 0:
+            return s
+        s += multiple
+
+
+def tiled_on_grid(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    tile: int,
+    overlap: int,
+    multiple: int = 1,
+) -> torch.Tensor:
+    """`tiled` with every tile on the whole image's stride grid: the one tiling policy of the pipeline.
+
+    A strided network (a UNet of stride ``multiple``) pads a whole image itself, centred. Here the
+    image gets the same top/left padding, so each tile sees the pixels at the phase the whole-image
+    pass would, plus bottom/right padding up to a size where every tile start is a multiple of the
+    stride. Tiled and whole-image outputs then differ only where a tile border cuts the receptive
+    field (blended away by the overlap ramps) and at the bottom/right image border. The overlap is
+    at most half a tile.
+    """
+    h, w = image.shape[-2:]
+    t = max(multiple, tile // multiple * multiple)
+    ov = min(overlap, t // 2)
+    top, left = ((-h) % multiple) // 2, ((-w) % multiple) // 2
+    hp, wp = aligned_size(h + top, t, ov, multiple), aligned_size(w + left, t, ov, multiple)
+    padded = reflect_pad(image, top, hp - h - top, left, wp - w - left)
+    return tiled(fn, padded, tile=t, overlap=ov, multiple=multiple)[..., top : top + h, left : left + w]
 
 
 # --------------------------------------------------------------------------- self-ensemble

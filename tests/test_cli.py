@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import types
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -14,8 +16,10 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from restore import cli, models, tasks
+from restore import cli, models, pipeline
 from restore import weights as W
+from restore.options import Options, option
+from restore.pipeline import Restorer, Work
 from restore.tiling import tiled
 
 # --------------------------------------------------------------------------- fixtures: a mixed folder
@@ -190,30 +194,38 @@ class Scale(nn.Module):
 CALLS: list[dict] = []
 
 
-def _fake_task_module(name: str, default: str) -> types.ModuleType:
-    mod = types.ModuleType(name)
-    mod.DEFAULT_WEIGHTS = default
+@dataclass(frozen=True)
+class FakeOptions(Options):
+    task: ClassVar[str] = "fake"
 
-    def add_arguments(group) -> None:
-        group.add_argument("--strength", type=float, default=1.0)
-        group.add_argument("--side", action="store_true", help="also return a constant 'std' side map")
+    strength: float = option(1.0, "a task flag that reaches the restorer")
+    side: bool = option(False, "also return a constant 'std' side map", flag=True)
 
-    def restore_batch(model, batch, card, *, tile, device, options=None):
-        x = batch["input"]
-        CALLS.append({"shape": tuple(x.shape), "tile": tile, "mask": "mask" in batch,
-                      "strength": getattr(options, "strength", None)})
-        gray = x.shape[1] == 1
-        x3 = x.expand(-1, 3, -1, -1) if gray else x
-        fn = lambda t: model(t.to(device))  # noqa: E731
-        y = tiled(fn, x3, tile=tile, overlap=4) if tile else fn(x3)
-        if "mask" in batch:
-            y = torch.where(batch["mask"] > 0, torch.ones_like(y), x3)
-        y = y.mean(1, keepdim=True) if gray and name.endswith("denoise") else y
-        return (y, {"std": torch.full_like(y[:, :1], 0.5)}) if getattr(options, "side", False) else y
 
-    mod.add_arguments = add_arguments
-    mod.restore_batch = restore_batch
-    return mod
+def _fake_restorer(name: str) -> type[Restorer]:
+    class Fake(Restorer):
+        task = name
+        options_type = FakeOptions
+        commands = (name,)
+        needs_mask = name == "inpaint"
+        colour_output = name == "colorize"
+
+        def prepare(self, x, mask, opts):
+            CALLS.append({"shape": tuple(x.shape), "tile": opts.tile, "mask": mask is not None,
+                          "strength": opts.strength})
+            return Work(x.expand(-1, 3, -1, -1), {"mask": mask})
+
+        def network(self, work, opts):
+            fn = lambda t: self.model(t.to(self.device))  # noqa: E731
+            return tiled(fn, work.net_input, tile=opts.tile, overlap=4) if opts.tile else fn(work.net_input)
+
+        def finish(self, y, x, work, opts):
+            if work.state["mask"] is not None:
+                y = torch.where(work.state["mask"], torch.ones_like(y), x.expand_as(y))
+            y = y.mean(1, keepdim=True) if x.shape[1] == 1 and name != "colorize" else y
+            return (y, {"std": torch.full_like(y[:, :1], 0.5)}) if opts.side else y
+
+    return Fake
 
 
 @pytest.fixture()
@@ -224,8 +236,11 @@ def fake_tasks(monkeypatch, tmp_path):
     monkeypatch.setenv("RESTORE_WEIGHTS_DIR", str(wdir))
     for task in ("denoise", "inpaint", "colorize"):
         modname = f"fake_restore_task_{task}"
-        monkeypatch.setitem(sys.modules, modname, _fake_task_module(modname, f"fake-{task}"))
-        monkeypatch.setitem(tasks.TASKS, task, modname)
+        mod = types.ModuleType(modname)
+        mod.Fake = _fake_restorer(task)
+        monkeypatch.setitem(sys.modules, modname, mod)
+        monkeypatch.setitem(pipeline.RESTORERS, task, f"{modname}:Fake")
+        monkeypatch.setitem(cli.DEFAULT_WEIGHTS, task, f"fake-{task}")
     corruption = {"denoise": "gaussian:sigma=25", "inpaint": "mask:box", "colorize": "gray"}
     for task in ("denoise", "inpaint"):  # colorize ships nothing
         W.save(wdir / f"fake-{task}", Scale(), {"task": task, "corruption": corruption[task],
@@ -444,7 +459,7 @@ def test_task_errors_exit_2(fake_tasks, tmp_path, monkeypatch, capsys):
     assert cli.main(["denoise", str(inp), str(tmp_path / "o"), "--weights", "fake-inpaint", "--device", "cpu"]) == 2
     assert "for task 'inpaint', not 'denoise'" in capsys.readouterr().err
     # a task module that does not exist yet
-    monkeypatch.setitem(tasks.TASKS, "denoise", "restore.tasks.no_such_module_yet")
+    monkeypatch.setitem(pipeline.RESTORERS, "denoise", "restore.restorers.no_such_module_yet:Fake")
     assert cli.main(["denoise", str(inp), str(tmp_path / "o")]) == 2
     assert "task 'denoise' is not available" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -532,5 +547,5 @@ def test_missing_default_weights_say_how_to_get_them(tmp_path, capsys, monkeypat
     cv2.imwrite(str(inp / "a.png"), np.zeros((8, 8, 3), np.uint8))
     assert cli.main(["denoise", str(inp), str(tmp_path / "out"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "No default 'denoise-gaussian' weights ship yet" in err and "train/denoise.py" in err
+    assert "default 'denoise-gaussian' weights are not installed" in err and "train/denoise.py" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

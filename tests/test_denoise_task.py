@@ -21,8 +21,8 @@ from restore.data import write_idx
 from restore.engine.config import TrainConfig, apply_dict
 from restore.engine.trainer import Trainer
 from restore.models.unet import UNet
-from restore.tasks import denoise
-from restore.tasks.denoise import DenoiseConfigError, DenoiseTask, restore_batch
+from restore.pipeline import Pipeline
+from restore.tasks.denoise import DenoiseConfigError, DenoiseTask
 
 TINY_UNET = {"base_channels": 4, "depth": 2, "convs_per_level": 0}
 TINY_D = {"base_channels": 4, "n_layers": 2}
@@ -56,16 +56,16 @@ def _smooth_photo(h: int, w: int, seed: int) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-# --------------------------------------------------------------------------- restore_batch
+# --------------------------------------------------------------------------- the restore pipeline
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [(1, 1), (17, 5), (33, 70)])
-def test_restore_batch_keeps_size_and_channels(channels: int, size: tuple[int, int]) -> None:
+def test_pipeline_keeps_size_and_channels(channels: int, size: tuple[int, int]) -> None:
     model = _tiny_unet(3)
     x = torch.rand(2, channels, *size)
     with torch.no_grad():
-        out = restore_batch(model, {"input": x}, _card(model), tile=16, device="cpu")
+        out = Pipeline(model, _card(model), task="denoise").run(x, tile=16).image
     assert out.shape == x.shape
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     assert torch.isfinite(out).all()
@@ -75,7 +75,7 @@ def test_gray_input_through_colour_model_equals_repeated_rgb() -> None:
     model = _tiny_unet(3)
     gray = torch.rand(1, 1, 20, 24)  # a multiple of the UNet's stride: no padding on either path
     with torch.no_grad():
-        out_gray = restore_batch(model, {"input": gray}, _card(model), tile=0, device="cpu")
+        out_gray = Pipeline(model, _card(model), task="denoise").run(gray, tile=0).image
         expected = model(gray.expand(1, 3, 20, 24).clone()).mean(1, keepdim=True).clamp(0, 1)
     torch.testing.assert_close(out_gray, expected, atol=1e-6, rtol=0)
 
@@ -84,7 +84,7 @@ def test_gray_model_denoises_colour_channels_independently() -> None:
     model = _tiny_unet(1)
     x = torch.rand(1, 3, 20, 24)
     with torch.no_grad():
-        out = restore_batch(model, {"input": x}, _card(model), tile=0, device="cpu")
+        out = Pipeline(model, _card(model), task="denoise").run(x, tile=0).image
         per_channel = torch.cat([model(x[:, c : c + 1]).clamp(0, 1) for c in range(3)], dim=1)
     torch.testing.assert_close(out, per_channel, atol=1e-6, rtol=0)
 
@@ -94,8 +94,8 @@ def test_tiled_equals_untiled_on_a_small_model() -> None:
     photo = torch.from_numpy(_smooth_photo(75, 101, 3)).permute(2, 0, 1)[None].float() / 255
     noisy = (photo + 0.1 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     with torch.no_grad():
-        whole = restore_batch(model, {"input": noisy}, _card(model), tile=0, device="cpu")
-        tiles = restore_batch(model, {"input": noisy}, _card(model), tile=40, device="cpu")
+        whole = Pipeline(model, _card(model), task="denoise").run(noisy, tile=0).image
+        tiles = Pipeline(model, _card(model), task="denoise").run(noisy, tile=40).image
     diff = (whole - tiles).abs()
     assert float(diff.mean()) < 2e-3, float(diff.mean())
     # Tiles sit on the UNet's stride grid, so inside the image the outputs differ only where a tile
@@ -110,36 +110,33 @@ def test_tiled_equals_untiled_on_a_small_model() -> None:
 
 
 def test_self_ensemble_option_makes_the_restorer_equivariant() -> None:
-    """``--ensemble x8`` through restore_batch: a different estimate than one pass, and one that commutes
+    """``ensemble="x8"`` through the pipeline: a different estimate than one pass, and one that commutes
     with rotations and mirrors (16x24 is a multiple of the UNet's stride, so no padding breaks symmetry)."""
-    import argparse
-
     model = _tiny_unet(3)
     x = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(4))
-    x8 = argparse.Namespace(ensemble="x8")
+    x8 = {"ensemble": "x8"}
     with torch.no_grad():
-        one = restore_batch(model, {"input": x}, _card(model), tile=0, device="cpu")
-        avg = restore_batch(model, {"input": x}, _card(model), tile=0, device="cpu", options=x8)
-        rot = restore_batch(model, {"input": torch.rot90(x, 1, dims=(-2, -1))}, _card(model), tile=0,
-                            device="cpu", options=x8)
-        tiles = restore_batch(model, {"input": x}, _card(model), tile=8, device="cpu", options=x8)
+        one = Pipeline(model, _card(model), task="denoise").run(x, tile=0).image
+        avg = Pipeline(model, _card(model), task="denoise").run(x, tile=0, **x8).image
+        rot = Pipeline(model, _card(model), task="denoise").run(torch.rot90(x, 1, dims=(-2, -1)), tile=0, **x8).image
+        tiles = Pipeline(model, _card(model), task="denoise").run(x, tile=8, **x8).image
     assert avg.shape == x.shape and float((avg - one).abs().max()) > 1e-4
     torch.testing.assert_close(rot, torch.rot90(avg, 1, dims=(-2, -1)), atol=1e-5, rtol=0)
     assert float((tiles - avg).abs().mean()) < 5e-3  # tiled like the plain model (see the tiling test)
     with pytest.raises(ValueError, match="--ensemble"):
-        restore_batch(model, {"input": x}, _card(model), tile=0, device="cpu", options=argparse.Namespace(ensemble="x4"))
+        Pipeline(model, _card(model), task="denoise").run(x, tile=0, ensemble="x4").image
     # a model that learnt one pose (Fashion-MNIST) gets a warning: its mirrored/rotated estimates are worse
     fashion = {**_card(model), "dataset": "fashion-mnist", "name": "fm"}
     with pytest.warns(UserWarning, match="share one pose"):
-        restore_batch(model, {"input": x}, fashion, tile=0, device="cpu", options=x8)
+        Pipeline(model, fashion, task="denoise").run(x, tile=0, **x8).image
 
 
-def test_restore_batch_rejects_bad_input() -> None:
+def test_pipeline_rejects_bad_input() -> None:
     model = _tiny_unet(3)
-    with pytest.raises(ValueError, match="1 or 3 channels"):
-        restore_batch(model, {"input": torch.rand(1, 2, 8, 8)}, _card(model), tile=0, device="cpu")
+    with pytest.raises(ValueError, match=r"1 \(gray\) or 3 \(RGB\) channels"):
+        Pipeline(model, _card(model), task="denoise").run(torch.rand(1, 2, 8, 8), tile=0).image
     with pytest.raises(ValueError, match="NCHW"):
-        restore_batch(model, {"input": torch.rand(3, 8, 8)}, _card(model), tile=0, device="cpu")
+        Pipeline(model, _card(model), task="denoise").run(torch.rand(3, 8, 8), tile=0).image
 
 
 # --------------------------------------------------------------------------- the `restore denoise` command
@@ -180,7 +177,7 @@ def test_cli_denoise_gray_and_rgba_files(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_default_weights_name() -> None:
-    assert denoise.DEFAULT_WEIGHTS == "denoise-gaussian"
+    assert cli.DEFAULT_WEIGHTS["denoise"] == "denoise-gaussian"
 
 
 # --------------------------------------------------------------------------- task options
@@ -415,7 +412,7 @@ def test_fashion_mnist_mode(tmp_path: Path) -> None:
 def test_demo_panels_for_a_fashion_card() -> None:
     model = _tiny_unet(1)
     card = {**_card(model), "dataset": "fashion-mnist", "corruption": "gaussian:sigma=114.75"}
-    panels = denoise.demo(model, card, torch.rand(1, 3, 40, 52), seed=3, device="cpu")
+    panels = Pipeline(model, card).demo(torch.rand(1, 3, 40, 52), seed=3)
     assert [name for name, _ in panels] == ["input", "restored", "target"]
     shapes = {tuple(t.shape) for _, t in panels}
     assert len(shapes) == 1
@@ -433,8 +430,8 @@ def test_demo_honours_the_tile_flag() -> None:
     """``restore demo --tile N`` reaches the task's demo: a photo card restores the photo in N-pixel tiles."""
     model = _tiny_unet(3)
     photo = torch.rand(1, 3, 40, 52, generator=torch.Generator().manual_seed(9))
-    whole = dict(denoise.demo(model, _card(model), photo, seed=3, device="cpu"))["restored"]
-    tiles = dict(denoise.demo(model, _card(model), photo, seed=3, device="cpu", tile=16))["restored"]
+    whole = dict(Pipeline(model, _card(model)).demo(photo, seed=3))["restored"]
+    tiles = dict(Pipeline(model, _card(model)).demo(photo, seed=3, tile=16))["restored"]
     assert tiles.shape == whole.shape and not torch.equal(tiles, whole)
     assert float((tiles - whole).abs().mean()) < 0.02
 

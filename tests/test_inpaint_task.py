@@ -20,7 +20,8 @@ from restore import io
 from restore.corrupt import RandomStreams
 from restore.engine.task import StepContext
 from restore.models.inpaint import InpaintGenerator
-from restore.tasks import inpaint as T
+from restore.pipeline import Pipeline
+from restore.restorers import inpaint as inpaint_restorer
 from restore.tasks.inpaint import InpaintConfigError, InpaintInputError, InpaintTask
 
 torch.set_num_threads(1)
@@ -167,12 +168,12 @@ def _mask(n: int, h: int, w: int, seed: int = 0, coverage=(0.2, 0.4)) -> torch.T
 
 
 @pytest.mark.parametrize("work", [0, 16])
-def test_restore_batch_keeps_known_pixels_exactly(work):
+def test_pipeline_keeps_known_pixels_exactly(work):
     model = tiny_model()
     x = torch.rand(2, 3, 37, 29).mul(255).round().div(255)
     mask = _mask(2, 37, 29)
-    opts = type("O", (), {"work_size": work})()
-    out = T.restore_batch(model, {"input": x, "mask": mask}, {"work_size": 96}, tile=0, options=opts)
+    opts = {"work_size": work}
+    out = Pipeline(model, {"work_size": 96}, task="inpaint").run(x, mask, tile=0, **opts).image
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
     known = ~mask.bool().expand_as(x)
     assert torch.equal(out[known], x[known])
@@ -180,20 +181,20 @@ def test_restore_batch_keeps_known_pixels_exactly(work):
     assert out.min() >= 0 and out.max() <= 1
 
 
-def test_restore_batch_pushpull_model_adds_its_correction_to_the_full_resolution_fill():
+def test_pipeline_pushpull_model_adds_its_correction_to_the_full_resolution_fill():
     from restore.models.fill import push_pull_fill
 
     torch.manual_seed(0)
     model = InpaintGenerator(base_channels=8, dilations=(2,), prefill="pushpull").eval()
     x = torch.rand(1, 3, 61, 83)
     mask = _mask(1, 61, 83, seed=4)
-    opts = type("O", (), {"work_size": 24})()
+    opts = {"work_size": 24}
     # untrained: no correction, so the result is the full-resolution pull-push fill, not an upscaled one
-    out = T.restore_batch(model, {"input": x, "mask": mask}, {}, tile=0, options=opts)
+    out = Pipeline(model, {}, task="inpaint").run(x, mask, tile=0, **opts).image
     torch.testing.assert_close(out, push_pull_fill(x, mask.bool()).clamp(0, 1))
     with torch.no_grad():  # a trained model's correction shows up inside the holes only
         model.refine.out.bias.fill_(0.05)
-    moved = T.restore_batch(model, {"input": x, "mask": mask}, {}, tile=0, options=opts)
+    moved = Pipeline(model, {}, task="inpaint").run(x, mask, tile=0, **opts).image
     known = ~mask.bool().expand_as(x)
     assert torch.equal(moved[known], x[known])
     assert (moved - out)[~known].mean() > 0.02
@@ -222,7 +223,7 @@ def test_pull_push_in_row_bands_equals_the_one_pass_fill():
 
 @pytest.mark.parametrize("prefill", ["pushpull", "constant"])
 @pytest.mark.parametrize("image_channels, model_channels", [(3, 3), (1, 3), (3, 1)])
-def test_restore_batch_in_row_bands_equals_one_pass(monkeypatch, prefill, image_channels, model_channels):
+def test_pipeline_in_row_bands_equals_one_pass(monkeypatch, prefill, image_channels, model_channels):
     """Upscaled fill, pull-push fill and composite run in row bands: tiny bands give the one-pass result."""
     torch.manual_seed(3)
     model = InpaintGenerator(in_channels=model_channels + 1, base_channels=8, dilations=(2,), prefill=prefill).eval()
@@ -231,36 +232,36 @@ def test_restore_batch_in_row_bands_equals_one_pass(monkeypatch, prefill, image_
     x = torch.rand(2, image_channels, 61, 83)
     mask = _mask(2, 61, 83, seed=8)
     for work in (24, 0):  # at a working resolution, and at full resolution
-        opts = type("O", (), {"work_size": work})()
-        monkeypatch.setattr(T, "BAND_ROWS", 1000)
-        whole = T.restore_batch(model, {"input": x, "mask": mask}, {}, tile=0, options=opts)
-        monkeypatch.setattr(T, "BAND_ROWS", 6)
-        banded = T.restore_batch(model, {"input": x, "mask": mask}, {}, tile=0, options=opts)
+        opts = {"work_size": work}
+        monkeypatch.setattr(inpaint_restorer, "BAND_ROWS", 1000)
+        whole = Pipeline(model, {}, task="inpaint").run(x, mask, tile=0, **opts).image
+        monkeypatch.setattr(inpaint_restorer, "BAND_ROWS", 6)
+        banded = Pipeline(model, {}, task="inpaint").run(x, mask, tile=0, **opts).image
         assert torch.equal(banded, whole)
         known = ~mask.bool().expand_as(x)
         assert torch.equal(banded[known], x[known]) and not torch.equal(banded[~known], x[~known])
 
 
-def test_restore_batch_gray_tiles_empty_and_full_masks():
+def test_pipeline_gray_tiles_empty_and_full_masks():
     model = tiny_model()
     gray = torch.rand(1, 1, 40, 52)
     mask = _mask(1, 40, 52, seed=2)
-    out = T.restore_batch(model, {"input": gray, "mask": mask}, {"work_size": 0}, tile=24)
+    out = Pipeline(model, {"work_size": 0}, task="inpaint").run(gray, mask, tile=24).image
     assert out.shape == (1, 1, 40, 52)
     assert torch.equal(out[~mask.bool()], gray[~mask.bool()])
     # empty mask: a copy of the input
     empty = torch.zeros(1, 1, 40, 52)
-    assert torch.equal(T.restore_batch(model, {"input": gray, "mask": empty}, {}, tile=0), gray)
+    assert torch.equal(Pipeline(model, {}, task="inpaint").run(gray, empty, tile=0).image, gray)
     with pytest.raises(InpaintInputError, match="covers the whole image"):
-        T.restore_batch(model, {"input": gray, "mask": torch.ones(1, 1, 40, 52)}, {}, tile=0)
-    with pytest.raises(InpaintInputError, match="must match"):
-        T.restore_batch(model, {"input": gray, "mask": torch.zeros(1, 1, 40, 50)}, {}, tile=0)
-    with pytest.raises(InpaintInputError, match="--masks"):
-        T.restore_batch(model, {"input": gray}, {}, tile=0)
+        Pipeline(model, {}, task="inpaint").run(gray, torch.ones(1, 1, 40, 52), tile=0).image
+    with pytest.raises(ValueError, match="must match"):
+        Pipeline(model, {}, task="inpaint").run(gray, torch.zeros(1, 1, 40, 50), tile=0).image
+    with pytest.raises(ValueError, match="mask is needed"):
+        Pipeline(model, {}, task="inpaint").run(gray, tile=0).image
     # --ensemble x8: image and hole rotate together; known pixels stay the input's, bit for bit
-    x8 = type("O", (), {"work_size": 0, "ensemble": "x8"})()
+    x8 = {"work_size": 0, "ensemble": "x8"}
     for tile in (0, 24):
-        ens = T.restore_batch(model, {"input": gray, "mask": mask}, {}, tile=tile, options=x8)
+        ens = Pipeline(model, {}, task="inpaint").run(gray, mask, tile=tile, **x8).image
         assert torch.equal(ens[~mask.bool()], gray[~mask.bool()])
         assert not torch.allclose(ens, out, atol=1e-4)
 
@@ -268,8 +269,8 @@ def test_restore_batch_gray_tiles_empty_and_full_masks():
 def test_demo_panels_on_seeded_mask():
     model = tiny_model()
     photo = torch.rand(1, 3, 33, 47)
-    a = T.demo(model, {"work_size": 32}, photo, seed=5, device="cpu")
-    b = T.demo(model, {"work_size": 32}, photo, seed=5, device="cpu")
+    a = Pipeline(model, {"work_size": 32}, task="inpaint").demo(photo, seed=5)
+    b = Pipeline(model, {"work_size": 32}, task="inpaint").demo(photo, seed=5)
     assert [k for k, _ in a] == ["masked", "inpainted", "target"]
     assert torch.equal(a[1][1], b[1][1])  # seeded: same mask, same result
     hole = a[0][1] != photo

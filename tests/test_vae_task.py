@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from pathlib import Path
@@ -17,6 +16,8 @@ from restore.data import write_idx
 from restore.engine.config import ConfigError, TrainConfig
 from restore.engine.task import StepContext
 from restore.engine.trainer import Trainer
+from restore.pipeline import Pipeline
+from restore.restorers.vae import infer_labels
 from restore.tasks import vae as V
 
 TINY = {"latent_dim": 2, "channels": [4, 8], "hidden": 16}
@@ -272,44 +273,43 @@ def _model(conditional: bool = False) -> tuple[torch.nn.Module, dict]:
     return G, card
 
 
-def _opts(**kw) -> argparse.Namespace:
-    base = dict(samples=0, uncertainty=False, label=None, seed=0)
-    base.update(kw)
-    return argparse.Namespace(**base)
+def _opts(**kw) -> dict:
+    return {"samples": 0, "uncertainty": False, "label": None, "seed": 0, **kw}
 
 
-def test_restore_batch_samples_and_uncertainty() -> None:
+def test_pipeline_samples_and_uncertainty() -> None:
     G, card = _model()
     x = torch.rand(3, 1, 28, 28)
-    det = V.restore_batch(G, {"input": x}, card, tile=0, device="cpu", options=None)
+    det = Pipeline(G, card, task="vae").run(x, tile=0).image
     assert det.shape == (3, 1, 28, 28)
-    assert torch.equal(det, V.restore_batch(G, {"input": x}, card, tile=0, device="cpu", options=_opts()))
-    avg = V.restore_batch(G, {"input": x}, card, tile=0, device="cpu", options=_opts(samples=5))
+    assert torch.equal(det, Pipeline(G, card, task="vae").run(x, tile=0, **_opts()).image)
+    avg = Pipeline(G, card, task="vae").run(x, tile=0, **_opts(samples=5)).image
     assert avg.shape == (3, 1, 28, 28) and not torch.equal(avg, det)
-    again = V.restore_batch(G, {"input": x}, card, tile=0, device="cpu", options=_opts(samples=5))
+    again = Pipeline(G, card, task="vae").run(x, tile=0, **_opts(samples=5)).image
     assert torch.equal(avg, again)  # seeded
-    mean, extras = V.restore_batch(G, {"input": x}, card, tile=0, device="cpu", options=_opts(uncertainty=True))
+    restored = Pipeline(G, card, task="vae").run(x, tile=0, **_opts(uncertainty=True))
+    mean, extras = restored.image, restored.extras
     assert mean.shape == (3, 1, 28, 28) and extras["std"].shape == (3, 1, 28, 28)
     assert float(extras["std"].min()) >= 0 and float(extras["std"].max()) > 0
     rgb = x.expand(-1, 3, -1, -1)
-    assert torch.allclose(V.restore_batch(G, {"input": rgb}, card, device="cpu"), det, atol=1e-5)
+    assert torch.allclose(Pipeline(G, card, task="vae").run(rgb).image, det, atol=1e-5)
     with pytest.raises(V.VAEInputError, match="28x28"):
-        V.restore_batch(G, {"input": torch.rand(1, 1, 32, 28)}, card, device="cpu")
-    with pytest.raises(V.VAEInputError, match="samples >= 2"):
-        V.restore_batch(G, {"input": x}, card, device="cpu", options=_opts(samples=1, uncertainty=True))
+        Pipeline(G, card, task="vae").run(torch.rand(1, 1, 32, 28)).image
+    with pytest.raises(ValueError, match="samples >= 2"):
+        Pipeline(G, card, task="vae").run(x, **_opts(samples=1, uncertainty=True)).image
 
 
-def test_restore_batch_conditional_labels() -> None:
+def test_pipeline_conditional_labels() -> None:
     G, card = _model(conditional=True)
     x = torch.rand(2, 1, 28, 28)
-    by_name = V.restore_batch(G, {"input": x}, card, device="cpu", options=_opts(label="Bar"))
-    by_index = V.restore_batch(G, {"input": x}, card, device="cpu", options=_opts(label="1"))
+    by_name = Pipeline(G, card, task="vae").run(x, **_opts(label="Bar")).image
+    by_index = Pipeline(G, card, task="vae").run(x, **_opts(label="1")).image
     assert torch.equal(by_name, by_index)
-    inferred = V.infer_labels(G, x)
-    auto = V.restore_batch(G, {"input": x}, card, device="cpu", options=_opts())
+    inferred = infer_labels(G, x)
+    auto = Pipeline(G, card, task="vae").run(x, **_opts()).image
     assert torch.allclose(auto, G(x, inferred, sample=False)["recon"])
     with pytest.raises(V.VAEInputError, match="not a class"):
-        V.restore_batch(G, {"input": x}, card, device="cpu", options=_opts(label="shoe"))
+        Pipeline(G, card, task="vae").run(x, **_opts(label="shoe")).image
 
 
 def test_demo_panels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -317,11 +317,11 @@ def test_demo_panels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv(IDX_ROOT_ENV, str(tmp_path / "no-idx-here"))
     G, card = _model(conditional=True)
-    panels = V.demo(G, card, torch.rand(1, 3, 40, 40), 0, device="cpu")
+    panels = Pipeline(G, card, task="vae").demo(torch.rand(1, 3, 40, 40), 0)
     assert [p[0] for p in panels] == ["square", "bar"] and panels[0][1].shape[-1] == 112
     G, card = _model()
     card["data"] = "/nonexistent"
-    panels = V.demo(G, card, torch.rand(1, 3, 40, 40), 0, device="cpu")
+    panels = Pipeline(G, card, task="vae").demo(torch.rand(1, 3, 40, 40), 0)
     assert [p[0] for p in panels] == ["input-photo", "restored", "std", "target"]
     assert all(p[1].dim() == 4 and p[1].shape[-1] == 112 for p in panels)
 
@@ -354,7 +354,7 @@ def test_cli_denoise_dispatches_on_card_task(tmp_path: Path) -> None:
     out2 = tmp_path / "out2"
     assert cli.main(["denoise", str(inp / "img0.png"), str(out2 / "a.png"), "--weights", stem, "--device", "cpu"]) == 0
     det = io.read_image(out2 / "a.png").image
-    expected = V.restore_batch(G, {"input": io.read_image(inp / "img0.png").image[None]}, card, device="cpu")[0]
+    expected = Pipeline(G, card, task="vae").run(io.read_image(inp / "img0.png").image[None]).image[0]
     assert torch.allclose(det, expected, atol=1 / 255 + 1e-6)
     assert not (out2 / "a.std.png").exists()
 

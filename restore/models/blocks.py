@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from restore.tiling import reflect_pad
+
 __all__ = [
     "ModelConfigError",
     "ModelInputError",
@@ -404,26 +406,10 @@ def pad_to_multiple(
     elif mode == "replicate":
         y = F.pad(y, (pads[2], pads[3], pads[0], pads[1]), mode="replicate")
     else:
-        y = _reflect_pad_dim(y, pads[0], pads[1], dim=2)
-        y = _reflect_pad_dim(y, pads[2], pads[3], dim=3)
+        y = reflect_pad(y, *pads)
     if x.dim() != 4:
         y = y.reshape(*shape[:-2], y.shape[-2], y.shape[-1])
     return y, pads
-
-
-def _reflect_pad_dim(y: Tensor, before: int, after: int, dim: int) -> Tensor:
-    """Reflect-pad one spatial dim of a 4D tensor, repeating when the pad is large."""
-    while before > 0 or after > 0:
-        size = y.shape[dim]
-        if size == 1:
-            pad = (0, 0, before, after) if dim == 2 else (before, after, 0, 0)
-            return F.pad(y, pad, mode="replicate")
-        b, a = min(before, size - 1), min(after, size - 1)
-        pad = (0, 0, b, a) if dim == 2 else (b, a, 0, 0)
-        y = F.pad(y, pad, mode="reflect")
-        before -= b
-        after -= a
-    return y
 
 
 def crop_padding(x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:

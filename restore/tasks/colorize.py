@@ -15,7 +15,6 @@ equals the input's (no detail of the original is lost or shifted).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from pathlib import Path
@@ -24,21 +23,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
 from restore.tasks.common import (
-    add_ensemble_argument,
     discriminator_terms,
-    ensemble_mode,
     is_int,
-    is_number,
     list_photos,
     merge_model_options,
-    option,
 )
 
 log = logging.getLogger("restore.tasks.colorize")
@@ -47,7 +41,6 @@ __all__ = [
     "AB_SCALE",
     "L_CENTER",
     "L_SCALE",
-    "DEFAULT_WEIGHTS",
     "ColorizeError",
     "ColorizeConfigError",
     "ColorizeTask",
@@ -62,14 +55,8 @@ __all__ = [
     "model_to_rgb",
     "lightness",
     "lab_to_rgb_keep_l",
-    "working_size",
-    "predict_ab",
-    "restore_batch",
-    "add_arguments",
 ]
 
-#: shipped weights used by ``restore colorize`` without ``--weights``
-DEFAULT_WEIGHTS = "colorize"
 
 #: L in [0, 100] is centred at 50 and scaled by 50 -> [-1, 1]; a/b are scaled by 110 (richzhang BaseColor)
 L_CENTER = 50.0
@@ -97,20 +84,21 @@ def _check_rgb(x: Tensor, name: str) -> None:
         raise ColorizeError(f"{name}: expected a (..., 3, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
 
 
-def rgb_to_lab(rgb: Tensor) -> Tensor:
-    """sRGB in [0, 1] -> CIELAB (D65): L in [0, 100], a/b roughly [-110, 110]. Computed in float32."""
+def rgb_to_lab(rgb: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """sRGB in [0, 1] -> CIELAB (D65): L in [0, 100], a/b roughly [-110, 110]. Computed in ``dtype``:
+    float32 for the model; float64 for scoring (``eval/``), where it equals scikit-image's rgb2lab to 1e-12."""
     import kornia.color
 
     _check_rgb(rgb, "rgb_to_lab")
-    return kornia.color.rgb_to_lab(rgb.float().clamp(0.0, 1.0))
+    return kornia.color.rgb_to_lab(rgb.to(dtype).clamp(0.0, 1.0))
 
 
-def lab_to_rgb(lab: Tensor, clip: bool = True) -> Tensor:
-    """CIELAB (D65) -> sRGB; ``clip=False`` keeps out-of-gamut values (used to detect them)."""
+def lab_to_rgb(lab: Tensor, clip: bool = True, dtype: torch.dtype = torch.float32) -> Tensor:
+    """CIELAB (D65) -> sRGB in ``dtype``; ``clip=False`` keeps out-of-gamut values (used to detect them)."""
     import kornia.color
 
     _check_rgb(lab, "lab_to_rgb")
-    return kornia.color.lab_to_rgb(lab.float(), clip=clip)
+    return kornia.color.lab_to_rgb(lab.to(dtype), clip=clip)
 
 
 def normalize_l(L: Tensor) -> Tensor:
@@ -413,6 +401,10 @@ GENERATOR_DEFAULTS: dict[str, Any] = {
     "fuse_input": False,
     "init": "normal",
 }
+#: `restore.models.colorizer.SqueezeColorizer` (task.arch "squeeze-colorizer"): frozen ImageNet encoder, trainable decoder
+SQUEEZE_GENERATOR_DEFAULTS: dict[str, Any] = {"widths": [96, 64, 48, 32], "global_fusion": True}
+#: generator architectures of task.arch
+GENERATOR_ARCHS = ("unet", "squeeze-colorizer")
 #: pix2pix 70x70 PatchGAN judging the (L, ab) pair
 DISCRIMINATOR_DEFAULTS: dict[str, Any] = {"base_channels": 64, "n_layers": 3, "norm": "batch", "init": "normal"}
 
@@ -445,7 +437,9 @@ class ColorizeTask(Task):
                 "lambda_adv": 1.0,
                 "gan_mode": "vanilla",     # vanilla | lsgan | hinge
                 "label_smoothing": 0.9,    # D's real target (None/null = off, or [low, high])
-                "generator": {},           # UNet overrides of GENERATOR_DEFAULTS
+                "arch": "unet",            # generator: unet (from scratch) | squeeze-colorizer (frozen ImageNet encoder)
+                "lambda_perceptual": 0.0,  # SqueezeNet perceptual loss on the colorized RGB (restore.losses)
+                "generator": {},           # overrides of GENERATOR_DEFAULTS (unet) / SQUEEZE_GENERATOR_DEFAULTS
                 "discriminator": {},       # PatchGAN overrides of DISCRIMINATOR_DEFAULTS
             },
             "batch_size": 1,
@@ -474,13 +468,23 @@ class ColorizeTask(Task):
                 raise ColorizeConfigError(f"task.{key}: must be an integer >= 8, got {v!r}")
         if opts["max_work_side"] < opts["work_size"]:
             raise ColorizeConfigError(f"task.max_work_side: {opts['max_work_side']} is below work_size {opts['work_size']}")
-        for key in ("lambda_l1", "lambda_adv"):
+        if opts["arch"] not in GENERATOR_ARCHS:
+            raise ColorizeConfigError(f"task.arch: must be one of {', '.join(GENERATOR_ARCHS)}, got {opts['arch']!r}")
+        for key in ("lambda_l1", "lambda_adv", "lambda_perceptual"):
             if not isinstance(opts[key], (int, float)) or isinstance(opts[key], bool) or opts[key] < 0:
                 raise ColorizeConfigError(f"task.{key}: must be a number >= 0, got {opts[key]!r}")
-        opts["generator"] = merge_model_options(
-            GENERATOR_DEFAULTS, opts["generator"], name="generator", error=ColorizeConfigError, cls=UNet,
-            fixed=("in_channels", "out_channels", "residual", "out_activation"),
-        )
+        if opts["arch"] == "squeeze-colorizer":
+            from restore.models.colorizer import SqueezeColorizer
+
+            opts["generator"] = merge_model_options(
+                SQUEEZE_GENERATOR_DEFAULTS, opts["generator"], name="generator", error=ColorizeConfigError,
+                cls=SqueezeColorizer,
+            )
+        else:
+            opts["generator"] = merge_model_options(
+                GENERATOR_DEFAULTS, opts["generator"], name="generator", error=ColorizeConfigError, cls=UNet,
+                fixed=("in_channels", "out_channels", "residual", "out_activation"),
+            )
         opts["discriminator"] = merge_model_options(
             DISCRIMINATOR_DEFAULTS, opts["discriminator"], name="discriminator", error=ColorizeConfigError,
             cls=PatchGAN, fixed=("in_channels",),
@@ -492,13 +496,28 @@ class ColorizeTask(Task):
             self.adv = AdversarialLoss(opts["gan_mode"], smoothing=sm)
         except ValueError as e:
             raise ColorizeConfigError(f"task.gan_mode / task.label_smoothing: {e}") from None
+        self.perceptual: nn.Module | None = None
+        if opts["lambda_perceptual"] > 0:
+            from restore.losses import PerceptualLoss
+
+            self.perceptual = PerceptualLoss(backbone="squeezenet")
+            self.loss_names_G = (*type(self).loss_names_G, "perceptual")
+
+    def objective(self, which: str) -> tuple[str, ...]:  # type: ignore[override]
+        """All declared terms; per instance, because the perceptual term is declared only when it is on."""
+        return tuple(self.loss_names_G if which == "G" else self.loss_names_D)
 
     # ---- construction -------------------------------------------------------------
     def build_models(self) -> dict[str, nn.Module]:
         from restore.models.patchgan import PatchGAN
         from restore.models.unet import UNet
 
-        G = UNet(in_channels=1, out_channels=2, residual=False, out_activation="tanh", **self.options["generator"])
+        if self.options["arch"] == "squeeze-colorizer":
+            from restore.models.colorizer import SqueezeColorizer
+
+            G: nn.Module = SqueezeColorizer(**self.options["generator"]).load_backbone()
+        else:
+            G = UNet(in_channels=1, out_channels=2, residual=False, out_activation="tanh", **self.options["generator"])
         D = PatchGAN(in_channels=3, **self.options["discriminator"])
         return {"G": G, "D": D}
 
@@ -546,7 +565,12 @@ class ColorizeTask(Task):
             adv = self.adv(D(ctx.d_noise(self.pair(batch["L"], ab))), True, False, ctx.generator)
         else:
             adv = ab.sum() * 0.0
-        return {"adv": self.options["lambda_adv"] * adv, "l1": self.options["lambda_l1"] * l1}
+        terms = {"adv": self.options["lambda_adv"] * adv, "l1": self.options["lambda_l1"] * l1}
+        if self.perceptual is not None:
+            # what ImageNet features see of the colours: the RGB of the input's L with the predicted a/b
+            rgb = model_to_rgb(batch["L"].float(), ab.float())
+            terms["perceptual"] = self.options["lambda_perceptual"] * self.perceptual(rgb, batch["target"].float())
+        return terms
 
     # ---- monitoring ---------------------------------------------------------------
     def visuals(self, batch: dict[str, Any], out: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -577,112 +601,3 @@ class ColorizeTask(Task):
             "options": {k: v for k, v in o.items() if k not in ("generator", "discriminator")},
             "discriminator": {"arch": "patchgan", "config": {"in_channels": 3, **o["discriminator"]}},
         }
-
-
-# ============================================================================ restoring
-def working_size(height: int, width: int, work_size: int, max_side: int) -> tuple[int, int]:
-    """(h, w) with the shorter side ``work_size`` and the longer at most ``max_side``, aspect kept."""
-    if height < 1 or width < 1:
-        raise ColorizeError(f"empty image of size {height}x{width}")
-    scale = work_size / min(height, width)
-    scale = min(scale, max_side / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _card_scales(card: dict[str, Any]) -> tuple[float, float, float]:
-    color = card.get("color") or {}
-    values = (color.get("l_center", L_CENTER), color.get("l_scale", L_SCALE), color.get("ab_scale", AB_SCALE))
-    if not all(is_number(v) for v in values) or values[1] <= 0:
-        raise ColorizeError(f"model card {card.get('name')!r}: bad colour scaling {color!r}")
-    return float(values[0]), float(values[1]), float(values[2])
-
-
-@torch.no_grad()
-def predict_ab(model: nn.Module, L: Tensor, card: dict[str, Any], *, tile: int = 0,
-               work_size: int | None = None, ensemble: str = "none") -> Tensor:
-    """a/b (N2HW, CIELAB units) for L (N1HW, 0-100) at L's size, predicted at the working resolution.
-
-    ``ensemble`` (`restore.tiling.ENSEMBLES`) averages the a/b predicted for mirrored/rotated copies.
-    """
-    from restore.tiling import self_ensemble, tiled
-
-    l_center, l_scale, ab_scale = _card_scales(card)
-    n, _, height, width = L.shape
-    ws = int(work_size or card.get("work_size") or 256)
-    max_side = max(ws, int(card.get("max_work_side") or 4 * ws))
-    h, w = working_size(height, width, ws, max_side)
-    device = next(model.parameters()).device
-    small = L.to(device, torch.float32)
-    if (h, w) != (height, width):
-        small = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=h < height)
-    x = (small - l_center) / l_scale
-    multiple = int(getattr(model, "multiple", 1))
-
-    def run(t: Tensor) -> Tensor:
-        return self_ensemble(model, t, ensemble)
-
-    if tile and max(h, w) > tile:
-        ab = tiled(run, x, tile=max(tile, multiple), overlap=min(32, tile // 4), multiple=multiple)
-    else:
-        ab = run(x)
-    ab = ab.float().to(L.device) * ab_scale
-    if (h, w) != (height, width):
-        ab = F.interpolate(ab, size=(height, width), mode="bilinear", align_corners=False, antialias=h > height)
-    return ab
-
-
-@torch.no_grad()
-def restore_batch(model: nn.Module, batch: dict[str, Tensor], card: dict[str, Any], *, tile: int = 0,
-                  device: torch.device | str | None = None, options: argparse.Namespace | None = None) -> Tensor:
-    """Colorize ``batch["input"]`` (N x 1/3 x H x W in [0, 1]); returns N x 3 x H x W RGB of the same size.
-
-    A colour input is colorized from its own L (its colours are discarded). The
-    output's CIELAB L equals the input's (gamut mapping at constant L and hue).
-    """
-    x = batch.get("input")
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] not in (1, 2, 3, 4):
-        raise ColorizeError(
-            f"restore_batch: batch['input'] must be N x 1/3 x H x W (gray or RGB, alpha allowed), "
-            f"got {getattr(x, 'shape', type(x).__name__)}"
-        )
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
-    work_size = option(options, "work_size")
-    saturation = float(option(options, "saturation", 1.0))
-    # Memory: one full-size float32 N3HW buffer holds L, then L and a/b, then (converted in place,
-    # band by band) the RGB result; only the upsampled a/b exists once more, briefly. Converting
-    # whole images held several full-size copies (`restore colorize` on a 6000x4000 photo: 4.6 GB
-    # peak, now 2.3 GB; eval/speed.py --sections huge).
-    n, _, h, w = x.shape
-    lab = torch.empty(n, 3, h, w, dtype=torch.float32, device=device)
-    for r0, r1 in _bands(h, w):  # moved to the device band by band too
-        lab[:, :1, r0:r1] = lightness(x[:, :, r0:r1].to(device, torch.float32))
-    ab = predict_ab(model, lab[:, :1], card, tile=tile, work_size=work_size, ensemble=ensemble_mode(options, card))
-    torch.mul(ab, saturation, out=lab[:, 1:])
-    del ab
-    _keep_l_into(lab, lab[:, :1], lab[:, 1:], KEEP_L_ITERATIONS, KEEP_L_TOL)
-    return lab
-
-
-def add_arguments(parser: argparse._ActionsContainer) -> None:
-    """``restore colorize`` flags."""
-
-    def positive_int(text: str) -> int:
-        v = int(text)
-        if v < 8:
-            raise argparse.ArgumentTypeError(f"must be an integer >= 8, got {text}")
-        return v
-
-    def non_negative(text: str) -> float:
-        v = float(text)
-        if not math.isfinite(v) or v < 0:
-            raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-        return v
-
-    parser.add_argument("--work-size", type=positive_int, default=None, metavar="N",
-                        help="shorter side (pixels) at which colours are predicted (default: the model card's)")
-    parser.add_argument("--saturation", type=non_negative, default=None, metavar="F",
-                        help="multiply the predicted a/b by F (1 = as predicted, 0 = gray); L is always kept")
-    add_ensemble_argument(parser)
-

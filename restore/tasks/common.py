@@ -15,7 +15,6 @@ import inspect
 import itertools
 import logging
 import math
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from restore.engine.task import LossTerms, StepContext
 
 __all__ = [
-    "CANONICAL_POSE_DATASETS",
-    "add_ensemble_argument",
     "discriminator_terms",
-    "ensemble_mode",
     "follow_device",
     "from_model_channels",
     "is_int",
@@ -39,8 +35,6 @@ __all__ = [
     "list_photos",
     "merge_model_options",
     "merge_task_options",
-    "model_device_dtype",
-    "option",
     "photo_patch_datasets",
     "to_model_channels",
 ]
@@ -277,62 +271,6 @@ def scaled_crop(target: Tensor, patch: int, scale_range: Iterable[float], genera
 
 
 # --------------------------------------------------------------------------- restoring
-
-
-def option(options: Any, name: str, default: Any = None) -> Any:
-    """A task flag of ``restore <task>`` (see ``add_arguments``), or ``default``.
-
-    ``restore demo`` and the eval scripts pass ``options=None``, and a flag the
-    user did not give is ``None``: both mean "use the default".
-    """
-    value = getattr(options, name, None) if options is not None else None
-    return default if value is None else value
-
-
-def add_ensemble_argument(parser: Any) -> None:
-    """``--ensemble`` of the restoring subcommands whose networks have no preferred orientation."""
-    from restore.tiling import ENSEMBLES
-
-    parser.add_argument(
-        "--ensemble", choices=tuple(ENSEMBLES), default=None,
-        help="average the network over mirrored (flip: 2 passes) or mirrored and rotated (x8: 8 passes) "
-             "copies of each image: more accurate photo denoising (+0.3-0.5 dB with x8), slower; not for "
-             "models that learnt one pose, such as Fashion-MNIST ones (default none)",
-    )
-
-
-#: datasets whose images all share one pose (Fashion-MNIST: upright, shoes facing left). A model trained on
-#: them has learnt that pose, so mirrored or rotated copies are outside what it knows.
-CANONICAL_POSE_DATASETS = frozenset({"fashion-mnist", "mnist"})
-
-
-def ensemble_mode(options: Any, card: Mapping[str, Any] | None = None) -> str:
-    """The ``--ensemble`` mode of ``options`` ('none' when not given), checked against `restore.tiling.ENSEMBLES`.
-
-    Warns when ``card`` says the model learnt one pose (`CANONICAL_POSE_DATASETS`): there the ensemble
-    averages in worse estimates (denoise-fmnist: -0.2 dB with flip, -1.5 dB with x8).
-    """
-    from restore.tiling import ENSEMBLES
-
-    mode = option(options, "ensemble", "none")
-    if mode not in ENSEMBLES:
-        raise ValueError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, got {mode!r}")
-    dataset = (card or {}).get("dataset")
-    if mode != "none" and dataset in CANONICAL_POSE_DATASETS:
-        warnings.warn(
-            f"--ensemble {mode}: {(card or {}).get('name') or 'this model'} was trained on {dataset}, whose images "
-            "share one pose; mirrored/rotated copies are outside what it learnt and usually lower the accuracy",
-            stacklevel=2,
-        )
-    return str(mode)
-
-
-def model_device_dtype(model: nn.Module, device: torch.device | str | None) -> tuple[torch.device, torch.dtype]:
-    """The device to restore on (``device``, else where the model's weights are, else CPU) and the weights' dtype."""
-    first = next(iter(model.parameters()), None)
-    if device is None:
-        device = first.device if first is not None else torch.device("cpu")
-    return torch.device(device), (first.dtype if first is not None else torch.float32)
 
 
 def to_model_channels(x: Tensor, model_channels: int, error: type[Exception], what: str) -> Tensor:

@@ -30,9 +30,7 @@ output clamped to [0, 1].
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 from typing import Any
 
 import torch
@@ -44,32 +42,21 @@ from restore.corrupt import RandomStreams
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
 from restore.tasks.common import (
-    add_ensemble_argument,
     crop_load_size,
     discriminator_terms,
-    ensemble_mode,
     follow_device,
-    from_model_channels,
     is_int,
     is_number,
     merge_task_options,
-    model_device_dtype,
-    option,
     photo_patch_datasets,
     scale_range_error,
     scaled_crop,
-    to_model_channels,
 )
 
-__all__ = ["DEFAULT_WEIGHTS", "DEFAULT_TILE_OVERLAP", "DenoiseTask", "DenoiseConfigError", "add_arguments",
-           "demo", "restore_batch"]
+__all__ = ["DenoiseTask", "DenoiseConfigError"]
 
 log = logging.getLogger("restore.engine")
 
-#: Shipped weights used by ``restore denoise`` when ``--weights`` is not given.
-DEFAULT_WEIGHTS = "denoise-gaussian"
-#: Pixels shared by neighbouring tiles; 32 covers the blending ramp of a depth-4 UNet's context.
-DEFAULT_TILE_OVERLAP = 32
 
 _DATASETS = ("photos", "fashion-mnist")
 #: Pixel losses; at least one must be on (their lambda_* keys are task options).
@@ -91,6 +78,11 @@ _UNET_DEFAULTS: dict[str, Any] = {
     "upsample": "bilinear",
 }
 _PATCHGAN_DEFAULTS: dict[str, Any] = {"base_channels": 64, "n_layers": 3, "norm": "batch", "spectral_norm": False}
+# The noise-level-conditioned generator (``generator: ffdnet``, restore.models.ffdnet).
+_FFDNET_DEFAULTS: dict[str, Any] = {"width": 64, "depth": 10, "block": "conv", "scale": 2, "pad_mode": "reflect"}
+#: ``task.generator`` choices: the blind UNet; FFDNet, or the UNet with a noise-map input (``cond-unet``, options
+#: from ``task.unet``), which are given the sigma the corruption drew.
+_GENERATORS = ("unet", "ffdnet", "cond-unet")
 
 
 class DenoiseTask(Task):
@@ -118,7 +110,9 @@ class DenoiseTask(Task):
                 "val_patches_per_image": 4,
                 "val_size": 2000,             # fashion-mnist: last N training images held back
                 "cache": True,                # decode photos once (multi-megapixel PNGs are slow)
+                "generator": "unet",          # unet (blind) | ffdnet | cond-unet (given each image's sigma)
                 "unet": dict(_UNET_DEFAULTS, base_channels=64, convs_per_level=2),
+                "ffdnet": dict(_FFDNET_DEFAULTS),
                 "patchgan": dict(_PATCHGAN_DEFAULTS),
                 "lambda_l1": 1.0,
                 "lambda_mse": 0.0,
@@ -149,7 +143,8 @@ class DenoiseTask(Task):
         }
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
-        opts = merge_task_options(self.defaults()["task"], options, ("unet", "patchgan"), DenoiseConfigError)
+        opts = merge_task_options(self.defaults()["task"], options, ("unet", "patchgan", "ffdnet"),
+                                  DenoiseConfigError)
         super().__init__(opts)
         self._validate()
         from restore.corrupt import CorruptionSpecError, parse_spec
@@ -160,6 +155,11 @@ class DenoiseTask(Task):
             raise DenoiseConfigError(f"task.spec {opts['spec']!r}: {e}") from None
         if self.corruption.uses_masks:
             raise DenoiseConfigError(f"task.spec {opts['spec']!r}: masks belong to the inpaint task, not denoise")
+        #: the generator is given the noise level the corruption drew for each image
+        self.conditioned = opts["generator"] != "unet"
+        if self.conditioned and self.corruption(torch.zeros(1, 1, 2, 2)).sigma is None:
+            raise DenoiseConfigError(f"task.spec {opts['spec']!r}: generator {opts['generator']!r} is given the sigma, "
+                                     "so the spec must draw one (gaussian:sigma=A-B, e.g. 0-60)")
         self.channels = 1 if opts["dataset"] == "fashion-mnist" else 3
         self.use_gan = float(opts["lambda_adv"]) > 0
         self.adv_loss: nn.Module | None = None
@@ -194,6 +194,8 @@ class DenoiseTask(Task):
 
         if o["dataset"] not in _DATASETS:
             raise bad("dataset", f"must be one of {', '.join(_DATASETS)}")
+        if o["generator"] not in _GENERATORS:
+            raise bad("generator", f"must be one of {', '.join(_GENERATORS)}")
         for key in ("patch_size", "patches_per_image", "val_patch_size", "val_patches_per_image"):
             if not is_int(o[key]) or o[key] < 1:
                 raise bad(key, "must be a positive integer")
@@ -232,18 +234,23 @@ class DenoiseTask(Task):
     # ---- construction -------------------------------------------------------------
     def build_models(self) -> dict[str, nn.Module]:
         from restore.models.blocks import ModelConfigError
+        from restore.models.cond_unet import CondUNet
+        from restore.models.ffdnet import FFDNet
         from restore.models.patchgan import PatchGAN
         from restore.models.unet import UNet
 
         try:
-            models: dict[str, nn.Module] = {
-                "G": UNet(in_channels=self.channels, out_channels=self.channels, **self.options["unet"])
-            }
+            kind = self.options["generator"]
+            G: nn.Module = (FFDNet(in_channels=self.channels, **self.options["ffdnet"]) if kind == "ffdnet"
+                            else CondUNet(in_channels=self.channels, **self.options["unet"]) if kind == "cond-unet"
+                            else UNet(in_channels=self.channels, out_channels=self.channels, **self.options["unet"]))
+            models: dict[str, nn.Module] = {"G": G}
             if self.use_gan:
                 d_in = 2 * self.channels if self.options["d_conditional"] else self.channels
                 models["D"] = PatchGAN(in_channels=d_in, **self.options["patchgan"])
         except (TypeError, ModelConfigError) as e:
-            raise DenoiseConfigError(f"task.unet / task.patchgan: {e}") from None
+            where = "ffdnet" if self.options["generator"] == "ffdnet" else "unet"
+            raise DenoiseConfigError(f"task.{where} / task.patchgan: {e}") from None
         if self.use_gan:
             smallest = models["D"].min_input_size()
             size = self._train_size()
@@ -318,8 +325,14 @@ class DenoiseTask(Task):
             batch["sigma"] = sigma
         return batch
 
+    def _generate(self, G: nn.Module, batch: dict[str, Any]) -> Tensor:
+        """G on the noisy input; a conditioned G also gets each image's sigma (0-1 units, as the pipeline gives)."""
+        if self.conditioned:
+            return G(batch["input"], batch["sigma"].to(batch["input"].dtype) / 255.0)
+        return G(batch["input"])
+
     def forward(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
-        return {"output": G(batch["input"])}
+        return {"output": self._generate(G, batch)}
 
     def _d_input(self, batch: dict[str, Any], image: Tensor, ctx: StepContext) -> Tensor:
         x = torch.cat([batch["input"], image], dim=1) if self.options["d_conditional"] else image
@@ -360,7 +373,7 @@ class DenoiseTask(Task):
 
     @torch.no_grad()
     def validation_step(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[Tensor, Tensor]:
-        output = G(batch["input"])
+        output = self._generate(G, batch)
         return output.float().clamp(0, 1), batch["target"].float()
 
     def visuals(self, batch: dict[str, Any], out: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -373,6 +386,7 @@ class DenoiseTask(Task):
             "task": self.name,
             "corruption": self.corruption.spec,
             "input": "gray 1x28x28 in [0,1]" if self.channels == 1 else "RGB NCHW in [0,1] (gray is repeated)",
+            "noise_conditioned": self.conditioned,
             "dataset": o["dataset"],
             "losses": {
                 "lambda_l1": o["lambda_l1"],
@@ -385,157 +399,10 @@ class DenoiseTask(Task):
             },
             "patch_size": o["patch_size"] if o["dataset"] == "photos" else 28,
             "input_quantized_8bit": bool(o["quantize"]),
-            "options": {k: v for k, v in o.items() if k not in ("unet", "patchgan")},
+            "options": {k: v for k, v in o.items() if k not in ("unet", "patchgan", "ffdnet")},
         }
         if getattr(self, "_data_info", None):
             card["data_split"] = self._data_info
         if float(o["lambda_perc"]) > 0 and not self.perc_enabled:
             card["notes"] = ["perceptual term requested but switched off: VGG16 ImageNet weights were not available"]
         return card
-
-
-# --------------------------------------------------------------------------- restoring
-
-
-def add_arguments(parser: argparse._ActionsContainer) -> None:
-    """``restore denoise`` flags of this task."""
-    parser.add_argument(
-        "--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, metavar="PX",
-        help=f"pixels shared by neighbouring tiles, blended linearly (default {DEFAULT_TILE_OVERLAP})",
-    )
-    add_ensemble_argument(parser)
-
-
-def _model_channels(model: nn.Module, card: dict[str, Any]) -> int:
-    c = getattr(model, "in_channels", None)
-    if c is None:
-        c = (card.get("config") or {}).get("in_channels", 3)
-    return int(c)
-
-
-def _aligned_size(size: int, tile: int, overlap: int, multiple: int) -> int:
-    """Smallest padded size >= ``size`` for which `restore.tiling.tiled` puts every tile start on a multiple.
-
-    ``tiled`` spaces n tiles evenly: start_i = i * (size - tile) / (n - 1); that is a multiple of
-    ``multiple`` exactly when (size - tile) is divisible by (n - 1) * multiple. ``tile`` must itself
-    be a multiple. The extra padding is at most (n - 1) * multiple pixels (a few percent).
-    """
-    s = -(-size // multiple) * multiple
-    if s <= tile:
-        return s
-    while True:
-        n = math.ceil((s - overlap) / (tile - overlap))
-        if n <= 1 or (s - tile) % ((n - 1) * multiple) == 0:
-            return s
-        s += multiple
-
-
-def _reflect_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
-    """Reflect-pad NCHW ``x`` (mirroring repeatedly for pads larger than the image; replicate for 1-px sides)."""
-    import torch.nn.functional as F
-
-    for dim, (before, after) in ((2, (top, bottom)), (3, (left, right))):
-        while before > 0 or after > 0:
-            size = x.shape[dim]
-            if size == 1:
-                pad = (0, 0, before, after) if dim == 2 else (before, after, 0, 0)
-                x = F.pad(x, pad, mode="replicate")
-                break
-            b, a = min(before, size - 1), min(after, size - 1)
-            x = F.pad(x, (0, 0, b, a) if dim == 2 else (b, a, 0, 0), mode="reflect")
-            before, after = before - b, after - a
-    return x
-
-
-def restore_batch(
-    model: nn.Module,
-    batch: dict[str, Tensor],
-    card: dict[str, Any],
-    *,
-    tile: int = 512,
-    device: torch.device | str | None = None,
-    options: argparse.Namespace | None = None,
-) -> Tensor:
-    """Denoise ``batch["input"]`` (NCHW in [0, 1], C = 1 or 3); returns N x C x H x W in [0, 1].
-
-    A colour model sees a gray image as three equal channels (the output is
-    averaged back to one); a gray model (Fashion-MNIST) denoises each colour
-    channel on its own. ``tile > 0`` runs overlap-blended tiles of at most
-    ``tile`` pixels, so memory is bounded whatever the image size; tiles are
-    padded to the UNet's stride by `restore.tiling.tiled` and cropped back.
-    """
-    from restore.tiling import self_ensemble, tiled
-
-    x = batch.get("input") if isinstance(batch, dict) else None
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        raise ValueError(f"restore_batch: batch['input'] must be an NCHW tensor, got {getattr(x, 'shape', type(x))}")
-    _, c, h, w = x.shape
-    cin = _model_channels(model, card)
-    if c not in (1, 3):
-        raise ValueError(f"restore_batch: images must have 1 or 3 channels (alpha is kept aside by the CLI), got {c}")
-    device, dtype = model_device_dtype(model, device)
-    overlap = int(option(options, "tile_overlap", DEFAULT_TILE_OVERLAP))
-    if overlap < 0:
-        raise ValueError(f"--tile-overlap must be >= 0, got {overlap}")
-    if tile < 0:
-        raise ValueError(f"--tile must be >= 0 (0 = whole image), got {tile}")
-    mode = ensemble_mode(options, card)
-
-    inp = to_model_channels(x.float(), cin, ValueError, "model")
-
-    def run(t: Tensor) -> Tensor:
-        return self_ensemble(lambda u: model(u.to(device, dtype)).float(), t, mode)
-
-    # Whole image: the UNet pads itself (reflect, split between both sides) exactly as in training
-    # and validation; a model trained on one size (Fashion-MNIST: 28 px in a 32 px frame) depends on
-    # that layout. Tiles: the same top/left padding, so every tile sits on the whole image's stride
-    # grid, plus bottom/right padding up to a size where `tiled` puts every tile start on a multiple
-    # of the stride. Tiled and whole-image outputs then differ only where a tile border cuts the
-    # receptive field (blended away by the overlap ramps) and at the bottom/right image border.
-    m = int(getattr(model, "multiple", 1))
-    if tile and (h > tile or w > tile):
-        t = max(m, tile // m * m)
-        ov = min(overlap, t // 2)
-        top, left = ((-h) % m) // 2, ((-w) % m) // 2
-        hp, wp = _aligned_size(h + top, t, ov, m), _aligned_size(w + left, t, ov, m)
-        padded = _reflect_pad(inp, top, hp - h - top, left, wp - w - left)
-        out = tiled(run, padded, tile=t, overlap=ov, multiple=m)[..., top : top + h, left : left + w]
-    else:
-        out = run(inp)
-    return from_model_channels(out, c, cin).clamp_(0.0, 1.0)
-
-
-def demo(model: nn.Module, card: dict[str, Any], photo: Tensor, seed: int, *,
-         device: torch.device | str, tile: int = 512) -> list[tuple[str, Tensor]]:
-    """Panels for ``restore demo``: photo models denoise the bundled photo; Fashion-MNIST models their test images.
-
-    A model trained on 28x28 clothing says little on a 512 px photo, so a
-    ``fashion-mnist`` card shows 8 test images (x4 nearest upscale, one column
-    each for noisy / restored / clean) when the IDX files are installed, and
-    falls back to the photo otherwise.
-    """
-    import torch.nn.functional as F
-
-    from restore import corrupt
-
-    clean = photo.float()
-    if card.get("dataset") == "fashion-mnist":
-        try:
-            from restore.data import load_idx_split
-
-            images, _ = load_idx_split(None, "test")
-            pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(seed)))[:8]
-            clean = torch.from_numpy(images[pick.numpy()].copy()).float().div_(255.0).unsqueeze(1)
-        except (OSError, ValueError):
-            pass  # no Fashion-MNIST here: the photo stands in
-    noisy = corrupt.apply(clean, str(card["corruption"]), seed).input
-    with torch.no_grad():
-        out = restore_batch(model, {"input": noisy}, card, tile=tile, device=device).cpu()
-    if clean.shape[0] == 1:
-        return [("input", noisy), ("restored", out), ("target", clean)]
-
-    def column(x: Tensor) -> Tensor:  # N1HW -> 1 x 1 x (N*4H) x 4W
-        x = F.interpolate(x, scale_factor=4, mode="nearest")
-        return torch.cat(list(x), dim=1)[None]
-
-    return [("input", column(noisy)), ("restored", column(out)), ("target", column(clean))]

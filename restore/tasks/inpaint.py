@@ -41,66 +41,41 @@ full resolution.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from restore.corrupt import RandomStreams
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
-from restore.models.fill import push_pull_fill
 from restore.tasks.common import (
-    add_ensemble_argument,
     crop_load_size,
     discriminator_terms,
-    ensemble_mode,
     follow_device,
-    from_model_channels,
     is_int,
     is_number,
     merge_task_options,
-    model_device_dtype,
-    option,
     photo_patch_datasets,
     scale_range_error,
     scaled_crop,
-    to_model_channels,
 )
 
 __all__ = [
-    "DEFAULT_WEIGHTS",
     "DEFAULT_WORK_SIZE",
     "InpaintConfigError",
     "InpaintInputError",
     "InpaintTask",
-    "add_arguments",
-    "demo",
-    "prepare_masks",
-    "restore_batch",
 ]
 
 log = logging.getLogger("restore.engine")
 
-#: Shipped weights used by ``restore inpaint`` when ``--weights`` is not given.
-DEFAULT_WEIGHTS = "inpaint"
 #: Shorter image side the model works at when neither ``--work-size`` nor the card says otherwise.
 DEFAULT_WORK_SIZE = 512
-#: Rows of a full-resolution image processed at a time by `restore_batch` (the pull-push fill's
-#: finest level and the final composite): their temporaries, several float32 copies of what is
-#: processed, stay a band's instead of the photo's (gigabytes at 24 megapixels). Even, so that a
-#: band's 2x2 pooling windows are the whole image's. The results do not depend on it.
-BAND_ROWS = 256
 
-_FULL_MASK_HELP = (
-    "the mask covers the whole image, so nothing is known to inpaint from; "
-    "an inpainter would only invent a context-free texture (use a mask with some known pixels)"
-)
 
 
 class InpaintConfigError(ConfigError):
@@ -443,151 +418,3 @@ class InpaintTask(Task):
         if self._vgg_note:
             card["notes"] = [self._vgg_note]
         return card
-
-
-# --------------------------------------------------------------------------- restoring
-
-
-def add_arguments(parser: argparse._ActionsContainer) -> None:
-    """``restore inpaint`` flags of this task."""
-    parser.add_argument(
-        "--work-size", type=int, default=None, metavar="PX",
-        help="inpaint at this shorter image side (context from the whole image, hole content upscaled; "
-             "known pixels always kept exactly); 0 = full resolution; default: the model card's work_size "
-             f"(else {DEFAULT_WORK_SIZE})",
-    )
-    add_ensemble_argument(parser)
-
-
-def prepare_masks(mask: Tensor, image: Tensor) -> Tensor:
-    """Validate ``mask`` against ``image`` (NCHW) and binarise it (> 0.5 = hole) as a bool N1HW tensor."""
-    if not isinstance(mask, Tensor) or mask.dim() != 4 or mask.shape[1] != 1:
-        raise InpaintInputError(f"mask must be an N1HW tensor (1 = hole), got {getattr(mask, 'shape', type(mask))}")
-    if mask.shape[0] != image.shape[0] or mask.shape[-2:] != image.shape[-2:]:
-        raise InpaintInputError(
-            f"mask is {mask.shape[-1]}x{mask.shape[-2]} (batch {mask.shape[0]}), image is "
-            f"{image.shape[-1]}x{image.shape[-2]} (batch {image.shape[0]}); they must match"
-        )
-    return mask > 0.5
-
-
-def _downscale(x: Tensor, hole: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Area-downscale with known pixels only; a low-res pixel touching the hole becomes hole."""
-    known = (~hole).to(x.dtype)
-    num = F.interpolate(x * known, size=size, mode="area")
-    den = F.interpolate(known, size=size, mode="area")
-    small_hole = den < 1.0 - 1e-4
-    small = torch.where(small_hole, torch.zeros_like(num), num / den.clamp_min(1e-6))
-    return small.clamp_(0, 1), small_hole
-
-
-def restore_batch(
-    model: nn.Module,
-    batch: dict[str, Tensor],
-    card: dict[str, Any],
-    *,
-    tile: int = 512,
-    device: torch.device | str | None = None,
-    options: argparse.Namespace | None = None,
-) -> Tensor:
-    """Inpaint ``batch["input"]`` (NCHW in [0, 1]) where ``batch["mask"]`` (N1HW) is 1.
-
-    Returns N x C x H x W (C as the input): the model's fill inside the hole,
-    the input's own values (bit-exact) outside. An image whose mask is empty
-    comes back unchanged; a mask covering the whole image raises
-    `InpaintInputError` (the CLI reports that file and goes on). The model
-    runs at a working resolution (shorter side <= ``work_size``; 0 = full
-    size), with hole content upscaled bilinearly; ``tile`` bounds the side
-    of what the network sees at once (overlap-blended tiles, 0 = whole).
-    """
-    from restore.tiling import self_ensemble, tiled
-
-    x = batch.get("input") if isinstance(batch, dict) else None
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        raise InpaintInputError(f"batch['input'] must be an NCHW tensor, got {getattr(x, 'shape', type(x))}")
-    if "mask" not in batch or batch["mask"] is None:
-        raise InpaintInputError("inpainting needs a mask per image (restore inpaint IN OUT --masks MASKDIR)")
-    n, c, h, w = x.shape
-    if c not in (1, 3):
-        raise InpaintInputError(f"images must have 1 or 3 channels (alpha is kept aside by the CLI), got {c}")
-    hole = prepare_masks(batch["mask"], x)
-    if tile < 0:
-        raise InpaintInputError(f"--tile must be >= 0 (0 = whole image), got {tile}")
-    counts = hole.flatten(1).sum(1)
-    full = [i for i in range(n) if int(counts[i]) == h * w]
-    if full:
-        raise InpaintInputError(_FULL_MASK_HELP + (f" (batch item(s) {full})" if n > 1 else ""))
-    x = x.float()
-    if int(counts.max()) == 0:
-        return x.clone()  # nothing to fill anywhere: copy through
-
-    work = option(options, "work_size")
-    if work is None:
-        work = int(card.get("work_size") or DEFAULT_WORK_SIZE)
-    if work < 0:
-        raise InpaintInputError(f"--work-size must be >= 0 (0 = full resolution), got {work}")
-    device, dtype = model_device_dtype(model, device)
-    cin = int(getattr(model, "image_channels", (card.get("config") or {}).get("in_channels", 4) - 1))
-
-    xd, hd = x.to(device), hole.to(device)
-    feed = to_model_channels(xd, cin, InpaintInputError, "inpainting model")
-    # a gray model fills each colour channel on its own, each with the image's hole
-    hmask = hd.repeat_interleave(3, dim=0) if feed.shape[0] != n else hd
-
-    scale = min(1.0, work / min(h, w)) if work > 0 else 1.0
-    if scale < 1.0:
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        small, small_hole = _downscale(feed, hmask, size)
-    else:
-        small, small_hole = feed, hmask
-
-    mode = ensemble_mode(options, card)
-
-    def once(t: Tensor) -> Tensor:
-        img, m = t[:, :-1], t[:, -1:]
-        return model(img.to(dtype), (m > 0.5).to(dtype))["output"].float()
-
-    def run(t: Tensor) -> Tensor:  # image and hole are mirrored/rotated together
-        return self_ensemble(once, t, mode)
-
-    sh, sw = small.shape[-2:]
-    packed = torch.cat([small, small_hole.to(small.dtype)], dim=1)
-    if tile and (sh > tile or sw > tile):
-        multiple = int(getattr(model, "multiple", 1))
-        filled = tiled(run, packed, tile=tile, overlap=min(64, tile // 4), multiple=multiple)
-    else:
-        filled = run(packed)
-    del packed
-    # Full resolution from here on. Memory: `filled` is the only full-size result (the output is
-    # composited into it), a pull-push model's upsampled fill the only other full-size buffer;
-    # everything else works in row bands (`restore inpaint` on a 6000x4000 photo: 3.0 -> 2.2 GB).
-    if scale < 1.0:
-        if getattr(model, "prefill", "constant") == "pushpull":
-            # the network corrects a pull-push fill at the working scale; add its upscaled
-            # correction to the full-resolution fill, which keeps the hole edges sharp
-            correction = filled - push_pull_fill(small, small_hole)
-            del small, small_hole, filled
-            filled = F.interpolate(correction, size=(h, w), mode="bilinear", align_corners=False)
-            del correction
-            push_pull_fill(feed, hmask, band_rows=BAND_ROWS, add_to=filled)  # in row bands: memory
-        else:
-            filled = F.interpolate(filled, size=(h, w), mode="bilinear", align_corners=False)
-    filled = from_model_channels(filled.clamp_(0, 1), c, cin)
-    # the known region is the input itself, selected (not blended): bit-exact; in place, in bands
-    for r0 in range(0, h, BAND_ROWS):
-        band = slice(r0, r0 + BAND_ROWS)
-        filled[..., band, :] = torch.where(hd[..., band, :], filled[..., band, :], xd[..., band, :])
-    return filled
-
-
-def demo(
-    model: nn.Module, card: dict[str, Any], photo: Tensor, seed: int, *, device: torch.device | str, tile: int = 512
-) -> list[tuple[str, Tensor]]:
-    """``restore demo`` panels: masked photo (holes white) / inpainted / original, on a seeded free-form mask."""
-    from restore.corrupt import freeform_mask, make_generator
-
-    h, w = photo.shape[-2:]
-    mask = freeform_mask(h, w, coverage=(0.15, 0.3), generator=make_generator(seed, "cpu"))[None]
-    out = restore_batch(model, {"input": photo, "mask": mask}, card, tile=tile, device=device)
-    masked = photo.masked_fill(mask.bool(), 1.0)
-    return [("masked", masked), ("inpainted", out.cpu()), ("target", photo)]

@@ -1,0 +1,141 @@
+"""Inpainting: fill the holes of a mask (nonzero = hole), keep every known pixel bit-exactly.
+
+An empty mask copies the input through; a mask that covers the whole image
+is refused (there is nothing to inpaint *from*: the model's unconditional
+output would be a context-free texture, not a restoration). Images are
+inpainted at a working resolution (shorter side at most ``work_size``): the
+hole is filled with context from the whole image and only the hole content
+is upscaled; a ``prefill: pushpull`` generator's correction of its pull-push
+fill is upscaled and added to the same fill computed at full resolution,
+which keeps hole edges sharp. The known region is the input itself,
+selected (not blended), at full resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from restore.corrupt import freeform_mask, make_generator
+from restore.models.fill import push_pull_fill
+from restore.options import PhotoOptions, option
+from restore.pipeline import Restorer, Work
+from restore.tasks.common import from_model_channels, to_model_channels
+from restore.tasks.inpaint import DEFAULT_WORK_SIZE, InpaintInputError
+
+__all__ = ["DEFAULT_WEIGHTS", "FULL_MASK_HELP", "InpaintOptions", "InpaintRestorer"]
+
+#: Shipped weights used by ``restore inpaint`` when ``--weights`` is not given.
+DEFAULT_WEIGHTS = "inpaint"
+
+#: Rows of a full-resolution image processed at a time by `InpaintRestorer.finish` (the pull-push fill's
+#: finest level and the final composite): their temporaries, several float32 copies of what is
+#: processed, stay a band's instead of the photo's (gigabytes at 24 megapixels). Even, so that a
+#: band's 2x2 pooling windows are the whole image's. The results do not depend on it.
+BAND_ROWS = 256
+
+FULL_MASK_HELP = (
+    "the mask covers the whole image, so nothing is known to inpaint from; "
+    "an inpainter would only invent a context-free texture (use a mask with some known pixels)"
+)
+
+
+@dataclass(frozen=True)
+class InpaintOptions(PhotoOptions):
+    """``restore inpaint`` / ``restore.load("inpaint")(image, mask=mask, ...)`` options."""
+
+    task: ClassVar[str] = "inpaint"
+
+    tile_overlap: int = option(64, "pixels shared by neighbouring tiles, blended linearly (at most half a tile)",
+                               minimum=0, metavar="PX")
+    work_size: int | None = option(None, "inpaint at this shorter image side (context from the whole image, hole "
+                                         f"content upscaled; known pixels kept exactly); 0 = full resolution; "
+                                         f"unset: the card's work_size, else {DEFAULT_WORK_SIZE}",
+                                   kind=int, minimum=0, metavar="PX")
+
+
+def downscale_known(x: Tensor, hole: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Area-downscale with known pixels only; a low-res pixel touching the hole becomes hole."""
+    known = (~hole).to(x.dtype)
+    num = F.interpolate(x * known, size=size, mode="area")
+    den = F.interpolate(known, size=size, mode="area")
+    small_hole = den < 1.0 - 1e-4
+    small = torch.where(small_hole, torch.zeros_like(num), num / den.clamp_min(1e-6))
+    return small.clamp_(0, 1), small_hole
+
+
+class InpaintRestorer(Restorer):
+    task = "inpaint"
+    options_type = InpaintOptions
+    commands = ("inpaint",)
+    needs_mask = True
+
+    def __init__(self, model: Any, card: Any, device: Any) -> None:
+        super().__init__(model, card, device)
+        self.model_channels = int(getattr(model, "image_channels", (card.get("config") or {}).get("in_channels", 4) - 1))
+
+    def prepare(self, x: Tensor, mask: Tensor | None, opts: InpaintOptions) -> Work:
+        assert mask is not None
+        n, c, h, w = x.shape
+        counts = mask.flatten(1).sum(1)
+        full = [i for i in range(n) if int(counts[i]) == h * w]
+        if full:
+            raise InpaintInputError(FULL_MASK_HELP + (f" (batch item(s) {full})" if n > 1 else ""))
+        if int(counts.max()) == 0:
+            return Work(None)  # nothing to fill anywhere: copied through
+        work = opts.work_size if opts.work_size is not None else int(self.card.get("work_size") or DEFAULT_WORK_SIZE)
+        xd, hd = x.to(self.device), mask.to(self.device)
+        feed = to_model_channels(xd, self.model_channels, InpaintInputError, "inpainting model")
+        # a gray model fills each colour channel on its own, each with the image's hole
+        hmask = hd.repeat_interleave(3, dim=0) if feed.shape[0] != n else hd
+        scale = min(1.0, work / min(h, w)) if work > 0 else 1.0
+        if scale < 1.0:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            small, small_hole = downscale_known(feed, hmask, size)
+        else:
+            small, small_hole = feed, hmask
+        packed = torch.cat([small, small_hole.to(small.dtype)], dim=1)  # image and hole mirror/rotate together
+        return Work(packed, {"xd": xd, "hole": hd, "feed": feed, "hmask": hmask, "scale": scale,
+                             "small": small, "small_hole": small_hole})
+
+    def forward(self, t: Tensor, opts: InpaintOptions) -> Tensor:
+        img, m = t[:, :-1], t[:, -1:]
+        return self.model(img.to(self.dtype), (m > 0.5).to(self.dtype))["output"].float()
+
+    def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: InpaintOptions) -> Tensor:
+        if y is None:
+            return x.clone()
+        s = work.state
+        filled, (h, w) = y, x.shape[-2:]
+        work.net_input = None
+        # Full resolution from here on. Memory: `filled` is the only full-size result (the output is
+        # composited into it), a pull-push model's upsampled fill the only other full-size buffer;
+        # everything else works in row bands.
+        if s["scale"] < 1.0:
+            if getattr(self.model, "prefill", "constant") == "pushpull":
+                # the network corrects a pull-push fill at the working scale; its upscaled correction is
+                # added to the full-resolution fill
+                correction = filled - push_pull_fill(s.pop("small"), s.pop("small_hole"))
+                del filled
+                filled = F.interpolate(correction, size=(h, w), mode="bilinear", align_corners=False)
+                del correction
+                push_pull_fill(s["feed"], s["hmask"], band_rows=BAND_ROWS, add_to=filled)  # in row bands
+            else:
+                filled = F.interpolate(filled, size=(h, w), mode="bilinear", align_corners=False)
+        filled = from_model_channels(filled.clamp_(0, 1), x.shape[1], self.model_channels)
+        xd, hd = s["xd"], s["hole"]
+        for r0 in range(0, h, BAND_ROWS):  # the known region is the input itself, bit-exact; in place, in bands
+            band = slice(r0, r0 + BAND_ROWS)
+            filled[..., band, :] = torch.where(hd[..., band, :], filled[..., band, :], xd[..., band, :])
+        return filled
+
+    def demo(self, photo: Tensor, seed: int, opts: InpaintOptions, run: Any) -> list[tuple[str, Tensor]]:
+        """Masked photo (holes white) / inpainted / original, on a seeded free-form mask."""
+        h, w = photo.shape[-2:]
+        mask = freeform_mask(h, w, coverage=(0.15, 0.3), generator=make_generator(seed, "cpu"))[None]
+        out = run(photo, mask)
+        return [("masked", photo.masked_fill(mask.bool(), 1.0)), ("inpainted", out), ("target", photo)]
