@@ -112,24 +112,62 @@ def _state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _check_rebuild(arch: str, config: dict, state: dict[str, torch.Tensor]) -> None:
     """Refuse to save weights that ``load`` could not put back into a freshly built model."""
-    from restore import models
-
     try:
-        fresh = models.build(arch, **config)
+        expected = _card_shapes(arch, config)
     except Exception as e:  # noqa: BLE001 - any constructor failure means the card is unusable
         raise WeightsError(
             f"card arch={arch!r} config={config!r} does not build a model ({type(e).__name__}: {e})"
         ) from e
-    _compare_state(fresh.state_dict(), state, where=f"arch {arch!r} with config {config!r}")
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    _compare_state(expected, got, where=f"arch {arch!r} with config {config!r}")
 
 
-def _compare_state(expected: dict[str, Any], got: dict[str, torch.Tensor], where: str) -> None:
+def _card_shapes(arch: str, config: dict) -> dict[str, tuple[int, ...]]:
+    """The state_dict shapes ``build(arch, **config)`` creates, built on the meta device: no memory is allocated.
+
+    So a card whose sizes are inflated (a width of 10**5 asks for terabytes) is compared with the
+    weights file before anything is allocated for it.
+    """
+    from restore import models
+
+    with torch.device("meta"):
+        model = models.build(arch, **config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def _header_shapes(st_path: Path, data: bytes) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header (8-byte little-endian length, then JSON), without reading tensors."""
+    bad = f"{st_path}: not a valid safetensors file"
+    if len(data) < 8:
+        raise WeightsError(f"{bad} (shorter than its 8-byte header length)")
+    length = int.from_bytes(data[:8], "little")
+    if length > len(data) - 8:
+        raise WeightsError(f"{bad} (header of {length} bytes in a {len(data)}-byte file)")
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except (UnicodeDecodeError, ValueError) as e:
+        raise WeightsError(f"{bad} (header is not JSON: {e})") from e
+    if not isinstance(header, dict):
+        raise WeightsError(f"{bad} (header is not a JSON object)")
+    shapes = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise WeightsError(f"{bad} (tensor {key!r} has no valid shape)")
+        shapes[key] = tuple(shape)
+    return shapes
+
+
+def _compare_state(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]], where: str) -> None:
+    """Raise WeightsError naming the missing, unexpected and mis-shaped tensors (shapes given as tuples)."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     shapes = [
-        f"{k}: file {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
+        f"{k}: file {got[k]} vs model {expected[k]}"
         for k in sorted(set(expected) & set(got))
-        if isinstance(expected[k], torch.Tensor) and tuple(expected[k].shape) != tuple(got[k].shape)
+        if expected[k] != got[k]
     ]
     if missing or unexpected or shapes:
         parts = []
@@ -320,8 +358,11 @@ def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu
     """Rebuild the model described by a card and load its verified tensors.
 
     The bytes that were hashed are the bytes that get loaded (no re-read), and
-    only safetensors is parsed: nothing is unpickled. ``eval()`` is left to the
-    caller (STYLE: construction, loading and mode are separate steps).
+    only safetensors is parsed: nothing is unpickled. The card's model is
+    first built on the meta device and its shapes compared with the file's
+    header, so a card with inflated sizes fails before anything is allocated
+    for it. ``eval()`` is left to the caller (STYLE: construction, loading and
+    mode are separate steps).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
@@ -330,20 +371,21 @@ def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu
 
     json_path, st_path = resolve(name_or_path)
     card, data = _read_verified(json_path, st_path)
-    try:
-        state = st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"{st_path}: not a valid safetensors file ({e})") from e
     arch = card["arch"]
     try:
-        model = models.build(arch, **card["config"])
+        expected = _card_shapes(arch, card["config"])
     except KeyError as e:
         raise WeightsError(f"{json_path}: {e.args[0] if e.args else e}") from e
     except Exception as e:  # noqa: BLE001 - constructor errors become one clear error type
         raise WeightsError(
             f"{json_path}: cannot build arch {arch!r} with config {card['config']!r} ({type(e).__name__}: {e})"
         ) from e
-    _compare_state(model.state_dict(), state, where=f"{json_path.name} (arch {arch!r})")
+    _compare_state(expected, _header_shapes(st_path, data), where=f"{json_path.name} (arch {arch!r})")
+    try:
+        state = st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{st_path}: not a valid safetensors file ({e})") from e
+    model = models.build(arch, **card["config"])  # the meta build above succeeded and matches the file
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

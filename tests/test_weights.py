@@ -169,3 +169,53 @@ def test_weights_dir_follows_env_at_call_time(monkeypatch, tmp_path):
     monkeypatch.delenv("RESTORE_WEIGHTS_DIR")
     monkeypatch.setattr(W, "WEIGHTS_DIR", W._REPO_WEIGHTS)
     assert W.weights_dir() == Path(W.__file__).resolve().parent.parent / "weights"
+
+
+def test_a_card_with_inflated_sizes_fails_before_allocating_the_model(registry, monkeypatch):
+    """Issue 19: the loader compared shapes only after building the card's model (3+ GB for a wide card)."""
+    torch.manual_seed(0)
+    st = W.save(W.weights_dir() / "small-unet", models.build("unet", base_channels=4, depth=2), CARD)
+    card_file = W.weights_dir() / "small-unet.json"
+    card = json.loads(card_file.read_text())
+    card["config"]["base_channels"] = 4096  # real build: over 10 GB of float32 (16384 channels at depth 2)
+    card_file.write_text(json.dumps(card))
+    real_build = models.build
+
+    def only_on_meta(name: str, **kwargs):
+        if kwargs.get("base_channels", 0) > 64 and torch.empty(0).device.type != "meta":
+            raise AssertionError("the inflated card's model was allocated")
+        return real_build(name, **kwargs)
+
+    monkeypatch.setattr(models, "build", only_on_meta)
+    wanted = r"small-unet.json \(arch 'unet'\): shape mismatches .*file \(4,\) vs model \(4096,\)"
+    with pytest.raises(W.WeightsError, match=wanted):
+        W.load(st)
+    card["config"]["base_channels"] = 4
+    card_file.write_text(json.dumps(card))
+    model, _ = W.load(st)  # the honest card still loads, for real
+    assert next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("arch", sorted(models.ARCHITECTURES))
+def test_every_architecture_builds_on_the_meta_device(arch):
+    """load compares a card with its file on a meta-device build: every architecture must build there."""
+    with torch.device("meta"):
+        model = models.build(arch)
+    assert all(t.device.type == "meta" for t in model.state_dict().values())
+
+
+def test_a_safetensors_header_that_lies_is_refused(registry):
+    import hashlib
+
+    st = W.save(W.weights_dir() / "tiny", _trained(), CARD)
+    card_file = W.weights_dir() / "tiny.json"
+    lies = ((b"\x00" * 4, "shorter than"), ((10**6).to_bytes(8, "little") + b"{}", "header of 1000000 bytes"),
+            ((2).to_bytes(8, "little") + b"[]", "not a JSON object"),
+            ((5).to_bytes(8, "little") + b'{"a":', "not JSON"))
+    for data, why in lies:
+        st.write_bytes(data)
+        card = json.loads(card_file.read_text())
+        card["sha256"], card["size_bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+        card_file.write_text(json.dumps(card))
+        with pytest.raises(W.WeightsError, match=f"not a valid safetensors file .*{why}"):
+            W.load(st)
