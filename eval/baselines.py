@@ -40,6 +40,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.sets import parse_spec_params  # noqa: E402
+from restore.tasks.colorize import lab_to_rgb, rgb_to_lab  # noqa: E402
 
 ArrayLike = torch.Tensor | np.ndarray
 BaselineFn = Callable[[torch.Tensor, dict], torch.Tensor]
@@ -249,13 +250,11 @@ def push_pull(x: ArrayLike, info: dict) -> torch.Tensor:
 
 def grayscale(x: ArrayLike, info: dict) -> torch.Tensor:
     """Colorization floor: keep CIELAB L of the input, set a = b = 0, back to RGB."""
-    from skimage.color import lab2rgb, rgb2lab
-
     img = np.clip(_to_hwc(x), 0.0, 1.0)
     rgb = img if img.shape[2] == 3 else np.repeat(img, 3, axis=2)
-    lab = rgb2lab(rgb.astype(np.float64))
-    lab[..., 1:] = 0.0
-    return _to_chw(lab2rgb(lab).astype(np.float32))
+    lab = rgb_to_lab(torch.from_numpy(rgb.astype(np.float64)).permute(2, 0, 1), dtype=torch.float64)
+    lab[1:] = 0.0
+    return lab_to_rgb(lab, dtype=torch.float64).float()
 
 
 def gaussian_blur(x: ArrayLike, info: dict) -> torch.Tensor:

@@ -20,9 +20,7 @@ import csv
 import datetime as _dt
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,6 +28,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from restore.metrics import ssim_map
+from restore.provenance import git_commit, machine  # noqa: F401 - every eval script's report.git_commit/machine
+from restore.tasks.colorize import rgb_to_lab
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,26 +113,16 @@ def masked_psnr(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 def masked_ssim(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean of the SSIM map over hole pixels (same window and border as ``restore.metrics.ssim``).
-
-    The map is scikit-image's (Gaussian 11-tap, sigma 1.5, population
-    covariance) with its 5-pixel border excluded, so an all-ones mask gives the
-    whole-image SSIM. NaN when no hole pixel lies inside the border.
+    """Mean of the SSIM map over hole pixels (`restore.metrics.ssim_map`: the window and border of
+    ``restore.metrics.ssim``), so an all-ones mask gives the whole-image SSIM. NaN when no hole pixel
+    lies inside the 5-pixel border.
     """
-    from skimage.metrics import structural_similarity
-
-    o = _batch(out)[0].permute(1, 2, 0).double().numpy()
-    t = _batch(target)[0].permute(1, 2, 0).double().numpy()
-    if o.shape != t.shape:
-        raise ReportError(f"masked_ssim: output {o.shape} != target {t.shape}")
-    m = _hole(mask, torch.Size(o.shape[:2]))
-    _, smap = structural_similarity(o, t, data_range=1.0, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False, full=True)
-    smap = smap.mean(axis=2)
-    pad = 5
-    inner = np.zeros_like(m)
-    inner[pad:-pad, pad:-pad] = True
-    sel = m & inner
+    o, t = _batch(out).double(), _batch(target).double()
+    _check_same(o, t, "masked_ssim")
+    m = _hole(mask, o.shape)
+    smap = ssim_map(o, t, 1.0, "masked_ssim")[0].mean(0).numpy()  # (H - 10, W - 10), channel mean
+    pad = (m.shape[0] - smap.shape[0]) // 2
+    sel = m[pad:-pad, pad:-pad]
     return float(smap[sel].mean()) if sel.any() else float("nan")
 
 
@@ -150,18 +142,17 @@ def known_max_diff(out: torch.Tensor, degraded: torch.Tensor, mask: torch.Tensor
 
 
 def _lab(x: torch.Tensor) -> np.ndarray:
-    from skimage.color import rgb2lab
-
     a = _batch(x)[0].clamp(0, 1)
     if a.shape[0] == 1:
         a = a.expand(3, -1, -1)
     if a.shape[0] != 3:
         raise ReportError(f"CIELAB needs 1 or 3 channels, got {a.shape[0]}")
-    return rgb2lab(a.permute(1, 2, 0).double().numpy())
+    return rgb_to_lab(a, dtype=torch.float64).permute(1, 2, 0).numpy()
 
 
 def ab_mae(out: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean absolute error of CIELAB a and b (D65, scikit-image), averaged over pixels and both channels."""
+    """Mean absolute error of CIELAB a and b (D65; `restore.tasks.colorize.rgb_to_lab` in float64, which is
+    scikit-image's rgb2lab to 1e-12), averaged over pixels and both channels."""
     lo, lt = _lab(out), _lab(target)
     if lo.shape != lt.shape:
         raise ReportError(f"ab_mae: output {lo.shape} != target {lt.shape}")
@@ -242,18 +233,6 @@ class LpipsScorer:
 # --------------------------------------------------------------------------- provenance
 
 
-def git_commit(repo: Path = REPO) -> str:
-    """``<sha>`` of HEAD, with ``+dirty`` when tracked files differ; ``unknown`` outside git."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + ("+dirty" if dirty else "")
-
-
 def command_line(argv: Sequence[str] | None = None, script: str | os.PathLike | None = None) -> str:
     """The command that produced a report, runnable from the repository root.
 
@@ -270,13 +249,6 @@ def command_line(argv: Sequence[str] | None = None, script: str | os.PathLike | 
         except ValueError:
             pass
     return shlex.join(["python", *argv])
-
-
-def machine() -> str:
-    """One line saying where timings were taken (they are only comparable on the same machine)."""
-    threads = torch.get_num_threads()
-    return f"{platform.machine()} {platform.processor() or platform.system()}, torch {torch.__version__}, " \
-           f"{threads} CPU thread(s), {os.cpu_count()} logical CPU(s)"
 
 
 # --------------------------------------------------------------------------- tables

@@ -137,11 +137,18 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     K2 = 0.03, mean over the map without its 5-pixel border. Images must be at
     least 11x11. Differentiable, so it also works as a loss (``1 - ssim``).
     """
-    x, y = _check_pair(x, y, "ssim")
-    data_range = _check_range(data_range, "ssim")
+    per_channel = ssim_map(x, y, data_range, "ssim").flatten(2).mean(2)  # (N, C)
+    return per_channel.mean(1).to(_out_dtype(x))
+
+
+def ssim_map(x: Tensor, y: Tensor, data_range: float = 1.0, name: str = "ssim_map") -> Tensor:
+    """The SSIM map of `ssim` before its mean, ``(N, C, H - 10, W - 10)`` in float64 (float32 on MPS):
+    the window-centred values without the 5-pixel border, for scores over a region (inpainting holes)."""
+    x, y = _check_pair(x, y, name)
+    data_range = _check_range(data_range, name)
     n, c, h, w = x.shape
     if h < SSIM_WIN or w < SSIM_WIN:
-        raise ValueError(f"ssim: images of {h}x{w} are smaller than the {SSIM_WIN}x{SSIM_WIN} Gaussian window")
+        raise ValueError(f"{name}: images of {h}x{w} are smaller than the {SSIM_WIN}x{SSIM_WIN} Gaussian window")
     acc = _acc_dtype(x.device)
     a = x.to(acc)
     b = y.to(acc)
@@ -155,8 +162,7 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     c2 = (SSIM_K2 * data_range) ** 2
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
-    per_channel = (num / den).flatten(2).mean(2)  # (N, C)
-    return per_channel.mean(1).to(_out_dtype(x))
+    return num / den
 
 
 # --------------------------------------------------------------------------- LPIPS

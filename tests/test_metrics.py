@@ -97,6 +97,21 @@ def test_ssim_data_range_255_matches_skimage_uint8_scale() -> None:
     )
 
 
+def test_ssim_map_is_skimage_full_map_without_its_border() -> None:
+    """`ssim_map` is what region scores (inpainting holes) average; `ssim` is its mean."""
+    rng = np.random.default_rng(3)
+    clean = skdata.astronaut()[:64, :80].astype(np.float64) / 255
+    noisy = np.clip(clean + rng.normal(0, 0.08, clean.shape), 0, 1)
+    _, full = skm.structural_similarity(noisy, clean, data_range=1.0, channel_axis=2, gaussian_weights=True,
+                                        sigma=1.5, use_sample_covariance=False, full=True)
+    x = torch.from_numpy(noisy).permute(2, 0, 1)[None]
+    y = torch.from_numpy(clean).permute(2, 0, 1)[None]
+    got = M.ssim_map(x, y)
+    assert got.shape == (1, 3, 54, 70)
+    np.testing.assert_allclose(got[0].permute(1, 2, 0).numpy(), full[5:-5, 5:-5], rtol=0, atol=1e-12)
+    assert got.mean().item() == pytest.approx(M.ssim(x, y).item(), abs=1e-12)
+
+
 def test_batched_equals_per_image(pairs) -> None:
     rgb = [(c, n) for name, c, n in pairs if c.ndim == 3 and c.shape[:2] == (512, 512)]
     xs = torch.cat([_chw(n[:96, :128]) for _, n in rgb])

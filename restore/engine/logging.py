@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,23 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
-def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """Current commit of the repository holding ``cwd`` (None outside git or without git)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+from restore.provenance import git_commit
 
 
 def run_info(world_size: int = 1, device: str = "") -> dict[str, Any]:
     """What config.yaml records next to the config: how and where the run was started."""
     return {
         "argv": list(sys.argv),
-        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "git_commit": git_commit(),
         "torch": str(torch.__version__),
         "python": platform.python_version(),
         "host": platform.node(),

@@ -38,6 +38,7 @@ from restore.engine.logging import RunLogger, run_info
 from restore.engine.schedule import ScheduleError, anneal, build_scheduler, continued, lr_multiplier
 from restore.engine.task import EpochContext, StepContext, Task, check_terms
 from restore.engine.watch import CollapseWatch
+from restore.provenance import device_name
 
 log = logging.getLogger("restore.engine")
 
@@ -903,14 +904,7 @@ class Trainer:
         }
 
     def hardware(self) -> str:
-        if self.device.type == "cuda":
-            name = torch.cuda.get_device_name(self.device)
-        else:
-            import platform
-
-            name = platform.processor() or platform.machine() or "cpu"
-            name = f"CPU ({name}, {os.cpu_count()} cores)"
-        return f"{self.dist.world_size} x {name}" if self.dist.world_size > 1 else name
+        return device_name(self.device, self.dist.world_size)
 
     def export(self, stem: str | os.PathLike) -> Path | None:
         """Write the EMA generator (or G without EMA) via `restore.weights.save`; rank 0 only."""
