@@ -574,7 +574,8 @@ def test_list_images_survives_symlink_loops(tmp_path: Path) -> None:
     outside.mkdir()
     (outside / "three.png").write_bytes(b"x")
     (tmp_path / "linked").symlink_to(outside, target_is_directory=True)
-    found = list_images(tmp_path)
+    with pytest.warns(UserWarning, match="dangling.png: skipped, dangling symlink"):  # named, not dropped silently
+        found = list_images(tmp_path)
     assert found == [tmp_path / "a" / "b" / "two.png", tmp_path / "a" / "one.png", tmp_path / "linked" / "three.png"]
 
 
