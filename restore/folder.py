@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Hashable, Sequence
-from contextlib import nullcontext
+import warnings
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -324,7 +325,8 @@ def process_folder(
                 for src, dst in todo:
                     try:
                         prepare(dst)
-                        job(src, dst)
+                        with _warnings_named(src, bar):
+                            job(src, dst)
                         summary.done += 1
                     except Exception as e:  # noqa: BLE001 - one bad file must not stop the folder
                         fail(src, e)
@@ -341,6 +343,20 @@ def process_folder(
         raise interrupted
     print(summary.line(desc), file=sys.stderr)
     return summary
+
+
+@contextmanager
+def _warnings_named(src: Path, bar: Any) -> Iterator[None]:
+    """Warnings while one file is read or written (a lossy mask...) go to stderr as "warning: SRC: MESSAGE".
+
+    The filters in force still apply; each file's warnings are shown, not only the first file's.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield
+        finally:
+            for w in caught:
+                bar.write(f"warning: {src}: {w.message}", file=sys.stderr)
 
 
 def _run_batched(job: BatchJob[Any, Any], todo, summary: Summary, bar, fail, prepare) -> None:
@@ -365,7 +381,8 @@ def _run_batched(job: BatchJob[Any, Any], todo, summary: Summary, bar, fail, pre
         for (src, dst, item), result in zip(group, results):
             try:
                 prepare(dst)
-                job.save(item, result, dst)
+                with _warnings_named(src, bar):
+                    job.save(item, result, dst)
                 summary.done += 1
             except Exception as e:  # noqa: BLE001
                 fail(src, e)
@@ -376,7 +393,8 @@ def _run_batched(job: BatchJob[Any, Any], todo, summary: Summary, bar, fail, pre
 
     for src, dst in todo:
         try:
-            item = job.load(src)
+            with _warnings_named(src, bar):
+                item = job.load(src)
             key = job.key(item)
         except Exception as e:  # noqa: BLE001
             fail(src, e)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +232,63 @@ def test_weights_listing_into_a_closed_pipe_ends_quietly(tmp_path, json_flag):
         os.close(write)
     assert child.returncode == 128 + signal.SIGPIPE
     assert child.stderr == ""  # no BrokenPipeError traceback, no "Exception ignored" at exit
+
+
+# --------------------------------------------------------------------------- 5. lossy masks
+
+
+def _stroke_mask(path: Path, **save) -> np.ndarray:
+    """A white freeform-like stroke region on black, saved with ``save`` options; returns the drawn array."""
+    drawn = np.zeros((64, 80), np.uint8)
+    drawn[10:30, 12:50] = 255
+    drawn[25:55, 40:52] = 255
+    Image.fromarray(drawn).save(path, **save)
+    return drawn
+
+
+def test_a_jpeg_mask_with_ringing_is_warned_with_how_to_threshold_it(tmp_path):
+    jpeg = tmp_path / "mask.jpg"
+    drawn = _stroke_mask(jpeg, quality=90)
+    with pytest.warns(io.LossyMaskWarning, match=r"lossy JPEG mask .* are faint .* threshold this one at 50%") as got:
+        mask = io.read_mask(jpeg)
+    assert int(mask.sum()) > int((drawn > 0).sum())  # the ringing really became holes
+    fix = str(got[0].message).rsplit(": ", 1)[1]
+    assert fix.startswith("python -c ")
+    subprocess.run([sys.executable, *shlex.split(fix)[1:]], check=True, timeout=120)  # the advice works as given
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fixed = io.read_mask(tmp_path / "mask.png")  # lossless now: no warning
+    assert torch.equal(fixed[0], torch.from_numpy(drawn > 0).float())
+
+
+def test_lossless_and_clean_masks_are_not_warned_about(tmp_path):
+    _stroke_mask(tmp_path / "m.png")
+    _stroke_mask(tmp_path / "lossless.webp", lossless=True)
+    clean = tmp_path / "flat.jpg"  # a JPEG that marks nothing: no ringing to speak of
+    Image.fromarray(np.zeros((64, 80), np.uint8)).save(clean, quality=90)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("m.png", "lossless.webp", "flat.jpg"):
+            io.read_mask(tmp_path / name)
+    _stroke_mask(tmp_path / "lossy.webp", quality=60)
+    with pytest.warns(io.LossyMaskWarning, match="lossy WebP mask"):
+        io.read_mask(tmp_path / "lossy.webp")
+
+
+def test_the_folder_driver_names_the_file_a_warning_is_about(tmp_path, capsys):
+    inp = tmp_path / "in"
+    for name in ("a.png", "b.png"):
+        _png(inp / name, 10)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        _stroke_mask(masks / name, quality=90)
+
+    def job(src: Path, dst: Path) -> None:
+        io.read_mask(masks / (src.stem + ".jpg"))
+        _copy_job(src, dst)
+
+    assert process_folder(inp, tmp_path / "out", job).done == 2
+    err = capsys.readouterr().err
+    for name in ("a", "b"):  # every file's warning, not only the first one's
+        assert f"warning: {inp / (name + '.png')}: {masks / (name + '.jpg')} is a lossy JPEG mask" in err
