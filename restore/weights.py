@@ -34,6 +34,7 @@ __all__ = [
     "load",
     "resolve",
     "save",
+    "search_path",
     "verify",
     "weights_dir",
 ]
@@ -47,12 +48,17 @@ _SAVE_KEYS = ("task", "corruption")
 #: Documented card keys that ``save`` records as null when the caller does not know them.
 _OPTIONAL_KEYS = ("data", "steps", "hardware", "metrics_command")
 
+# [deployment, issue 23] where shipped weights are looked for, in order (see `search_path`)
+#: A built wheel's copy of ``weights/`` (setup.py puts it there; absent in a source tree).
+_PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "_weights"
+#: The repository's ``weights/`` folder (a source tree or an editable install).
 _REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 _ENV = "RESTORE_WEIGHTS_DIR"
 
-#: Folder of shipped weights: ``$RESTORE_WEIGHTS_DIR`` at import time, else the
-#: repository's ``weights/`` folder. ``weights_dir()`` re-reads the variable.
-WEIGHTS_DIR: Path = Path(os.environ[_ENV]) if os.environ.get(_ENV) else _REPO_WEIGHTS
+#: Folder of shipped weights: ``$RESTORE_WEIGHTS_DIR`` at import time, else the installed package's
+#: weights, else the repository's ``weights/`` folder. ``weights_dir()`` re-reads the variable.
+WEIGHTS_DIR: Path = (Path(os.environ[_ENV]) if os.environ.get(_ENV)
+                     else _PACKAGE_WEIGHTS if _PACKAGE_WEIGHTS.is_dir() else _REPO_WEIGHTS)
 
 
 class WeightsError(Exception):
@@ -63,6 +69,33 @@ def weights_dir() -> Path:
     """The folder searched for shipped names (env var read at call time, so tests and users can switch it)."""
     env = os.environ.get(_ENV)
     return Path(env) if env else Path(WEIGHTS_DIR)
+
+
+def search_path() -> list[tuple[str, Path]]:
+    """Where shipped names are looked for, as ``(why, folder)``, in order; the first that exists is used.
+
+    ``$RESTORE_WEIGHTS_DIR`` when set (and then only it), else the installed wheel's package data,
+    else the source tree's ``weights/``: so errors can name every place that was tried.
+    """
+    env = os.environ.get(_ENV)
+    if env:
+        return [(f"${_ENV}", Path(env))]
+    places = [("installed package data", _PACKAGE_WEIGHTS), ("source tree", _REPO_WEIGHTS)]
+    if Path(WEIGHTS_DIR) not in (_PACKAGE_WEIGHTS, _REPO_WEIGHTS):
+        places.insert(0, ("restore.weights.WEIGHTS_DIR", Path(WEIGHTS_DIR)))
+    return places
+
+
+def _looked_in() -> str:
+    """``search_path()`` for an error message: each folder, whether it exists, and which one was used."""
+    used = weights_dir()
+    parts = []
+    for why, folder in search_path():
+        state = "used" if folder == used else ("exists" if folder.is_dir() else "absent")
+        parts.append(f"{folder} ({why}: {state})")
+    if os.environ.get(_ENV) is None:
+        parts.insert(0, f"${_ENV} (unset)")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -284,7 +317,7 @@ def resolve(name_or_path: str | os.PathLike[str]) -> tuple[Path, Path]:
         if not json_path.is_file():
             names = [str(c["name"]) for c in available()]
             listed = ", ".join(names) if names else "none ship yet"
-            raise WeightsError(f"unknown weights {text!r} in {weights_dir()}; available: {listed}")
+            raise WeightsError(f"unknown weights {text!r}; available: {listed}. Looked in: {_looked_in()}")
     return json_path, stem.with_name(stem.name + ".safetensors")
 
 

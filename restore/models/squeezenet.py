@@ -157,8 +157,13 @@ def _weights_path(path: str | os.PathLike | None) -> Path:
         source, p = "path", Path(path).expanduser()
     elif os.environ.get(WEIGHTS_ENV):
         source, p = f"${WEIGHTS_ENV}", Path(os.environ[WEIGHTS_ENV]).expanduser()
-    else:
-        source, p = "the repository's weights/backbones/ folder", _REPO_WEIGHTS
+    else:  # the shipped weights' backbones/ folder: $RESTORE_WEIGHTS_DIR, an installed wheel, the source tree
+        from restore.weights import _PACKAGE_WEIGHTS, search_path
+
+        tried = [folder / "backbones" / _REPO_WEIGHTS.name for _, folder in search_path()]
+        tried += [q for q in (_PACKAGE_WEIGHTS / "backbones" / _REPO_WEIGHTS.name, _REPO_WEIGHTS) if q not in tried]
+        p = next((q for q in tried if q.is_file()), tried[-1])
+        source = "looked in " + ", ".join(str(q.parent) for q in tried)
     if not p.is_file():
         raise SqueezeNetWeightsMissing(
             f"SqueezeNet ImageNet weights {p} not found ({source}); it ships with the repository "
