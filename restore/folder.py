@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -204,15 +204,36 @@ def _read_record(out: Path) -> set[bytes]:
     return {entry for entry in data.split(b"\0") if entry}
 
 
-class _Recorder:
-    """Appends each file written under OUT to OUTPUTS_RECORD before it is written (a kill leaves it listed)."""
+class InputProtected(RuntimeError):
+    """A job tried to write onto one of the run's inputs (a side map named like the user's image...)."""
 
-    def __init__(self, out: Path) -> None:
-        self.out, self.out_abs = out, out.resolve()
-        self.known = _read_record(out)
+    def __init__(self, path: Path) -> None:
+        self.path = None  # the input at fault is named in the reason
+        self.reason = f"{path} is an input of this run and is never replaced; rename it or choose another OUT"
+        super().__init__(self.reason)
+
+
+class _Writes:
+    """Every file the job writes through atomic_output passes here just before its rename (io.on_commit).
+
+    It may not land on an input (the plan checks the planned outputs; this also covers side maps and
+    masks), and when OUT is a folder it is appended to OUTPUTS_RECORD before it is written.
+    """
+
+    def __init__(self, out: Path | None, inputs: set[tuple[int, int]]) -> None:
+        self.out, self.inputs = out, inputs
+        self.out_abs = out.resolve() if out is not None else None
+        self.known = _read_record(out) if out is not None else set()
         self.handle: Any = None
 
     def __call__(self, path: Path) -> None:
+        try:
+            if _file_id(path) in self.inputs:
+                raise InputProtected(path)
+        except OSError:  # nothing there yet
+            pass
+        if self.out is None or self.out_abs is None:
+            return
         key = _relative_key(path.parent.resolve() / path.name, self.out_abs)
         if key is None or key in self.known:
             return
@@ -301,8 +322,10 @@ def process_folder(
         else:
             todo.append((src, dst))
     failed_before = len(summary.failed)
-    # OUT a folder: every file written under it is recorded there first (see plan_outputs)
-    recorder = None if [dst for _, dst in pairs] == [Path(out)] else _Recorder(Path(out))
+    # no write lands on an input; OUT a folder: every file written under it is recorded there first (plan_outputs)
+    inputs = {_file_id(src) for src, _ in pairs if src.is_file()}
+    inputs |= {_file_id(Path(e)) for e in exclude if Path(e).is_file()}
+    writes = _Writes(None if [dst for _, dst in pairs] == [Path(out)] else Path(out), inputs)
 
     bar = tqdm(total=len(todo), desc=desc or None, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
 
@@ -313,12 +336,11 @@ def process_folder(
 
     def prepare(dst: Path) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if recorder is not None:
-            recorder(dst)
+        writes(dst)
 
     interrupted: KeyboardInterrupt | None = None
     try:
-        with on_commit(recorder) if recorder is not None else nullcontext():
+        with on_commit(writes):
             if isinstance(job, BatchJob):
                 _run_batched(job, todo, summary, bar, fail, prepare)
             else:
@@ -335,8 +357,7 @@ def process_folder(
         interrupted = e
     finally:
         bar.close()
-        if recorder is not None:
-            recorder.close()
+        writes.close()
     if interrupted is not None:
         left = len(todo) - summary.done - (len(summary.failed) - failed_before)
         print(f"{summary.line(desc)}, {left} not done (interrupted by {signal_name(interrupted)})", file=sys.stderr)

@@ -77,6 +77,23 @@ def test_files_a_job_writes_beside_its_output_are_its_own(tmp_path):
     assert (s.done, s.skipped, s.failed) == (0, 1, [])  # x.std.png was not taken for an input
 
 
+def test_no_file_a_job_writes_lands_on_an_input(tmp_path):
+    """The plan checks the planned outputs; a side map named like the user's image is checked at the write."""
+    inp = tmp_path / "in"
+    _png(inp / "x.png", 10)
+    out = inp / "out"
+    theirs = _png(out / "x.std.png", 99).read_bytes()  # the user's, in OUT before the run: an input
+
+    def job(src: Path, dst: Path) -> None:
+        io.write_image(dst.with_name(dst.stem + ".std.png"), torch.zeros(1, 6, 5), bit_depth=16)
+        _copy_job(src, dst)
+
+    s = process_folder(inp, out, job)
+    assert s.done == 1 and s.failed == [(inp / "x.png", f"{out / 'x.std.png'} is an input of this run and is never "
+                                                         "replaced; rename it or choose another OUT")]
+    assert (out / "x.std.png").read_bytes() == theirs and not list(out.glob(".*.tmp.png"))
+
+
 # --------------------------------------------------------------------------- 2. entries that cannot be read
 
 
