@@ -31,10 +31,11 @@ from eval import report, runner, sets  # noqa: E402
 
 
 def colour_metrics(out: torch.Tensor, s: sets.Sample) -> dict:
-    """CIELAB a/b MAE and colorfulness of the output, of the ground truth, and their ratio."""
+    """CIELAB a/b MAE, colorfulness of the output, of the ground truth, their ratio; SqueezeNet feature distance."""
     c, cg = report.colorfulness(out), report.colorfulness(s.target)
     return {"ab_mae": report.ab_mae(out, s.target), "colorfulness": c, "colorfulness_gt": cg,
-            "colorfulness_ratio": c / cg if cg > 0 else float("nan")}
+            "colorfulness_ratio": c / cg if cg > 0 else float("nan"),
+            "sq_dist": report.feature_distance(out, s.target)}
 
 
 def colorize_scorer(lpips: report.LpipsScorer) -> runner.Scorer:
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def card_entry(rows: list[dict], model: str, result: dict, args: argparse.Namespace, out: Path) -> dict:
     """The card's ``metrics[<set>]`` entry: model and grayscale means side by side, and the target check."""
-    keys = ["psnr", "ssim", "ab_mae", "colorfulness", "colorfulness_gt", "colorfulness_ratio"]
+    keys = ["psnr", "ssim", "sq_dist", "ab_mae", "colorfulness", "colorfulness_gt", "colorfulness_ratio"]
+    keys = [k for k in keys if all(k in r for r in rows)]  # sq_dist: rows scored before it existed lack it
     by = {s["method"]: s for s in report.summarize(rows, keys)}
 
     def figures(name: str) -> dict:
@@ -141,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     notes = [f"set `{args.set}` ({n} images), input spec `{args.spec}`",
              "a/b MAE: mean |delta a|, |delta b| in CIELAB (D65, scikit-image); colorfulness: Hasler & "
-             "Suesstrunk 2003 on 0-255 RGB, averaged over images (GT column: the targets')"]
+             "Suesstrunk 2003 on 0-255 RGB, averaged over images (GT column: the targets')",
+             "SqueezeNet feature dist.: restore.metrics.perceptual_distance, LPIPS's lin=False form on the "
+             "ImageNet SqueezeNet 1.1 (uncalibrated, not LPIPS; lower = closer)"]
     if not lp.available:
         notes.append(f"LPIPS not reported: {lp.reason}")
     model_names = [m.name for m in methods if m.kind == "model"]
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "targets.json").write_text(json.dumps(result, indent=2) + "\n")
     report.write_metrics_csv(out / "metrics.csv", rows)
     report.write_summary_md(out / "summary.md", rows, title=f"Colorization: {args.set}",
-                            metrics=["psnr", "ssim", "lpips", "ab_mae", "colorfulness", "colorfulness_gt",
+                            metrics=["psnr", "ssim", "lpips", "sq_dist", "ab_mae", "colorfulness", "colorfulness_gt",
                                      "colorfulness_ratio"],
                             labels={m.name: m.label for m in methods}, notes=notes, command=args.command)
     if grid:

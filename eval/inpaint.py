@@ -108,8 +108,9 @@ def target_notes(result: dict) -> list[str]:
 
 
 def hole_metrics(out: torch.Tensor, s: sets.Sample) -> dict:
-    """PSNR/SSIM inside the holes, the largest change to known pixels, and the mask coverage."""
+    """PSNR/SSIM inside the holes, the largest change to known pixels, the mask coverage, SqueezeNet feature distance."""
     return {
+        "sq_dist": report.feature_distance(out, s.target),
         "psnr_hole": report.masked_psnr(out, s.target, s.mask),
         "ssim_hole": report.masked_ssim(out, s.target, s.mask),
         "known_max_diff": report.known_max_diff(out, s.input, s.mask),
@@ -208,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"set `{args.set}` ({n} images), base seed {args.seed}; holes are filled with 0 in the input",
              "PSNR/SSIM hole: over hole pixels only (SSIM map with the 5-px border excluded); "
              "known px max diff: largest change to known pixels in 8-bit levels (0 = untouched)",
-             f"OpenCV inpaint radius {B.INPAINT_RADIUS}"]
+             f"OpenCV inpaint radius {B.INPAINT_RADIUS}",
+             "SqueezeNet feature dist.: restore.metrics.perceptual_distance over the whole image (LPIPS's "
+             "lin=False form on ImageNet SqueezeNet 1.1; uncalibrated, not LPIPS; lower = closer)"]
     if not lp.available:
         notes.append(f"LPIPS not reported: {lp.reason}")
     model_names = [m.name for m in methods if m.kind == "model"]
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = [(name, [c for c in cols if c[0] in keep]) for name, cols in grid]
     report.write_metrics_csv(out / "metrics.csv", rows)
     report.write_summary_md(out / "summary.md", rows, title=f"Inpainting: {args.set}",
-                            metrics=["psnr", "ssim", "lpips", "psnr_hole", "ssim_hole", "known_max_diff",
+                            metrics=["psnr", "ssim", "lpips", "sq_dist", "psnr_hole", "ssim_hole", "known_max_diff",
                                      "coverage"],
                             labels={m.name: m.label for m in methods}, notes=notes, command=args.command)
     if grid:

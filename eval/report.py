@@ -53,12 +53,13 @@ PROTOCOL_NOTES: dict[str, str] = {
 AGGREGATE: dict[str, str] = {"known_max_diff": "max"}
 
 #: Preferred column order in CSV files and tables; others follow alphabetically.
-COLUMN_ORDER = ("group", "image", "method", "psnr", "ssim", "lpips", "psnr_hole", "ssim_hole",
+COLUMN_ORDER = ("group", "image", "method", "psnr", "ssim", "lpips", "sq_dist", "psnr_hole", "ssim_hole",
                 "known_max_diff", "coverage", "ab_mae", "colorfulness", "colorfulness_gt",
                 "colorfulness_ratio", "runtime_s")
 
 HEADERS: dict[str, str] = {
-    "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "psnr_hole": "PSNR hole (dB)",
+    "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "sq_dist": "SqueezeNet feature dist. (not LPIPS)",
+    "psnr_hole": "PSNR hole (dB)",
     "ssim_hole": "SSIM hole", "known_max_diff": "known px max diff (max, /255)", "coverage": "hole coverage",
     "ab_mae": "a/b MAE", "colorfulness": "colorfulness", "colorfulness_gt": "colorfulness GT",
     "colorfulness_ratio": "colorfulness / GT", "runtime_s": "s / image",
@@ -193,6 +194,13 @@ def detail_ratio(out: torch.Tensor, target: torch.Tensor) -> float:
 
     t = energy(target)
     return energy(out) / t if t > 0 else float("nan")
+
+
+def feature_distance(out: torch.Tensor, target: torch.Tensor) -> float:
+    """`restore.metrics.perceptual_distance` (SqueezeNet features, LPIPS's lin=False form; not LPIPS) of one image."""
+    from restore.metrics import perceptual_distance
+
+    return float(perceptual_distance(_batch(out).float(), _batch(target).float())[0])
 
 
 class LpipsScorer:

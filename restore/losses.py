@@ -14,8 +14,10 @@ Contents
   own area (inpainting).
 * `psnr_loss` - mean over the batch of each image's ``10 log10 MSE`` (minus its
   PSNR): what a per-image mean PSNR rewards, whatever each image's noise level.
-* `VGGFeatures`, `PerceptualLoss`, `StyleLoss`, `gram_matrix` - VGG16 feature
-  losses with frozen ImageNet weights that are never downloaded implicitly.
+* `VGGFeatures`, `SqueezeFeatures`, `PerceptualLoss`, `StyleLoss`, `gram_matrix` -
+  feature losses on a frozen ImageNet backbone that is never downloaded: VGG16
+  when its weights are on disk, or the SqueezeNet 1.1 that ships with the
+  repository (``backbone="squeezenet"``).
 * `tv_loss` - total variation, optionally restricted to a dilated hole region.
 * `kl_divergence` - KL of a diagonal Gaussian to N(0, I), with free bits.
 * `SupConLoss` - supervised contrastive loss (Khosla et al. 2020, L_out).
@@ -42,6 +44,9 @@ __all__ = [
     "VGG16_WEIGHTS_FILE",
     "VGG16_WEIGHTS_ENV",
     "VGGFeatures",
+    "SqueezeFeatures",
+    "SQUEEZE_PERCEPTUAL_LAYERS",
+    "SQUEEZE_STYLE_LAYERS",
     "PerceptualLoss",
     "StyleLoss",
     "gram_matrix",
@@ -359,6 +364,14 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+#: SqueezeNet layers and weights of `PerceptualLoss(backbone="squeezenet")`: each weight is the reciprocal
+#: of that layer's mean L1 feature distance between photos and their Gaussian-blurred (sigma 2) copies,
+#: so every layer contributes about 1 for that distortion (measured: python eval/perceptual_check.py --weights).
+SQUEEZE_PERCEPTUAL_LAYERS: dict[str, float] = {"conv1": 0.27, "fire3": 0.088, "fire5": 0.13, "fire9": 0.74}
+#: Layers and weights of `StyleLoss(backbone="squeezenet")` (Gram matrices; same normalisation idea).
+SQUEEZE_STYLE_LAYERS: dict[str, float] = {"conv1": 1.1, "fire3": 0.5, "fire5": 2.0, "fire9": 150.0}
+
+
 class VGGWeightsMissing(FileNotFoundError):
     """The VGG16 ImageNet weights file is not on disk (nothing is downloaded)."""
 
@@ -485,12 +498,68 @@ class VGGFeatures(nn.Module):
         return out
 
 
-def _check_layer_weights(layers: Mapping[str, float], who: str) -> dict[str, float]:
+class SqueezeFeatures(nn.Module):
+    """Frozen ImageNet SqueezeNet 1.1 feature extractor (the backbone that installs offline, issue 22).
+
+    Same contract as `VGGFeatures`: images in [0, 1] with 1 or 3 channels
+    (gray is repeated), preprocessing inside (Caffe: BGR, 0-255, minus the
+    mean), frozen, always in eval mode, ``forward`` returns ``{layer: features}``
+    for ``layers`` (names of `restore.models.squeezenet.LAYERS`). Weights come
+    from ``weights_path``, else ``$RESTORE_SQUEEZENET_WEIGHTS``, else the
+    repository's ``weights/backbones/squeezenet1_1-imagenet.safetensors``
+    (`SqueezeNetWeightsMissing` if absent; nothing is downloaded).
+    ``pretrained=False`` gives random weights, for tests only.
+    """
+
+    def __init__(
+        self,
+        layers: Iterable[str] = SQUEEZE_PERCEPTUAL_LAYERS,
+        weights_path: str | os.PathLike | None = None,
+        pretrained: bool = True,
+    ) -> None:
+        from restore.models.squeezenet import LAYERS, SqueezeNet, load_squeezenet
+
+        super().__init__()
+        names = list(dict.fromkeys(layers))
+        unknown = [n for n in names if n not in LAYERS]
+        if not names or unknown:
+            raise ValueError(f"SqueezeFeatures: unknown or no layer(s) {unknown or names}; known: {', '.join(LAYERS)}")
+        self.layers: tuple[str, ...] = tuple(names)
+        upto = max(names, key=LAYERS.index)
+        self.body = load_squeezenet(upto, weights_path) if pretrained else SqueezeNet(upto)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "SqueezeFeatures":
+        """Always eval: a frozen loss network must not change with the trainer's mode."""
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        from restore.models.squeezenet import preprocess
+
+        return self.body.features(preprocess(x), self.layers)
+
+
+BACKBONES = ("vgg16", "squeezenet")
+
+
+def _backbone_layers(backbone: str) -> Sequence[str]:
+    if backbone == "vgg16":
+        return tuple(VGG16_LAYERS)
+    if backbone == "squeezenet":
+        from restore.models.squeezenet import LAYERS
+
+        return LAYERS
+    raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+
+
+def _check_layer_weights(layers: Mapping[str, float], who: str, backbone: str = "vgg16") -> dict[str, float]:
     if not isinstance(layers, Mapping) or not layers:
         raise ValueError(f"{who}: layers must be a non-empty mapping {{layer_name: weight}}, got {layers!r}")
-    unknown = [n for n in layers if n not in VGG16_LAYERS]
+    known = _backbone_layers(backbone)
+    unknown = [n for n in layers if n not in known]
     if unknown:
-        raise ValueError(f"{who}: unknown VGG16 layer(s) {unknown}; known: {', '.join(VGG16_LAYERS)}")
+        raise ValueError(f"{who}: unknown {backbone} layer(s) {unknown}; known: {', '.join(known)}")
     return {k: float(v) for k, v in layers.items()}
 
 
@@ -513,16 +582,21 @@ class _FeatureLoss(nn.Module):
         criterion: Literal["l1", "l2"] = "l1",
         weights_path: str | os.PathLike | None = None,
         pretrained: bool = True,
-        features: VGGFeatures | None = None,
+        features: VGGFeatures | SqueezeFeatures | None = None,
+        backbone: str = "vgg16",
     ) -> None:
         super().__init__()
+        if features is not None:
+            backbone = "squeezenet" if isinstance(features, SqueezeFeatures) else "vgg16"
         if layers is None:
-            layers = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
-        self.layer_weights = _check_layer_weights(layers, self._who)
+            layers = self._default_layers(backbone)
+        self.backbone = backbone
+        self.layer_weights = _check_layer_weights(layers, self._who, backbone)
         self.criterion = criterion
         self._crit = _criterion(criterion, self._who)
         if features is None:
-            features = VGGFeatures(self.layer_weights, weights_path=weights_path, pretrained=pretrained)
+            cls = SqueezeFeatures if backbone == "squeezenet" else VGGFeatures
+            features = cls(self.layer_weights, weights_path=weights_path, pretrained=pretrained)
         else:
             missing = [n for n in self.layer_weights if n not in features.layers]
             if missing:
@@ -531,6 +605,12 @@ class _FeatureLoss(nn.Module):
                     f"build it with layers covering both losses"
                 )
         self.features = features
+
+    @staticmethod
+    def _default_layers(backbone: str) -> dict[str, float]:
+        if backbone == "squeezenet":
+            return dict(SQUEEZE_PERCEPTUAL_LAYERS)
+        return {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
 
     def _features(self, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if x.shape != y.shape:
@@ -560,10 +640,12 @@ class _FeatureLoss(nn.Module):
 
 
 class PerceptualLoss(_FeatureLoss):
-    """Weighted sum over VGG16 layers of the L1/L2 distance between features.
+    """Weighted sum over backbone layers of the L1/L2 distance between features.
 
-    ``layers`` maps layer names (``relu1_2``, ``relu2_2``, ``relu3_3``,
-    ``relu4_3`` or any conv/relu/pool name) to weights. Pass ``features=`` to
+    ``backbone="vgg16"`` (its weights must be on disk) or ``"squeezenet"`` (ships
+    with the repository; default layers `SQUEEZE_PERCEPTUAL_LAYERS`). ``layers``
+    maps layer names (VGG16: ``relu1_2``, ``relu2_2``, ``relu3_3``, ``relu4_3``
+    or any conv/relu/pool name; SqueezeNet: ``conv1``, ``fire2`` .. ``fire9``) to weights. Pass ``features=`` to
     share one `VGGFeatures` with a `StyleLoss`, and call `from_features` with
     features computed once to avoid running VGG twice.
     """
@@ -581,13 +663,19 @@ def gram_matrix(feat: Tensor) -> Tensor:
 
 
 class StyleLoss(_FeatureLoss):
-    """Distance between Gram matrices of VGG16 features (Gatys; Liu et al. 2018).
+    """Distance between Gram matrices of backbone features (Gatys; Liu et al. 2018); VGG16 or SqueezeNet.
 
     Same layer/weight/criterion/sharing conventions as `PerceptualLoss`; the
     Gram matrices are normalised by C*H*W so layer weights are comparable.
     """
 
     _who = "StyleLoss"
+
+    @staticmethod
+    def _default_layers(backbone: str) -> dict[str, float]:
+        if backbone == "squeezenet":
+            return dict(SQUEEZE_STYLE_LAYERS)
+        return _FeatureLoss._default_layers(backbone)
 
     @staticmethod
     def _compare_as(feat: Tensor) -> Tensor:

@@ -32,6 +32,9 @@ __all__ = [
     "LPIPSWeightsMissing",
     "LPIPS_BACKBONE_FILES",
     "LPIPS_BACKBONE_ENV",
+    "PERCEPTUAL_LAYERS",
+    "SqueezeDistance",
+    "perceptual_distance",
 ]
 
 SSIM_SIGMA = 1.5
@@ -304,3 +307,62 @@ class LPIPS(nn.Module):
         dtype = next(self.model.parameters()).dtype
         d = self.model(x.to(dtype), y.to(dtype), normalize=True)  # [0,1] -> [-1,1] inside
         return d.view(d.shape[0])
+
+
+# --------------------------------------------------------------------------- SqueezeNet feature distance
+
+#: Layers of `SqueezeDistance`: the seven taps LPIPS's own SqueezeNet variant reads (conv1, fire3, fire5..fire9).
+PERCEPTUAL_LAYERS = ("conv1", "fire3", "fire5", "fire6", "fire7", "fire8", "fire9")
+
+
+class SqueezeDistance(nn.Module):
+    """SqueezeNet feature distance: an uncalibrated perceptual distance that works offline (issue 22).
+
+    LPIPS needs AlexNet/VGG ImageNet weights that cannot be obtained here; this
+    is the computation of LPIPS with ``lin=False`` (no learned per-channel
+    weights) on the ImageNet SqueezeNet 1.1 that ships with the repository:
+    at each layer of `PERCEPTUAL_LAYERS` the feature vector of every pixel is
+    scaled to unit length over channels, the squared difference is summed over
+    channels and averaged over the image, and the layers are summed with equal
+    weights. It is **not LPIPS** (no human-judgement calibration; values are
+    not comparable with published LPIPS numbers): it ranks distortions, 0 for
+    identical images, larger = more different. ``eval/perceptual_check.py``
+    checks that it grows with blur, noise and JPEG strength on photos.
+
+    ``forward(x, y)`` takes NCHW images in [0, 1] (1 or 3 channels) and returns
+    ``(N,)``; frozen, but differentiable in its inputs.
+    """
+
+    def __init__(self, weights_path: str | os.PathLike | None = None, pretrained: bool = True) -> None:
+        super().__init__()
+        from restore.losses import SqueezeFeatures
+
+        self.features = SqueezeFeatures(PERCEPTUAL_LAYERS, weights_path=weights_path, pretrained=pretrained)
+
+    def train(self, mode: bool = True) -> "SqueezeDistance":
+        """Always eval (frozen)."""
+        return super().train(False)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        x, y = _check_pair(x, y, "SqueezeDistance")
+        if x.shape[1] not in (1, 3):
+            raise ValueError(f"SqueezeDistance: expected 1 or 3 channels, got {x.shape[1]}")
+        fx, fy = self.features(x.float()), self.features(y.float())
+        total = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+        for name in PERCEPTUAL_LAYERS:
+            a = fx[name] / (fx[name].norm(dim=1, keepdim=True) + 1e-10)
+            b = fy[name] / (fy[name].norm(dim=1, keepdim=True) + 1e-10)
+            total = total + (a - b).pow(2).sum(dim=1).mean(dim=(1, 2))
+        return total
+
+
+_DISTANCE: dict[str, SqueezeDistance] = {}
+
+
+def perceptual_distance(x: Tensor, y: Tensor) -> Tensor:
+    """`SqueezeDistance` per image, ``(N,)``, with one shared frozen model per device (not LPIPS)."""
+    key = str(x.device)
+    if key not in _DISTANCE:
+        _DISTANCE[key] = SqueezeDistance().to(x.device)
+    with torch.no_grad():
+        return _DISTANCE[key](x, y)

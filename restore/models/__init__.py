@@ -21,6 +21,7 @@ ARCHITECTURES: dict[str, str] = {
     "inpaint": "restore.models.inpaint:InpaintGenerator",
     "sn-patchgan": "restore.models.inpaint:SNPatchGAN",
     "squeezenet": "restore.models.squeezenet:SqueezeNet",
+    "squeeze-colorizer": "restore.models.colorizer:SqueezeColorizer",
 }
 
 
