@@ -214,7 +214,7 @@ class InputProtected(RuntimeError):
 
 
 class _Writes:
-    """Every file the job writes through atomic_output passes here just before its rename (io.on_commit).
+    """Every file the job writes through atomic_output passes here before its temporary exists (io.on_commit).
 
     It may not land on an input (the plan checks the planned outputs; this also covers side maps and
     masks), and when OUT is a folder it is appended to OUTPUTS_RECORD before it is written.
@@ -303,7 +303,12 @@ def process_folder(
     for src, reason in problems:  # named like any failed file, so the exit status says something was not restored
         summary.failed.append((src, reason))
         print(f"failed: {src}: {reason}", file=sys.stderr)
-    for tmp in stale_temporaries(dst for _, dst in pairs):
+    # no write lands on an input; OUT a folder: every file written under it is recorded there first (plan_outputs)
+    inputs = {_file_id(src) for src, _ in pairs if src.is_file()}
+    inputs |= {_file_id(Path(e)) for e in exclude if Path(e).is_file()}
+    writes = _Writes(None if [dst for _, dst in pairs] == [Path(out)] else Path(out), inputs)
+    recorded = [Path(out) / os.fsdecode(key) for key in writes.known]  # side maps, masks of earlier runs
+    for tmp in stale_temporaries([dst for _, dst in pairs] + recorded):
         try:
             tmp.unlink()
             print(f"removed {tmp}: a temporary file left by an interrupted run", file=sys.stderr)
@@ -322,10 +327,6 @@ def process_folder(
         else:
             todo.append((src, dst))
     failed_before = len(summary.failed)
-    # no write lands on an input; OUT a folder: every file written under it is recorded there first (plan_outputs)
-    inputs = {_file_id(src) for src, _ in pairs if src.is_file()}
-    inputs |= {_file_id(Path(e)) for e in exclude if Path(e).is_file()}
-    writes = _Writes(None if [dst for _, dst in pairs] == [Path(out)] else Path(out), inputs)
 
     bar = tqdm(total=len(todo), desc=desc or None, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
 

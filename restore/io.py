@@ -548,6 +548,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory; cannot write a file there")
     path.parent.mkdir(parents=True, exist_ok=True)
+    hook = _COMMIT_HOOK.get()
+    if hook is not None:
+        hook(path)
     prefix, suffix = _temp_name_parts(path)
     fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
@@ -568,9 +571,6 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         except FileNotFoundError:
             mode = _NEW_FILE_MODE
         os.chmod(tmp, mode)
-        hook = _COMMIT_HOOK.get()
-        if hook is not None:
-            hook(path)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -610,11 +610,12 @@ _COMMIT_HOOK: ContextVar[Callable[[Path], None] | None] = ContextVar("restore_io
 
 @contextmanager
 def on_commit(hook: Callable[[Path], None]) -> Iterator[None]:
-    """Call ``hook(path)`` each time :func:`atomic_output` is about to move a file onto ``path``.
+    """Call ``hook(path)`` each time :func:`atomic_output` starts writing ``path``, before its temporary exists.
 
     The folder driver records the files it writes (side maps, masks) this way,
-    so a later run can tell its own outputs from the user's images. A hook
-    that raises aborts that write (the temporary file is removed).
+    so a later run can tell its own outputs from the user's images and find the
+    temporaries a killed run left, and refuses writes onto an input. A hook
+    that raises aborts that write before anything is written.
     """
     token = _COMMIT_HOOK.set(hook)
     try:

@@ -226,6 +226,22 @@ def test_a_rerun_removes_the_temporary_files_a_killed_run_left(tmp_path, capsys)
     assert f"removed {stale}: a temporary file left by an interrupted run" in capsys.readouterr().err
 
 
+
+def test_a_rerun_also_removes_the_temporaries_of_recorded_side_files(tmp_path, capsys):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _png(inp / "x.png", 10)
+
+    def job(src: Path, dst: Path) -> None:
+        io.write_image(dst.with_name(dst.stem + ".std.png"), torch.zeros(1, 6, 5), bit_depth=16)
+        _copy_job(src, dst)
+
+    assert process_folder(inp, out, job).done == 1
+    prefix, suffix = io._temp_name_parts(out / "x.std.png")  # killed while rewriting the side map
+    stale = out / f"{prefix}abcd1234{suffix}"
+    stale.write_bytes(b"half")
+    assert process_folder(inp, out, job).skipped == 1
+    assert not stale.exists() and f"removed {stale}" in capsys.readouterr().err
+
 # --------------------------------------------------------------------------- a reader that goes away
 
 
