@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-__all__ = ["BatchJob", "Summary", "UsageError", "is_inside", "plan_outputs", "process_folder"]
+__all__ = ["OUTPUTS_RECORD", "BatchJob", "InputProtected", "Summary", "UsageError", "is_inside", "plan_outputs",
+           "process_folder"]
 
 
 class UsageError(ValueError):
@@ -291,7 +292,13 @@ def process_folder(
     file (``ImageReadError``, a model error...) is reported on stderr with the
     file and reason and the rest continue. Two inputs that map to the same
     output (``a.jpg`` and ``a.png``) are not both written: the later one fails
-    with a reason naming the first. A final summary line goes to stderr.
+    with a reason naming the first. Entries of IN that cannot be read (a
+    dangling link, a FIFO, a folder that cannot be listed) are failures too.
+    A final summary line goes to stderr; warnings raised for one file go there
+    as "warning: SRC: MESSAGE". Temporary files a killed run left next to the
+    planned outputs are removed first, and named. On Ctrl-C (or SIGTERM and
+    SIGHUP, which `restore.signals` turns into KeyboardInterrupt) the summary
+    says how many were not done, then the interrupt propagates.
     """
     from tqdm import tqdm
 
