@@ -386,6 +386,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# --------------------------------------------------------------------------- app
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """``restore app``: the web app (restore.app, an optional extra) on HOST:PORT until Ctrl-C."""
+    import os
+
+    try:
+        import gradio  # noqa: F401 - the app's one extra dependency: checked before any work
+
+        from restore.app import serve
+    except ImportError as e:
+        raise UsageError(f"the app needs gradio ({e}); install it with: pip install -e \".[app]\"") from None
+    if args.weights_dir:
+        if not Path(args.weights_dir).is_dir():
+            raise UsageError(f"--weights-dir {args.weights_dir}: no such folder")
+        os.environ[W._ENV] = str(Path(args.weights_dir).resolve())
+    if args.host in ("0.0.0.0", "::"):
+        print(f"warning: binding to {args.host}: the app is reachable from the network, by anyone who can reach "
+              "this machine (it has no login)", file=sys.stderr)
+    serve(host=args.host, port=args.port, device=args.device)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -457,6 +481,13 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("app", help="serve the web app (a page per task) on this machine (pip install -e \".[app]\")")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: reachable from the network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--weights-dir", metavar="DIR", help="folder of weights to offer (default: the shipped ones)")
+    p.set_defaults(func=cmd_app)
     return parser, task_errors
 
 
