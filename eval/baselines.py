@@ -26,7 +26,6 @@ extrapolated proportionally beyond it).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.common import eval_parser  # noqa: E402
 from eval.sets import parse_spec_params  # noqa: E402
 from restore.tasks.colorize import lab_to_rgb, rgb_to_lab  # noqa: E402
 
@@ -366,7 +366,7 @@ def _tv_w(x: torch.Tensor, w: float) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python eval/baselines.py", description=__doc__.split("\n\n")[0])
+    parser = eval_parser(__doc__, "baselines")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the registered baselines")
     t = sub.add_parser("tune", help="re-derive the NLM h / TV weight tables on training photos")

@@ -63,6 +63,8 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as `python eval/calibrate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.common import eval_parser  # noqa: E402
+
 __all__ = [
     "CALIBRATION_KEY",
     "PSNR_TOLERANCE",
@@ -363,15 +365,14 @@ def update_card(path: str | Path, block: dict[str, Any]) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python eval/calibrate.py",
-        description="Restore a small fixed sample with every shipped weight and compare PSNR/SSIM with "
+    p = eval_parser(
+        "Restore a small fixed sample with every shipped weight and compare PSNR/SSIM with "
         "the calibration block of its model card (or write that block with --update-card).",
+        "calibrate",
+        update_card={"help": "write the measured block into each card (idempotent; the safetensors file is untouched)"},
+        device={"help": "torch device (recorded figures are CPU ones; default cpu)"},
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="shipped weights to calibrate (default: all in weights/)")
-    p.add_argument("--update-card", action="store_true",
-                   help="write the measured block into each card (idempotent; the safetensors file is untouched)")
-    p.add_argument("--device", default="cpu", help="torch device (recorded figures are CPU ones; default cpu)")
     return p
 
 

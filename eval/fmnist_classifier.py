@@ -18,7 +18,6 @@ reuses it and a change of data or settings retrains it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -35,6 +34,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
+
+from eval.common import eval_parser  # noqa: E402
 
 __all__ = [
     "CACHE_FORMAT",
@@ -300,17 +301,14 @@ def load_or_train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python eval/fmnist_classifier.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="folder of the IDX files (default: $RESTORE_FASHION_MNIST or the Debian package)")
+    p = eval_parser(__doc__, "fmnist_classifier", data=True, seed=True, device=True)
     p.add_argument("--epochs", type=int, default=ClassifierSettings.epochs)
     p.add_argument("--batch-size", type=int, default=ClassifierSettings.batch_size)
     p.add_argument("--lr", type=float, default=ClassifierSettings.lr)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blur-prob", type=float, default=ClassifierSettings.blur_prob,
                    help="share of each batch blurred in training (0: sharp images only; default %(default)s)")
     p.add_argument("--cache", default="eval/results/vae/fmnist_cnn.safetensors",
                    help="safetensors file to reuse or write (default: %(default)s)")
-    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     from restore.data import IdxError, load_idx_tensors
 

@@ -20,7 +20,6 @@ one-cycle LR (peak 2e-3), batch 128, seeded. CPU: ~1 min per epoch (small),
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from eval import fmnist_classifier as FC  # noqa: E402
+from eval.common import eval_parser  # noqa: E402
 
 SIGMA = 114.75  # the issue-5 setup: x + 0.45 N(0, 1) on a 0-255 scale, clipped
 SPEC = f"gaussian:sigma={SIGMA}"
@@ -107,11 +107,10 @@ def train_on_noise(x: torch.Tensor, y: torch.Tensor, x_test_noisy: torch.Tensor,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python eval/fmnist_noisy_ceiling.py", description=__doc__.split("\n\n")[0])
+    p = eval_parser(__doc__, "fmnist_noisy_ceiling",
+                    seed={"help": "training seed; the test split is corrupted with seed 0"}, data=True)
     p.add_argument("--arch", choices=("small", "wide", "resnet"), default="small")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0, help="training seed; the test split is corrupted with seed 0")
-    p.add_argument("--data", help="folder of the IDX files (default: $RESTORE_FASHION_MNIST or the Debian package)")
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")

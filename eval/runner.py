@@ -21,6 +21,7 @@ import torch
 
 from eval import baselines as B
 from eval import sets
+from eval.common import eval_parser
 from eval.report import LpipsScorer
 from eval.sets import Sample, quantize8
 from restore.tiling import ENSEMBLES
@@ -201,31 +202,27 @@ def photo_samples(args: argparse.Namespace, spec: str, protocol: str = "default"
 
 
 def script_parser(doc: str, task: str, default_set: str, default_spec: str) -> argparse.ArgumentParser:
-    """The parser of ``eval/<task>.py``: its docstring's first paragraph as description, the rest
-    (examples, outputs) as epilog, and the options every eval script shares."""
-    p = argparse.ArgumentParser(prog=f"python eval/{task}.py", description=doc.split("\n\n")[0],
-                                epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    common_arguments(p, task, default_set, default_spec)
+    """The parser of the photo-task scripts ``eval/<task>.py``: the shared eval flags (`eval.common`) and
+    what every script on this runner takes (set, spec, baselines, grid, LPIPS, cache, self-ensemble)."""
+    p = eval_parser(
+        doc, task,
+        seed={"help": "base seed; per-image seeds derive from it (default 0)"},
+        weights=True,
+        out={"help": f"output folder (default eval/results/{task}/<set>-<spec>)"},
+        limit={"help": "score only the first N images (smoke runs)"},
+        device={"help": "device for the model and LPIPS (default cpu)"},
+        quiet={"help": "no progress bar"},
+    )
+    p.add_argument("--set", default=default_set, help=f"evaluation set (default {default_set})")
+    p.add_argument("--spec", default=default_spec, help=f"corruption spec (default {default_spec!r})")
+    p.add_argument("--baselines-only", action="store_true", help="score only the classical baselines")
+    p.add_argument("--baselines", help="comma-separated baselines (default: the ones suited to the spec)")
+    p.add_argument("--grid-images", type=int, default=3, help="images shown in grid.png (default 3)")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS even when its weights exist")
+    p.add_argument("--no-cache", action="store_true", help="do not read/write eval/data/cache")
+    p.add_argument("--ensemble", choices=tuple(ENSEMBLES), default="none",
+                   help="score the model with this self-ensemble (restore.tiling.self_ensemble; default none)")
     return p
-
-
-def common_arguments(parser: argparse.ArgumentParser, task: str, default_set: str, default_spec: str) -> None:
-    """Options every eval script shares (set, spec, seed, weights, output, limits, LPIPS)."""
-    parser.add_argument("--set", default=default_set, help=f"evaluation set (default {default_set})")
-    parser.add_argument("--spec", default=default_spec, help=f"corruption spec (default {default_spec!r})")
-    parser.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it (default 0)")
-    parser.add_argument("--weights", metavar="NAME|FILE", help="shipped weights name or .safetensors file")
-    parser.add_argument("--baselines-only", action="store_true", help="score only the classical baselines")
-    parser.add_argument("--baselines", help="comma-separated baselines (default: the ones suited to the spec)")
-    parser.add_argument("--out", type=Path, help=f"output folder (default eval/results/{task}/<set>-<spec>)")
-    parser.add_argument("--limit", type=int, help="score only the first N images (smoke runs)")
-    parser.add_argument("--grid-images", type=int, default=3, help="images shown in grid.png (default 3)")
-    parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS even when its weights exist")
-    parser.add_argument("--device", default="cpu", help="device for the model and LPIPS (default cpu)")
-    parser.add_argument("--no-cache", action="store_true", help="do not read/write eval/data/cache")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--ensemble", choices=tuple(ENSEMBLES), default="none",
-                        help="score the model with this self-ensemble (restore.tiling.self_ensemble; default none)")
 
 
 def check_update_card(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -44,6 +44,8 @@ from PIL import Image, ImageOps
 if __package__ in (None, ""):  # run as `python eval/sets.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.common import eval_parser  # noqa: E402
+
 EVAL_DIR = Path(__file__).resolve().parent
 MANIFEST_DIR = EVAL_DIR / "manifests"
 #: Working copies and caches (gitignored); ``$RESTORE_EVAL_DATA`` moves them elsewhere.
@@ -584,8 +586,7 @@ def _selected(choice: str, with_fashion: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python eval/sets.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = eval_parser(__doc__, "sets")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for cmd, helptext in (("build", "verify sources and write PNG working copies under eval/data/"),
                           ("verify", "check source files against the manifests"),

@@ -75,6 +75,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from eval.common import eval_parser  # noqa: E402
 from restore import provenance  # noqa: E402
 from restore.tiling import ENSEMBLES  # noqa: E402
 
@@ -947,15 +948,16 @@ QUICK = {"sizes": "64", "batch_sizes": "1", "dtypes": "fp32", "modes": "eager", 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="eval/speed.py",
-        description="Speed and memory of restore (restoring, baselines, tiling, training); writes speed.md/.csv/.json.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run on a quiet machine (or under `nice`) and compare ratios, not absolute figures, across runs.",
+    p = eval_parser(
+        "Speed and memory of restore (restoring, baselines, tiling, training); writes speed.md/.csv/.json.\n\n"
+        "Run on a quiet machine (or under `nice`) and compare ratios, not absolute figures, across runs.",
+        "speed",
+        out={"type": str, "default": str(DEFAULT_OUT), "help": "output folder (default eval/results/speed)"},
+        device={"default": "auto", "choices": ("auto", "cpu", "cuda"),
+                "help": "model device (baselines always run on CPU); auto = cuda when present"},
+        weights={"action": "append", "default": [], "metavar": "TASK=NAME|FILE",
+                 "help": "use these weights for TASK instead of its shipped default (repeatable)"},
     )
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default eval/results/speed)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="model device (baselines always run on CPU); auto = cuda when present")
     p.add_argument("--tasks", default=None, help="comma list of tasks (default: all of restore.tasks.TASKS)")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"comma list of {', '.join(SECTIONS)} (default: all) and huge (the 6000x4000 CLI runs, "
@@ -972,8 +974,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensembles", default=None,
                    help="restore --ensemble modes to time: none, flip, x8 or a comma list (default none; "
                         "not the VAE)")
-    p.add_argument("--weights", action="append", default=[], metavar="TASK=NAME|FILE",
-                   help="use these weights for TASK instead of its shipped default (repeatable)")
     p.add_argument("--baseline-size", default=None, help="photo size of the baseline comparison (default 768x512)")
     p.add_argument("--baseline-repeats", type=int, default=None, help="timed baseline runs (default 3)")
     p.add_argument("--tiled-size", default=None, help="large image of the tiled run (default 4096)")

@@ -67,6 +67,7 @@ from torch import Tensor  # noqa: E402
 from eval import baselines as B  # noqa: E402
 from eval import fmnist_classifier as FC  # noqa: E402
 from eval import report  # noqa: E402
+from eval.common import eval_parser  # noqa: E402
 
 #: The published reference run of the issue-5 setup (latent 16, noise 0.45), all 10,000 test images.
 REFERENCE = {"mse": 0.01806, "psnr": 17.96, "ssim": 0.595, "noisy_psnr": 9.95, "noisy_ssim": 0.287}
@@ -745,19 +746,21 @@ def default_run(card: dict) -> Path | None:
 
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
-    p = argparse.ArgumentParser(prog="python eval/vae.py", description=doc.split("\n\n")[0],
-                                epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="vae-fashion", help="denoising VAE: shipped name or STEM/.json path "
-                   "(default: %(default)s)")
+    p = eval_parser(
+        doc, "vae",
+        weights={"default": "vae-fashion", "help": "denoising VAE: shipped name or STEM/.json path (default: %(default)s)"},
+        out={"default": Path("eval/results/vae"), "help": "report folder (default: %(default)s)"},
+        data=True,
+        seed={"help": "corruption seed of the test split (train split: seed + 1); also seeds sampling and embeddings"},
+        limit={"default": 0, "help": "use only the first N test images (quick look; 0 = all)"},
+        device=True,
+        quiet={"help": "no progress lines on stderr"},
+    )
     p.add_argument("--cvae", nargs="*", default=[], metavar="NAME", help="conditional VAE weights to sample and score")
     p.add_argument("--run", nargs="+", action="extend", default=[], metavar="DIR",
                    help="training run folder(s) for history.csv and the loss curves (default: the card's run)")
     p.add_argument("--study", nargs="+", action="extend", default=[], metavar="DIR",
                    help="latent-size study runs, e.g. runs/vae-latent-2 runs/vae-latent-4 runs/vae-latent-16")
-    p.add_argument("--out", type=Path, default=Path("eval/results/vae"), help="report folder (default: %(default)s)")
-    p.add_argument("--data", help="folder of the IDX files (default: $RESTORE_FASHION_MNIST or the Debian package)")
-    p.add_argument("--seed", type=int, default=0, help="corruption seed of the test split (train split: seed + 1); "
-                   "also seeds sampling and embeddings")
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN probe (default: %(default)s)")
     p.add_argument("--samples", type=int, default=16, help="posterior samples K for the uncertainty map")
     p.add_argument("--uncertainty-images", type=int, default=2000,
@@ -767,14 +770,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cond-cols", type=int, default=10, help="samples per class shown in the conditional grids")
     p.add_argument("--interp", nargs=2, type=int, metavar=("I", "J"),
                    help="test indices of the interpolation ends (default: first T-shirt/top and first Ankle boot)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N test images (quick look; 0 = all)")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--classifier-cache", type=Path, help="safetensors file of the judging classifier "
                    "(default: OUT/fmnist_cnn.safetensors; trained on first use)")
     p.add_argument("--classifier-epochs", type=int, default=FC.ClassifierSettings.epochs)
     p.add_argument("--classifier-steps", type=int, default=0, help="stop classifier training after N steps (tests)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
 

@@ -19,7 +19,6 @@ The functions live in `restore.tasks.vae` so the analysis report reuses them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -31,6 +30,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from eval.common import eval_parser  # noqa: E402
 
 
 @torch.no_grad()
@@ -100,17 +101,19 @@ def measure(weights: str, data: str | None = None, seed: int = 0, k: int = 5, de
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="eval/vae_metrics.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", required=True, help="shipped name (vae-fashion) or STEM/.json/.safetensors path")
-    p.add_argument("--data", help="folder of the IDX files (default: $RESTORE_FASHION_MNIST or the Debian package)")
-    p.add_argument("--seed", type=int, default=0, help="corruption seed of the test split (train split: seed + 1)")
+    p = eval_parser(
+        __doc__, "vae_metrics",
+        weights={"required": True, "help": "shipped name (vae-fashion) or STEM/.json/.safetensors path"},
+        data=True,
+        seed={"help": "corruption seed of the test split (train split: seed + 1)"},
+        device=True,
+        update_card=True,
+    )
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN probe")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--train-limit", type=int, default=0, help="fit the k-NN on the first N training images (0 = all)")
     p.add_argument("--samples-per-class", type=int, default=100,
                    help="conditional VAEs: prior samples per class scored by a raw-pixel k-NN (0 = skip)")
     p.add_argument("--json", help="also write the figures to this JSON file")
-    p.add_argument("--update-card", action="store_true", help="record the figures and this command in the model card")
     args = p.parse_args(argv)
 
     from restore import weights as W

@@ -365,3 +365,21 @@ def test_training_sets_never_hold_an_evaluation_photo() -> None:
     plus = {s.name for s in sets.PHOTO_SETS["photos-train-plus"]}
     assert {s.name for s in sets.PHOTO_SETS["photos-train"]} < plus
     assert "photos-train-plus" not in sets._selected("all")  # needs one more package: built when named
+
+
+def test_eval_parser_shares_flags_and_refuses_unknown_ones():
+    from eval.common import eval_parser
+
+    p = eval_parser("Title.\n\nExamples.", "x", seed=True, device={"default": "cuda"}, out=True, update_card=True)
+    a = p.parse_args([])
+    assert (a.seed, a.device, a.out, a.update_card) == (0, "cuda", None, False)
+    b = p.parse_args(["--out", "o", "--seed", "3", "--update-card"])
+    assert (b.out, b.seed, b.update_card) == (Path("o"), 3, True)
+    assert (p.prog, p.description, p.epilog) == ("python eval/x.py", "Title.", "Examples.")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--weights", "w"])  # only the flags asked for
+    with pytest.raises(TypeError, match="unknown shared flag 'sed'"):
+        eval_parser(None, "x", sed=True)
+    photo = runner.script_parser("T.\n\nE.", "denoise", "photos-eval", "gray").parse_args([])
+    assert (photo.seed, photo.device, photo.weights, photo.out, photo.limit, photo.quiet) == (0, "cpu", None, None,
+                                                                                               None, False)
