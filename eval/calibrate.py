@@ -58,12 +58,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from skimage import data as skdata
 from torch import Tensor
 
 if __package__ in (None, ""):  # run as `python eval/calibrate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.common import eval_parser  # noqa: E402
+from restore import corrupt, io  # noqa: E402
+from restore import weights as W  # noqa: E402
+from restore.data import IdxError, load_idx_split  # noqa: E402
+from restore.io import atomic_output  # noqa: E402
+from restore.metrics import psnr, ssim  # noqa: E402
+from restore.options import OptionError  # noqa: E402
+from restore.pipeline import Pipeline  # noqa: E402
 
 __all__ = [
     "CALIBRATION_KEY",
@@ -127,8 +135,6 @@ def _is_fashion(card: dict[str, Any]) -> bool:
 
 def _photo() -> Tensor:
     """1x3xCxC centre crop of the scikit-image photo (bundled with the package: no download)."""
-    from skimage import data as skdata
-
     try:
         arr = getattr(skdata, PHOTO)()
     except Exception as e:  # noqa: BLE001 - a broken scikit-image install is "sample unavailable"
@@ -142,8 +148,6 @@ def _photo() -> Tensor:
 
 
 def _fashion() -> Tensor:
-    from restore.data import IdxError, load_idx_split
-
     try:
         images, _ = load_idx_split(None, "test")
     except (IdxError, OSError) as e:
@@ -156,8 +160,6 @@ def _fashion() -> Tensor:
 
 def make_sample(card: dict[str, Any], seed: int = SEED) -> Sample:
     """The calibration sample of a card: clean target + degraded input (+ mask), all seeded."""
-    from restore import corrupt
-
     spec = card.get("corruption")
     if not isinstance(spec, str) or not spec.strip():
         raise CalibrationError(f"card {card.get('name')!r}: no 'corruption' spec to degrade the sample with")
@@ -209,8 +211,6 @@ def _from_grid(canvas: Tensor, n: int, h: int, w: int) -> Tensor:
 
 def _png_roundtrip(x: Tensor, path: Path, *, mask: bool = False) -> Tensor:
     """Write NCHW as one 8-bit PNG with restore.io and read it back (masks through read_mask)."""
-    from restore import io
-
     n, _, h, w = x.shape
     io.write_image(path, _to_grid(x.detach().cpu().float().clamp(0, 1)), bit_depth=8)
     canvas = io.read_mask(path) if mask else io.read_image(path).image
@@ -219,8 +219,6 @@ def _png_roundtrip(x: Tensor, path: Path, *, mask: bool = False) -> Tensor:
 
 def load_model(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Load a shipped weight as the CLI does: verified, ``eval()``, no gradients."""
-    from restore import weights as W
-
     try:
         model, card = W.load(name, device=device)
     except W.WeightsError as e:
@@ -233,8 +231,6 @@ def load_model(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module
 
 def _mean_psnr(x: Tensor, y: Tensor) -> float | None:
     """Mean per-image PSNR; None when every image is identical (the identity corruption's input)."""
-    from restore.metrics import psnr
-
     values = psnr(x, y)
     finite = values[torch.isfinite(values)]
     if finite.numel() == 0:
@@ -248,10 +244,6 @@ def _mean_psnr(x: Tensor, y: Tensor) -> float | None:
 def measure(model: nn.Module, card: dict[str, Any], sample: Sample | None = None,
             *, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Restore the card's sample through the user path; return the calibration block (without ``command``)."""
-    from restore.metrics import ssim
-    from restore.options import OptionError
-    from restore.pipeline import Pipeline
-
     try:
         pipeline = Pipeline(model, card, device=device)
     except OptionError as e:
@@ -335,8 +327,6 @@ def _dump(card: dict[str, Any], ensure_ascii: bool) -> str:
 
 def update_card(path: str | Path, block: dict[str, Any]) -> bool:
     """Set ``card["calibration"] = block`` in place (same key position, same JSON style); True if the file changed."""
-    from restore.io import atomic_output
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -377,8 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from restore import weights as W
-
     args = build_parser().parse_args(argv)
     names = list(args.names) or [str(c["name"]) for c in W.available()]
     if not names:

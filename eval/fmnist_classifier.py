@@ -33,9 +33,13 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from safetensors import SafetensorError, safe_open  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from eval.common import eval_parser  # noqa: E402
+from restore.data import IdxError, load_idx_tensors  # noqa: E402
+from restore.io import atomic_output  # noqa: E402
 
 __all__ = [
     "CACHE_FORMAT",
@@ -221,10 +225,6 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000,
 
 def save_cached(path: str | Path, model: FashionCNN, info: dict) -> Path:
     """Write the weights as safetensors with ``info`` (JSON) in the file's metadata, atomically."""
-    from safetensors.torch import save_file
-
-    from restore.io import atomic_output
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -235,10 +235,6 @@ def save_cached(path: str | Path, model: FashionCNN, info: dict) -> Path:
 
 def load_cached(path: str | Path, device: str | torch.device = "cpu") -> tuple[FashionCNN, dict]:
     """Load cached weights and their ``info``; `ClassifierError` naming the file if it is unusable."""
-    from safetensors import SafetensorError
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise ClassifierError(f"{path}: no cached classifier")
@@ -310,7 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default="eval/results/vae/fmnist_cnn.safetensors",
                    help="safetensors file to reuse or write (default: %(default)s)")
     args = p.parse_args(argv)
-    from restore.data import IdxError, load_idx_tensors
 
     try:
         train, test = load_idx_tensors(args.data, "train"), load_idx_tensors(args.data, "test")

@@ -32,6 +32,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from eval import fmnist_classifier as FC  # noqa: E402
 from eval.common import eval_parser  # noqa: E402
+from restore import corrupt  # noqa: E402
+from restore.data import IdxError, load_idx_tensors  # noqa: E402
 
 SIGMA = 114.75  # the issue-5 setup: x + 0.45 N(0, 1) on a 0-255 scale, clipped
 SPEC = f"gaussian:sigma={SIGMA}"
@@ -114,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
-    from restore import corrupt
-    from restore.data import IdxError, load_idx_tensors
 
     try:
         x_train, y_train = load_idx_tensors(args.data, "train")

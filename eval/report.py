@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from restore.metrics import ssim_map
+from restore.metrics import LPIPS, LPIPSWeightsMissing, perceptual_distance, psnr, ssim, ssim_map
 from restore.provenance import git_commit, machine  # noqa: F401 - every eval script's report.git_commit/machine
 from restore.tasks.colorize import rgb_to_lab
 
@@ -88,8 +88,6 @@ def _check_same(out: torch.Tensor, target: torch.Tensor, who: str) -> None:
 
 def psnr_ssim(out: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """Whole-image PSNR and SSIM (``restore.metrics``, data range 1) of one CHW image."""
-    from restore.metrics import psnr, ssim
-
     o, t = _batch(out), _batch(target)
     _check_same(o, t, "psnr_ssim")
     return {"psnr": float(psnr(o, t)[0]), "ssim": float(ssim(o, t)[0])}
@@ -198,8 +196,6 @@ def detail_ratio(out: torch.Tensor, target: torch.Tensor) -> float:
 
 def feature_distance(out: torch.Tensor, target: torch.Tensor) -> float:
     """`restore.metrics.perceptual_distance` (SqueezeNet features, LPIPS's lin=False form; not LPIPS) of one image."""
-    from restore.metrics import perceptual_distance
-
     return float(perceptual_distance(_batch(out).float(), _batch(target).float())[0])
 
 
@@ -215,11 +211,6 @@ class LpipsScorer:
         self.reason = "disabled (--no-lpips)"
         self.device = device
         if not enabled:
-            return
-        try:
-            from restore.metrics import LPIPS, LPIPSWeightsMissing
-        except ImportError as e:  # pragma: no cover - restore.metrics is a core module
-            self.reason = f"restore.metrics unavailable ({e})"
             return
         try:
             self.model = LPIPS(net="alex").to(device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -18,12 +19,17 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
+from tqdm import tqdm
 
 from eval import baselines as B
 from eval import sets
 from eval.common import eval_parser
-from eval.report import LpipsScorer
+from eval.report import LpipsScorer, detail_ratio, psnr_ssim
 from eval.sets import Sample, quantize8
+from restore import weights as W
+from restore.io import atomic_output
+from restore.options import OptionError
+from restore.pipeline import Pipeline
 from restore.tiling import ENSEMBLES
 
 Scorer = Callable[[torch.Tensor, Sample], dict]
@@ -66,10 +72,6 @@ def model_method(task: str, weights: str, device: str = "cpu", ensemble: str = "
     Uses ``restore.weights.load`` (verifies the checksum, builds from the card) and the restore
     pipeline (`restore.pipeline.Pipeline`), as the ``restore`` command does.
     """
-    from restore import weights as W
-    from restore.options import OptionError
-    from restore.pipeline import Pipeline
-
     path = Path(weights).expanduser()
     looks_like_file = path.suffix in (".safetensors", ".json") or "/" in weights
     if looks_like_file and not path.exists():
@@ -121,8 +123,6 @@ def evaluate(
     Outputs are rounded to 8 bits before scoring (both protocols). A method
     that returns a different shape is an error, not a silent resize.
     """
-    from tqdm import tqdm
-
     rows: list[dict] = []
     grid: list[tuple[str, list[tuple[str, torch.Tensor]]]] = []
     bar = tqdm(total=(total * len(methods)) if total else None, desc=desc, unit="run", disable=not progress,
@@ -161,8 +161,6 @@ def image_scorer(lpips: LpipsScorer, extra: Scorer | None = None) -> Scorer:
     means what it means in another; ``extra`` adds what only that task
     measures (in-hole PSNR, a/b error ...).
     """
-    from eval.report import psnr_ssim
-
     def score(out: torch.Tensor, s: Sample) -> dict:
         r = psnr_ssim(out, s.target)
         if extra is not None:
@@ -177,8 +175,6 @@ def image_scorer(lpips: LpipsScorer, extra: Scorer | None = None) -> Scorer:
 def denoise_scorer(lpips: LpipsScorer) -> Scorer:
     """PSNR, SSIM, the detail ratio (`eval.report.detail_ratio`) and, when available, LPIPS against the clean
     target."""
-    from eval.report import detail_ratio
-
     return image_scorer(lpips, lambda out, s: {"detail": detail_ratio(out, s.target)})
 
 
@@ -244,11 +240,6 @@ def record_in_card(weights: str, entries: dict[str, dict], command: str) -> Path
     so every script records them the same way, with that command beside them
     (``metrics_command``), instead of someone copying numbers by hand.
     """
-    import json
-
-    from restore import weights as W
-    from restore.io import atomic_output
-
     try:
         path = W.card_path(weights)  # raises when the card does not exist
         card = json.loads(path.read_text(encoding="utf-8"))

@@ -45,6 +45,9 @@ if __package__ in (None, ""):  # run as `python eval/sets.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.common import eval_parser  # noqa: E402
+from restore import corrupt  # noqa: E402
+from restore.data import default_idx_root, load_idx_tensors  # noqa: E402
+from restore.io import atomic_output  # noqa: E402
 
 EVAL_DIR = Path(__file__).resolve().parent
 MANIFEST_DIR = EVAL_DIR / "manifests"
@@ -370,8 +373,6 @@ def build(set_name: str, force: bool = False, verbose: bool = True) -> Path:
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    from restore.io import atomic_output
-
     with atomic_output(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
@@ -411,8 +412,6 @@ def iter_photos(set_name: str, limit: int | None = None) -> Iterator[Photo]:
 
 
 def _fashion_manifest() -> dict:
-    from restore.data import default_idx_root
-
     root = default_idx_root()
     files = []
     for kind in ("images", "labels"):
@@ -432,8 +431,6 @@ def load_fashion_mnist_test(root: str | os.PathLike | None = None, limit: int | 
     Read through :func:`restore.data.load_idx_tensors`; with ``verify`` the files
     are checked against ``eval/manifests/fashion-mnist-test.json`` first.
     """
-    from restore.data import default_idx_root, load_idx_tensors
-
     folder = Path(root).expanduser() if root is not None else default_idx_root()
     if verify:
         manifest = load_manifest(FASHION_SET)
@@ -515,8 +512,6 @@ def degrade(name: str, clean: torch.Tensor, spec: str, base_seed: int = 0, proto
     cached as PNG (+ mask PNG + JSON side file that pins the clean pixels).
     ``published``: ``gaussian:...,clip=0`` with seed 0, float input, not cached.
     """
-    import restore.corrupt as corrupt
-
     if protocol not in PROTOCOLS:
         raise SetError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if protocol == "published":

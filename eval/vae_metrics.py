@@ -32,6 +32,10 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from eval.common import eval_parser  # noqa: E402
+from restore import corrupt  # noqa: E402
+from restore import weights as W  # noqa: E402
+from restore.data import IdxError, default_idx_root, load_idx_tensors  # noqa: E402
+from restore.tasks.vae import encode, evaluate_denoising, knn_accuracy  # noqa: E402
 
 
 @torch.no_grad()
@@ -42,8 +46,6 @@ def conditional_sample_accuracy(model: torch.nn.Module, x_train: torch.Tensor, y
     A classifier-free sanity figure (raw-pixel k-NN is ~85% accurate on real
     test images); eval/vae.py scores the samples with a trained classifier.
     """
-    from restore.tasks.vae import knn_accuracy
-
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(int(model.num_classes)).repeat_interleave(per_class)
     z = torch.randn(len(labels), int(model.latent_dim), generator=gen)
@@ -55,11 +57,6 @@ def conditional_sample_accuracy(model: torch.nn.Module, x_train: torch.Tensor, y
 def measure(weights: str, data: str | None = None, seed: int = 0, k: int = 5, device: str = "cpu",
             train_limit: int | None = None, per_class: int = 100) -> dict[str, Any]:
     """The figures for ``weights`` (a shipped name or a path) as a flat dict."""
-    from restore import corrupt
-    from restore import weights as W
-    from restore.data import default_idx_root, load_idx_tensors
-    from restore.tasks.vae import encode, evaluate_denoising, knn_accuracy
-
     model, card = W.load(weights, device=device)
     model.eval()
     if card.get("task") != "vae":
@@ -115,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="conditional VAEs: prior samples per class scored by a raw-pixel k-NN (0 = skip)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
-
-    from restore import weights as W
-    from restore.data import IdxError
 
     try:
         figures = measure(args.weights, args.data, args.seed, args.k, args.device, args.train_limit or None,

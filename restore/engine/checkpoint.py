@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from restore.corrupt import RandomStreams
+from restore.io import atomic_output
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{8,})\.pt$")
 
@@ -54,8 +55,6 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """torch.save ``state`` to ``path`` atomically (temp file + fsync + os.replace, via `restore.io`)."""
-    from restore.io import atomic_output
-
     path = Path(path)
     with atomic_output(path) as tmp:
         torch.save(state, tmp)

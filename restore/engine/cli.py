@@ -21,8 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from restore.engine import checkpoint as ckpt
+from restore.engine import distributed as dist_utils
 from restore.engine.config import ConfigError, TrainConfig, apply_dict, check_task_keys, load_yaml, parse_set
 from restore.engine.task import Task
+from restore.engine.trainer import Trainer, TrainingDiverged, TrainingInterrupted
+from restore.models.blocks import ModelConfigError
 
 
 def build_parser(task_cls: type[Task]) -> argparse.ArgumentParser:
@@ -110,12 +114,6 @@ def _setup_logging(is_main: bool) -> None:
 
 def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
     """Run one training command; returns the process exit status."""
-    from restore.engine import checkpoint as ckpt
-    from restore.engine import distributed as dist_utils
-    from restore.engine.trainer import Trainer, TrainingDiverged, TrainingInterrupted
-
-    from restore.models.blocks import ModelConfigError
-
     parser = build_parser(task_cls)
     args = parser.parse_args(argv)
     is_main = dist_utils.env_info().is_main

@@ -8,6 +8,7 @@ TensorBoard and DDP live here, so a fix reaches all four tasks at once.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -25,19 +26,24 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
 
+from restore import weights
 from restore.corrupt import RandomStreams
 from restore.engine import checkpoint as ckpt
 from restore.engine import distributed as dist_utils
-from restore.engine.config import DEVICE_RE, ConfigError, TrainConfig, plain
+from restore.engine.config import DEVICE_RE, ConfigError, TrainConfig, load_yaml, plain
 from restore.engine.ema import EMA
 from restore.engine.logging import RunLogger, run_info
 from restore.engine.schedule import ScheduleError, anneal, build_scheduler, continued, lr_multiplier
 from restore.engine.task import EpochContext, StepContext, Task, check_terms
 from restore.engine.watch import CollapseWatch
+from restore.io import atomic_output
+from restore.metrics import psnr, ssim
 from restore.provenance import device_name
 
 log = logging.getLogger("restore.engine")
@@ -463,7 +469,6 @@ class Trainer:
         """PSNR/SSIM of the EMA generator on the held-out loader (rank 0; fixed corruption seed)."""
         if self.val_loader is None:
             return {}
-        from restore import metrics
 
         G = self.ema.module if self.ema is not None else self.models["G"]
         was_training = G.training
@@ -478,8 +483,8 @@ class Trainer:
             with self._autocast():
                 output, target = self.task.validation_step(G, batch, ctx)
             output, target = output.float().contiguous(), target.float().contiguous()
-            psnr_sum += float(metrics.psnr(output, target).sum())
-            ssim_sum += float(metrics.ssim(output, target).sum())
+            psnr_sum += float(psnr(output, target).sum())
+            ssim_sum += float(ssim(output, target).sum())
             n += output.shape[0]
         G.train(was_training)
         if n == 0:
@@ -678,11 +683,9 @@ class Trainer:
         The card's architecture must be the one this run builds: a mismatch is a
         config error naming both, never a partial load.
         """
-        from restore import weights as W
-
         try:
-            model, card = W.load(source)
-        except W.WeightsError as e:
+            model, card = weights.load(source)
+        except weights.WeightsError as e:
             raise ConfigError(f"config init_weights: {e}") from e
         g = self.models["G"]
         try:
@@ -721,8 +724,6 @@ class Trainer:
 
     def _earlier_commands(self) -> list[dict[str, Any]]:
         """The invocations recorded in the run's config.yaml (a resume appends to them, never replaces them)."""
-        from restore.engine.config import load_yaml
-
         try:
             info = load_yaml(self.run_dir / "config.yaml").get("run_info") or {}
         except ConfigError:  # no (readable) config.yaml: the history starts here
@@ -738,9 +739,6 @@ class Trainer:
     def _write_config(self, resumed: bool) -> None:
         if not self.is_main:
             return
-        import yaml
-
-        from restore.io import atomic_output
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         doc = self.cfg.to_dict()
@@ -775,8 +773,6 @@ class Trainer:
                 handlers[s] = signal.signal(s, self._on_signal)
         bar = None
         if self.is_main and self.cfg.progress:
-            from tqdm import tqdm
-
             bar = tqdm(total=self.total_steps, initial=self.step, desc=self.task.name, dynamic_ncols=True, mininterval=1.0)
         images_per_step = self.cfg.batch_size * self.dist.world_size
         self._perf_t, self._perf_images = time.perf_counter(), 0
@@ -910,9 +906,6 @@ class Trainer:
         """Write the EMA generator (or G without EMA) via `restore.weights.save`; rank 0 only."""
         if not self.is_main:
             return None
-        import copy
-
-        from restore import weights
 
         G = self.ema.module if self.ema is not None else self.models["G"]
         G = copy.deepcopy(G).to("cpu", dtype=torch.float32, memory_format=torch.contiguous_format).eval()
