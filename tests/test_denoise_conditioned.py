@@ -236,3 +236,25 @@ def test_gpu_recipe_smoke_writes_weights_and_log(photo_dir: Path, tmp_path: Path
     assert "exported EMA generator" in log
     if extra:
         assert "time budget reached" in log and card["steps"] < 100000
+
+
+def test_recalibrate_bn_gives_a_conditioned_generator_its_sigma(photo_dir: Path, tmp_path: Path) -> None:
+    """train/recalibrate_bn.py re-estimates a CondUNet's BatchNorm on (input, sigma) pairs, as in training."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "train/recalibrate_bn.py"
+    spec = importlib.util.spec_from_file_location("recal_cond", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    model = CondUNet(**{**TINY_UNET, "norm": "batch"})
+    card = {"task": "denoise", "corruption": "gaussian:sigma=0-60", "noise_conditioned": True,
+            "options": {"generator": "cond-unet", "spec": "gaussian:sigma=0-60", "lambda_adv": 0.0}}
+    W.save(tmp_path / "c", model, card)
+    out = tmp_path / "recal"
+    assert script.main([str(tmp_path / "c.safetensors"), "--data", str(photo_dir), "--out", str(out),
+                        "--batches", "2", "--batch-size", "2", "--patch-size", "16"]) == 0
+    new, new_card = W.load(out.with_suffix(".safetensors"))
+    means = [m.running_mean for m in new.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert means and any(float(m.abs().sum()) > 0 for m in means)  # fresh statistics were measured
+    assert new_card["bn_recalibration"]["batches"] == 2 and new.noise_conditioned

@@ -33,9 +33,10 @@ import torch  # noqa: E402
 
 
 def noisy_batches(card: dict, data: str, batches: int, batch_size: int, patch_size: int,
-                  seed: int) -> Iterator[torch.Tensor]:
+                  seed: int, with_sigma: bool = False) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """``batches`` batches of training images, degraded by the card's task exactly as in training (seeded):
-    random patches of the photos in ``data``, or random images of a Fashion-MNIST training split."""
+    random patches of the photos in ``data``, or random images of a Fashion-MNIST training split.
+    ``with_sigma``: (input, sigma / 255) pairs, what a noise-conditioned generator is given."""
     from restore.data import ImageFolderPatches
     from restore.tasks.common import crop_load_size
     from restore.tasks.denoise import DenoiseTask
@@ -53,7 +54,19 @@ def noisy_batches(card: dict, data: str, batches: int, batch_size: int, patch_si
     for b in range(batches):
         index = [order[(b * batch_size + i) % len(order)] for i in range(batch_size)]
         clean = task.rescale(torch.stack([images[i]["target"] for i in index]), generator, patch_size)
-        yield task.degrade(clean, generator)[0]
+        noisy, sigma = task.degrade(clean, generator)
+        yield (noisy, sigma / 255.0) if with_sigma else noisy
+
+
+class _GivenSigma(torch.nn.Module):
+    """Calls a noise-conditioned generator on (input, sigma) pairs, so the BN pass sees what training did."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.model(*pair)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.manual_seed(args.seed)
     try:
-        layers = recalibrate_batchnorm(model, noisy_batches(card, args.data, args.batches, args.batch_size,
-                                                           args.patch_size, args.seed))
+        conditioned = bool(getattr(model, "noise_conditioned", False))
+        layers = recalibrate_batchnorm(_GivenSigma(model) if conditioned else model,
+                                       noisy_batches(card, args.data, args.batches, args.batch_size,
+                                                     args.patch_size, args.seed, with_sigma=conditioned))
     except (ValueError, FileNotFoundError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
