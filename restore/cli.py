@@ -1,4 +1,4 @@
-"""The ``restore`` command (DESIGN section 4); ``python -m restore`` runs the same.
+"""The ``restore`` command (docs/design.md, section 5); ``python -m restore`` runs the same.
 
 Subcommands: ``corrupt`` (degraded copies), ``weights`` (list shipped
 weights), ``demo`` (bundled photos through every shipped model) and one
@@ -105,12 +105,14 @@ def _restorer_for(command: str, weights: str | None) -> type[Restorer]:
     return restorer
 
 
-def _pipeline(command: str, weights: str | None, device: torch.device) -> Pipeline:
+def _pipeline(command: str, weights: str | None, device: torch.device, backend: str = "torch") -> Pipeline:
+    from restore import backends  # [deployment, issue 23] --backend
+
     name = weights or DEFAULT_WEIGHTS.get(command)
     if not name:
         raise W.WeightsError(f"{command!r} has no default weights; pass --weights NAME|FILE")
     try:
-        model, card = W.load(name, device=device)
+        model, card = backends.load(name, backend, device)
     except W.WeightsError as e:
         if weights is None:  # the default is missing: say how to get weights, not just that they're unknown
             raise W.WeightsError(f"{e}. The default {name!r} weights are not installed: train them with "
@@ -193,7 +195,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     command = args.command
     restorer = _restorer_for(command, args.weights)
     opts = restorer.options_type.from_namespace(args)  # bad options: exit 2 before any work
-    device = resolve_device(args.device)
+    device = resolve_device("cpu" if args.backend == "onnxruntime" and args.device == "auto" else args.device)
     batch_size = args.batch_size or (4 if device.type == "cuda" else 1)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
@@ -204,7 +206,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     excluded = [masks] if masks is not None else []  # masks inside IN are not images to restore
     # usage errors (OUT == IN, empty folder...) before loading a model
     planned = {dst.resolve() for _, dst in plan_outputs(inp, args.output, exclude=excluded)}
-    pipeline = _pipeline(command, args.weights, device)
+    pipeline = _pipeline(command, args.weights, device, args.backend)
 
     def load(src: Path) -> dict[str, Any]:
         loaded = io.read_image(src)
@@ -291,6 +293,21 @@ def cmd_weights(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
     print(f"({len(cards)} in {W.weights_dir()})")
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """[deployment, issue 23] `restore.export.export`; its report (max |torch - export|) on stdout."""
+    from restore import export
+
+    try:
+        report = export.export(args.weights, args.format, args.output)
+    except (export.ExportError, ImportError) as e:
+        raise UsageError(f"{e}" + (" (pip install 'restore[onnx]')" if isinstance(e, ImportError) else "")) from e
+    print("\n".join(report.lines()))
     return 0
 
 
@@ -452,6 +469,9 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
         p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         p.add_argument("--batch-size", type=int, default=0, help="images of equal size per batch (default: 4 on cuda, 1 on cpu)")
         p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+        p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",  # [deployment, issue 23]
+                       help="torch (eager), or onnxruntime (CPU; the model exported to ONNX on the fly, or "
+                            "--weights FILE.onnx from `restore export`; needs the onnx extra)")
         if name == "inpaint":
             p.add_argument("--masks", metavar="MASKDIR", required=True, help="masks matched by relative path and stem (nonzero = hole)")
         p.set_defaults(func=cmd_task)
@@ -474,6 +494,12 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
     p = sub.add_parser("weights", help="list shipped weights and their model cards")
     p.add_argument("--json", action="store_true", help="print the full cards as JSON")
     p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("export", help="export a photo model to ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("weights", metavar="NAME|FILE", help="shipped weights name or .safetensors/.json path")
+    p.add_argument("output", metavar="OUT", help="file to write (e.g. denoise.onnx)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.set_defaults(func=cmd_export)  # [deployment, issue 23]
 
     p = sub.add_parser("demo", help="restore bundled sample photos with every shipped model")
     p.add_argument("output", metavar="OUT", nargs="?", default="demo_out")

@@ -1,4 +1,4 @@
-"""The folder driver behind the ``restore`` subcommands (DESIGN section 4).
+"""The folder driver behind the ``restore`` subcommands (docs/design.md, section 5).
 
 Mirrored relative paths, skip-existing, per-file error isolation, a progress
 bar and a summary, and the guarantee that no input file is ever written: an

@@ -1,6 +1,6 @@
 """Shipped-weights registry: ``NAME`` -> ``NAME.safetensors`` + ``NAME.json`` card.
 
-Why this shape (DESIGN section 5, STYLE "weights with hashes"):
+Why this shape (docs/design.md, section 6):
 
 * Tensors live in safetensors, the card in plain JSON, so loading never
   unpickles anything: a downloaded weights file cannot run code.
@@ -25,6 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save_file
+
+from restore import cards, models
+from restore.io import atomic_output
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -115,8 +121,6 @@ def _sha256_file(path: Path) -> str:
 
 def _arch_of(model: nn.Module) -> str | None:
     """The ``ARCHITECTURES`` key whose target is ``type(model)``, if any."""
-    from restore import models
-
     cls = type(model)
     wanted = f"{cls.__module__}:{cls.__qualname__}"
     for name, target in models.ARCHITECTURES.items():
@@ -161,8 +165,6 @@ def _card_shapes(arch: str, config: dict) -> dict[str, tuple[int, ...]]:
     So a card whose sizes are inflated (a width of 10**5 asks for terabytes) is compared with the
     weights file before anything is allocated for it.
     """
-    from restore import models
-
     with torch.device("meta"):
         model = models.build(arch, **config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
@@ -229,10 +231,6 @@ def save(stem: str | os.PathLike[str], model: nn.Module, card: dict[str, Any]) -
     ``name`` defaults to the stem's file name. ``sha256``, ``size_bytes`` and
     ``created`` are always computed here (never trusted from the caller).
     """
-    from safetensors.torch import save_file
-
-    from restore.io import atomic_output
-
     stem = _stem(stem)
     if not isinstance(card, dict):
         raise WeightsError(f"{stem}: card must be a dict, got {type(card).__name__}")
@@ -266,6 +264,14 @@ def save(stem: str | os.PathLike[str], model: nn.Module, card: dict[str, Any]) -
         json.dumps(card, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{stem}: card is not JSON-serialisable ({e})") from e
+    derived = {"sha256": "", "size_bytes": 0, "created": "", "card_format": CARD_FORMAT}  # computed below
+    problems = cards.check({**derived, **card}, allow_unknown=True)
+    if problems:
+        raise WeightsError(f"{stem}: the card breaks the schema of restore/cards.py: {'; '.join(problems)}")
+    unknown = cards.unknown_keys(card)
+    if unknown:
+        warnings.warn(f"{stem}: card keys {unknown} are not in restore/cards.py CARD_KEYS; add them there "
+                      "with their meaning (the shipped-card test requires it)", stacklevel=2)
 
     state = _state_dict_for_saving(model)
     _check_rebuild(card["arch"], card["config"], state)
@@ -394,14 +400,9 @@ def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu
     only safetensors is parsed: nothing is unpickled. The card's model is
     first built on the meta device and its shapes compared with the file's
     header, so a card with inflated sizes fails before anything is allocated
-    for it. ``eval()`` is left to the caller (STYLE: construction, loading and
+    for it. ``eval()`` is left to the caller (construction, loading and
     mode are separate steps).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
-    from restore import models
-
     json_path, st_path = resolve(name_or_path)
     card, data = _read_verified(json_path, st_path)
     arch = card["arch"]

@@ -3,7 +3,7 @@
 A task builds its models and says how a batch becomes named loss terms; the
 trainer (`restore.engine.trainer`) owns optimisers, AMP, EMA, schedules,
 checkpoints, logging and DDP, and never knows which task it trains
-(DESIGN section 1). Names declared here (pix2pix ``loss_names`` /
+(docs/design.md, section 1). Names declared here (pix2pix ``loss_names`` /
 ``visual_names``) drive logging, so a task lists its terms and images once.
 
 Order of calls in one training step (one batch per step)::

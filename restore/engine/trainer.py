@@ -1,4 +1,4 @@
-"""The one trainer: every task trains through `Trainer` (DESIGN sections 1 and 6).
+"""The one trainer: every task trains through `Trainer` (docs/design.md, sections 1 and 7).
 
 The loop only calls the task's hooks (`restore.engine.task`); optimisers, AMP,
 EMA, LR schedules, the NaN guard, the collapse watch, validation, checkpoints,

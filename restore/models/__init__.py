@@ -1,7 +1,7 @@
 """Model architectures, built by name.
 
 A small name -> "module:attribute" mapping instead of an if/elif chain, and
-lazy imports so one model's dependencies never break another (STYLE.md).
+lazy imports so one model's dependencies never break another (docs/design.md).
 Every model class stores the keyword arguments it was built with in
 ``self.config`` so that `restore.weights` can rebuild it from a model card.
 """

@@ -7,7 +7,7 @@ known positions (:class:`restore.models.blocks.SelfAttention` with a hole
 mask). It is simpler, fully differentiable, and keeps the idea of filling a
 hole by borrowing features from the known surroundings.
 
-Conventions (see DESIGN.md): images in [0, 1], masks N1HW with 1 = hole.
+Conventions (docs/design.md): images in [0, 1], masks N1HW with 1 = hole.
 Inside the network images live in [-1, 1] and holes are filled with
 ``fill_value`` (0.5, i.e. 0 in [-1, 1]: mid-gray, the value that carries no
 colour bias) before anything sees them, so pixels under the hole never leak
@@ -16,7 +16,7 @@ into the prediction. Masks are binarised at 0.5.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,7 @@ from restore.models.fill import push_pull_fill
 #: ``prefill`` choices: what the holes hold before the network sees the image.
 PREFILLS = ("constant", "pushpull")
 
-__all__ = ["InpaintGenerator", "SNPatchGAN"]
+__all__ = ["InpaintGenerator", "SNPatchGAN", "inpaint_around"]
 
 
 class _Stage(nn.Module):
@@ -225,23 +225,38 @@ class InpaintGenerator(nn.Module):
                 f"InpaintGenerator: mask must be N x 1 x H x W matching the image {tuple(image.shape)}, "
                 f"got shape {tuple(mask.shape)}"
             )
-        hole_b = mask > 0.5
-        hole = hole_b.to(image.dtype)
-        if self.prefill == "pushpull":
-            filled = push_pull_fill(image, hole_b)
-        else:
-            filled = torch.where(hole_b, torch.full_like(image, self.fill_value), image)
-        padded, pads = pad_to_multiple(torch.cat([filled, hole], dim=1), self.multiple)
-        img_p, hole_p = padded[:, :-1], padded[:, -1:]
+        return inpaint_around(image, mask, self.refine_padded, prefill=self.prefill, fill_value=self.fill_value,
+                              multiple=self.multiple)
+
+    def refine_padded(self, img_p: Tensor, hole_p: Tensor) -> tuple[Tensor, Tensor]:
+        """Coarse and refined images of a prefilled image and its hole, both padded to ``multiple``.
+
+        The learnt part of `forward`, apart so that `restore.export` can export it with any H and W
+        (the pull-push prefill's pyramid depth depends on the size, so it stays outside the graph).
+        """
         attn_hole = hole_p if self.attend_to_known else None
         coarse_p = self._stage_image(img_p, self.coarse(self._network_input(img_p, hole_p), None))
         pasted = torch.where(hole_p > 0.5, coarse_p, img_p)
         refined_p = self._stage_image(pasted, self.refine(self._network_input(pasted, hole_p), attn_hole))
+        return coarse_p, refined_p
 
-        coarse = crop_padding(coarse_p, pads)
-        refined = crop_padding(refined_p, pads)
-        output = torch.where(hole_b, refined, image)
-        return {"coarse": coarse, "refined": refined, "output": output}
+
+def inpaint_around(image: Tensor, mask: Tensor, refine: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], *,
+                   prefill: str, fill_value: float, multiple: int) -> dict[str, Tensor]:
+    """`InpaintGenerator.forward` around its network ``refine`` (the module's, or an exported graph's):
+    prefill the hole, pad to ``multiple``, refine, crop, and keep the known pixels exactly."""
+    hole_b = mask > 0.5
+    hole = hole_b.to(image.dtype)
+    if prefill == "pushpull":
+        filled = push_pull_fill(image, hole_b)
+    else:
+        filled = torch.where(hole_b, torch.full_like(image, fill_value), image)
+    padded, pads = pad_to_multiple(torch.cat([filled, hole], dim=1), multiple)
+    coarse_p, refined_p = refine(padded[:, :-1], padded[:, -1:])
+    coarse = crop_padding(coarse_p, pads)
+    refined = crop_padding(refined_p, pads)
+    output = torch.where(hole_b, refined, image)
+    return {"coarse": coarse, "refined": refined, "output": output}
 
 
 class SNPatchGAN(nn.Module):

@@ -9,7 +9,7 @@ laptop CPU.
 The decoder's pre-sigmoid logits are returned alongside the image so the task
 can use ``binary_cross_entropy_with_logits``, which is exact where
 ``BCE(sigmoid(x))`` saturates. Models never read files and never change their
-own train/eval mode (STYLE.md); constructor kwargs are kept in ``self.config``
+own train/eval mode (docs/design.md); constructor kwargs are kept in ``self.config``
 so `restore.weights` can rebuild them from a model card.
 """
 

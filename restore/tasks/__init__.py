@@ -1,13 +1,12 @@
-"""Tasks: what is specific to each restoration problem.
+"""Tasks: the training side of each restoration problem.
 
-Each task module (``restore.tasks.<name>``) provides the training side
-(a `restore.engine.task.Task` subclass) and the restoring side used by the
-folder driver and `restore demo`: ``DEFAULT_WEIGHTS``,
-``restore_batch(model, batch, card, *, tile, device, options=None)`` and the
-optional ``add_arguments`` / ``demo`` (docs/internals.md, "Task restoring API"). Tasks are looked up lazily by name so the CLI
-only imports what it runs. What several tasks need alike (nested model options,
-the discriminator's loss and scalars, photo-folder splits, gray/colour channel
-adaptation) lives once in `restore.tasks.common`.
+Each task module (``restore.tasks.<name>``) provides a `restore.engine.task.Task`
+subclass: it builds its models, turns a batch into named losses and writes its
+model card. Restoring lives in `restore.restorers` (the pipeline's hooks).
+Tasks are looked up lazily by name so a script only imports what it trains.
+What several tasks need alike (nested model options, the discriminator's loss
+and scalars, photo-folder splits, gray/colour channel adaptation) lives once in
+`restore.tasks.common`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Everything colour-specific lives in this module, in one place (richzhang's
 ``BaseColor`` idea): the LAB conversions (kornia, differentiable, on whatever
 device the tensors are on), the normalisation the networks see (``L/50 - 1``
 and ``ab/110``), the training task (`ColorizeTask`), the photo-crop dataset and
-the restoring side (`restore_batch`).
+the restoring side uses them too (`restore.restorers.colorize`).
 
 Restoring works at full resolution (DeOldify / richzhang): the input's own L is
 kept, a/b are predicted at the model's working resolution, upsampled and
@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -28,6 +29,11 @@ from torch.utils.data import Dataset
 
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
+from restore.io import ImageReadError, list_images, read_image
+from restore.losses import AdversarialLoss, PerceptualLoss, l1_loss
+from restore.models.colorizer import SqueezeColorizer
+from restore.models.patchgan import PatchGAN
+from restore.models.unet import UNet
 from restore.tasks.common import (
     discriminator_terms,
     is_int,
@@ -208,7 +214,7 @@ def lab_to_rgb_keep_l(L: Tensor, ab: Tensor, iterations: int = KEEP_L_ITERATIONS
 def _keep_l_into(out: Tensor, L: Tensor, ab: Tensor, iterations: int, tol: float) -> None:
     """`lab_to_rgb_keep_l` of L/ab written into ``out`` (N3HW), converting band by band.
 
-    ``out`` may be the tensor that L and ab are views of (``restore_batch``
+    ``out`` may be the tensor that L and ab are views of (the colorize restorer
     converts its LAB image in place, saving a full-size copy): each band is
     read, into fresh tensors, before its rows are overwritten. The
     out-of-gamut pixels of all bands are gathered in whole-image order and
@@ -257,8 +263,6 @@ def _bisect_chroma(flat_L: Tensor, flat_ab: Tensor, iterations: int, tol: float)
 # ============================================================================ data
 def _resize_short(arr: np.ndarray, short: int) -> np.ndarray:
     """Resize HxWxC so the shorter side is ``short`` (area when shrinking, cubic when enlarging)."""
-    import cv2
-
     h, w = arr.shape[:2]
     scale = short / min(h, w)
     size = (max(short, round(w * scale)), max(short, round(h * scale)))  # cv2: (width, height)
@@ -297,8 +301,6 @@ class PhotoCrops(Dataset):
         crops_per_image: int = 1,
         seed: int | None = None,
     ) -> None:
-        from restore.io import ImageReadError, read_image
-
         if not is_int(crop_size) or crop_size < 8:
             raise ColorizeConfigError(f"crop_size: must be an integer >= 8, got {crop_size!r}")
         lo, hi = _size_range(load_size, "load_size")
@@ -452,10 +454,6 @@ class ColorizeTask(Task):
         }
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
-        from restore.losses import AdversarialLoss
-        from restore.models.patchgan import PatchGAN
-        from restore.models.unet import UNet
-
         defaults = self.defaults()["task"]
         opts = {**defaults, **(options or {})}
         unknown = sorted(set(opts) - set(defaults))
@@ -474,8 +472,6 @@ class ColorizeTask(Task):
             if not isinstance(opts[key], (int, float)) or isinstance(opts[key], bool) or opts[key] < 0:
                 raise ColorizeConfigError(f"task.{key}: must be a number >= 0, got {opts[key]!r}")
         if opts["arch"] == "squeeze-colorizer":
-            from restore.models.colorizer import SqueezeColorizer
-
             opts["generator"] = merge_model_options(
                 SQUEEZE_GENERATOR_DEFAULTS, opts["generator"], name="generator", error=ColorizeConfigError,
                 cls=SqueezeColorizer,
@@ -498,8 +494,6 @@ class ColorizeTask(Task):
             raise ColorizeConfigError(f"task.gan_mode / task.label_smoothing: {e}") from None
         self.perceptual: nn.Module | None = None
         if opts["lambda_perceptual"] > 0:
-            from restore.losses import PerceptualLoss
-
             self.perceptual = PerceptualLoss(backbone="squeezenet")
             self.loss_names_G = (*type(self).loss_names_G, "perceptual")
 
@@ -509,12 +503,7 @@ class ColorizeTask(Task):
 
     # ---- construction -------------------------------------------------------------
     def build_models(self) -> dict[str, nn.Module]:
-        from restore.models.patchgan import PatchGAN
-        from restore.models.unet import UNet
-
         if self.options["arch"] == "squeeze-colorizer":
-            from restore.models.colorizer import SqueezeColorizer
-
             G: nn.Module = SqueezeColorizer(**self.options["generator"]).load_backbone()
         else:
             G = UNet(in_channels=1, out_channels=2, residual=False, out_activation="tanh", **self.options["generator"])
@@ -522,8 +511,6 @@ class ColorizeTask(Task):
         return {"G": G, "D": D}
 
     def build_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
-        from restore.io import list_images
-
         o = self.options
         paths = list_photos(data, ColorizeConfigError)
         if o["val_data"]:
@@ -557,8 +544,6 @@ class ColorizeTask(Task):
         return discriminator_terms(self.adv, real, fake, ctx, self.options["gan_mode"])
 
     def generator_losses(self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module | None, ctx: StepContext) -> LossTerms:
-        from restore.losses import l1_loss
-
         ab = out["output"]
         l1 = l1_loss(ab, batch["ab"])
         if D is not None and self.options["lambda_adv"] > 0:

@@ -21,10 +21,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
+from restore.data import ImageFolderPatches
 from restore.engine.task import LossTerms, StepContext
+from restore.io import ImageReadError, list_images, read_image
 
 __all__ = [
     "discriminator_terms",
@@ -139,8 +142,6 @@ def follow_device(module: nn.Module, device: torch.device) -> nn.Module:
 
 def list_photos(data: str, error: type[Exception]) -> list[Path]:
     """The images of the training folder ``--data`` (recursive, sorted); ``error`` when there are none."""
-    from restore.io import list_images
-
     root = Path(data)
     if not root.exists():
         raise error(f"--data {root}: no such folder")
@@ -175,8 +176,6 @@ def photo_patch_datasets(
     back on; none readable is ``error``.
     Returns (train, validation or None, the split's photo names for the card).
     """
-    from restore.data import ImageFolderPatches
-
     def train_set(path: Path) -> ImageFolderPatches:
         return ImageFolderPatches(path, patch_size, patches_per_image=patches_per_image, augment=True, cache=cache)
 
@@ -209,8 +208,6 @@ def photo_patch_datasets(
 def _readable_photos(paths: list[Path], build: Callable[[Path], Any] | None, task: str) -> dict[Path, Any]:
     """The readable ``paths``, each with its dataset when ``build`` (a caching constructor, which decodes
     the photo anyway) is given, else None after a test decode; unreadable ones are logged and dropped."""
-    from restore.io import ImageReadError, read_image
-
     good: dict[Path, Any] = {}
     for path in paths:
         try:
@@ -248,8 +245,6 @@ def scaled_crop(target: Tensor, patch: int, scale_range: Iterable[float], genera
     side `crop_load_size`; ``mode`` is an ``F.interpolate`` mode (bicubic
     is antialiased and clamped to [0, 1], as a photo editor's downscale is).
     """
-    import torch.nn.functional as F
-
     lo, hi = (float(v) for v in scale_range)
     size = target.shape[-1]
     if size == patch and lo == hi == 1.0:

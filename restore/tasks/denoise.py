@@ -22,10 +22,7 @@ Training side (`DenoiseTask`, driven by `restore.engine.Trainer`):
   the model meets photos' detail at more than the training photos' one scale;
   or a Fashion-MNIST IDX folder (``dataset: fashion-mnist``).
 
-Restoring side (`restore_batch`, used by ``restore denoise`` and the eval
-scripts): gray/colour adaptation between the file and the model, overlap-
-blended tiles (`restore.tiling.tiled`) so memory is bounded and seams vanish,
-output clamped to [0, 1].
+Restoring: `restore.restorers.denoise` (the restore pipeline's hooks).
 """
 
 from __future__ import annotations
@@ -38,9 +35,16 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from restore.corrupt import RandomStreams
+from restore.corrupt import CorruptionSpecError, RandomStreams, parse_spec
+from restore.data import IdxDataset, IdxError
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
+from restore.losses import AdversarialLoss, PerceptualLoss, VGGWeightsMissing, psnr_loss
+from restore.models.blocks import ModelConfigError
+from restore.models.cond_unet import CondUNet
+from restore.models.ffdnet import FFDNet
+from restore.models.patchgan import PatchGAN
+from restore.models.unet import UNet
 from restore.tasks.common import (
     crop_load_size,
     discriminator_terms,
@@ -147,7 +151,6 @@ class DenoiseTask(Task):
                                   DenoiseConfigError)
         super().__init__(opts)
         self._validate()
-        from restore.corrupt import CorruptionSpecError, parse_spec
 
         try:
             self.corruption = parse_spec(opts["spec"])
@@ -164,8 +167,6 @@ class DenoiseTask(Task):
         self.use_gan = float(opts["lambda_adv"]) > 0
         self.adv_loss: nn.Module | None = None
         if self.use_gan:
-            from restore.losses import AdversarialLoss
-
             sm = opts["label_smoothing"]
             if opts["gan_mode"] == "hinge":
                 sm = None  # hinge has no target labels to smooth
@@ -220,8 +221,6 @@ class DenoiseTask(Task):
 
     def _build_perceptual(self) -> bool:
         """Build the VGG16 perceptual loss; False (with a warning) when its weights are not on disk."""
-        from restore.losses import PerceptualLoss, VGGWeightsMissing
-
         try:
             self.perceptual = PerceptualLoss(weights_path=self.options["vgg_weights"],
                                              pretrained=bool(self.options["vgg_pretrained"]))
@@ -233,12 +232,6 @@ class DenoiseTask(Task):
 
     # ---- construction -------------------------------------------------------------
     def build_models(self) -> dict[str, nn.Module]:
-        from restore.models.blocks import ModelConfigError
-        from restore.models.cond_unet import CondUNet
-        from restore.models.ffdnet import FFDNet
-        from restore.models.patchgan import PatchGAN
-        from restore.models.unet import UNet
-
         try:
             kind = self.options["generator"]
             G: nn.Module = (FFDNet(in_channels=self.channels, **self.options["ffdnet"]) if kind == "ffdnet"
@@ -282,8 +275,6 @@ class DenoiseTask(Task):
         return train, val
 
     def _fashion_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
-        from restore.data import IdxDataset, IdxError
-
         try:
             full = IdxDataset(data or None, "train")
         except (IdxError, FileNotFoundError) as e:
@@ -350,8 +341,6 @@ class DenoiseTask(Task):
         if "mse" in self.loss_names_G:
             terms["mse"] = o["lambda_mse"] * diff.square().mean()
         if "psnr" in self.loss_names_G:
-            from restore.losses import psnr_loss
-
             terms["psnr"] = o["lambda_psnr"] * psnr_loss(output, target)
         if self.use_gan:
             if D is None:

@@ -27,16 +27,8 @@ Training side (`InpaintTask`, driven by `restore.engine.Trainer`):
   so that a small training patch shows a scene at the scale the model will
   meet at its working resolution. A few photos are held back for validation.
 
-Restoring side (`restore_batch`, used by ``restore inpaint`` and
-``eval/inpaint.py``): an empty mask copies the input through; a mask that
-covers the whole image is refused with a clear error (there is nothing to
-inpaint *from*: the model's unconditional output would be a meaningless gray
-texture, not a restoration); images are inpainted at a working resolution
-(shorter side at most ``work_size``: the hole is filled with context from the
-whole image, only the hole content is upscaled; a ``prefill: pushpull``
-generator's correction of its pull-push fill is upscaled and added to the same
-fill computed at full resolution) and the known region is kept bit-exactly at
-full resolution.
+Restoring: `restore.restorers.inpaint` (working resolution, known pixels kept
+bit-exactly, pull-push fill at full resolution).
 """
 
 from __future__ import annotations
@@ -49,9 +41,12 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from restore.corrupt import RandomStreams
+from restore.corrupt import CorruptionSpecError, RandomStreams, parse_spec
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
+from restore.losses import AdversarialLoss, PerceptualLoss, StyleLoss, VGGFeatures, VGGWeightsMissing, l1_loss, tv_loss
+from restore.models.blocks import ModelConfigError
+from restore.models.inpaint import InpaintGenerator, SNPatchGAN
 from restore.tasks.common import (
     crop_load_size,
     discriminator_terms,
@@ -163,8 +158,6 @@ class InpaintTask(Task):
         self.adv_loss: nn.Module | None = None
         names = list(type(self).loss_names_G)
         if self.use_gan:
-            from restore.losses import AdversarialLoss
-
             self.adv_loss = AdversarialLoss(opts["gan_mode"])
         else:
             names.remove("adv")
@@ -232,8 +225,6 @@ class InpaintTask(Task):
             raise bad("mask_probs", f"must be {len(masks)} non-negative numbers (one per task.masks entry), not all 0")
 
     def _parse_masks(self) -> list[Any]:
-        from restore.corrupt import CorruptionSpecError, parse_spec
-
         out = []
         for spec in self.options["masks"]:
             try:
@@ -247,8 +238,6 @@ class InpaintTask(Task):
 
     def _build_vgg(self, perc: bool, style: bool) -> bool:
         """Build one shared VGG16 for both feature losses; False (with a warning) when its weights are absent."""
-        from restore.losses import PerceptualLoss, StyleLoss, VGGFeatures, VGGWeightsMissing
-
         layers = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
         try:
             self.vgg = VGGFeatures(layers, weights_path=self.options["vgg_weights"],
@@ -264,9 +253,6 @@ class InpaintTask(Task):
 
     # ---- construction -------------------------------------------------------------
     def build_models(self) -> dict[str, nn.Module]:
-        from restore.models.blocks import ModelConfigError
-        from restore.models.inpaint import InpaintGenerator, SNPatchGAN
-
         gen = dict(self.options["generator"])
         gen.setdefault("in_channels", 4)
         try:
@@ -332,8 +318,6 @@ class InpaintTask(Task):
     def generator_losses(
         self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module | None, ctx: StepContext
     ) -> LossTerms:
-        from restore.losses import l1_loss, tv_loss
-
         o = self.options
         target, mask = batch["target"], batch["mask"]
         wh, wv = float(o["lambda_hole"]), float(o["lambda_valid"])

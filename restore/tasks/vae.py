@@ -14,16 +14,8 @@ so the ramp has no stairs; logged as ``kl/beta``). After every epoch the task
 writes one row of ``runs/NAME/history.csv`` (losses, beta, train and test
 MSE/PSNR/SSIM with a fixed corruption seed).
 
-Restoring side (docs/internals.md, "Task restoring API"): `restore_batch`
-serves ``restore denoise IN OUT --weights vae-fashion``: a VAE card says task
-"vae" and ``COMMANDS`` lists the subcommands it can answer. By default the
-output is decoded from z_mean (deterministic, and the best single estimate);
-``--samples K`` averages K decoder outputs from z ~ q(z|x), and
-``--uncertainty`` adds their per-pixel standard deviation as an extra image
-(``NAME.std.png``). Inputs must be 28x28 gray images (the shape the weights
-were trained on): other sizes are refused with a clear error instead of being
-resized, because a photo squeezed into 28x28 and blown up again is not a
-restoration of anything.
+Restoring (``restore denoise --weights vae-fashion``, the API, the app):
+`restore.restorers.vae` (z_mean decoding, posterior samples, uncertainty).
 
 Evaluation helpers (`evaluate_denoising`, `encode`, `knn_accuracy`) compute
 the figures of the model cards; ``eval/vae_metrics.py`` is their command line.
@@ -45,8 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from restore import corrupt, metrics, models
+from restore.data import FASHION_MNIST_CLASSES, IdxDataset, IdxError
 from restore.engine.config import ConfigError
 from restore.engine.task import EpochContext, StepContext, Task
+from restore.io import atomic_output
+from restore.losses import SupConLoss, kl_divergence
 from restore.tasks.common import is_int, is_number
 
 __all__ = [
@@ -99,8 +95,6 @@ def beta_at(epoch: float, beta_max: float, warmup_epochs: float) -> float:
 
 
 def _class_names(dataset: str, names: Sequence[str] | None, num_classes: int) -> list[str]:
-    from restore.data import FASHION_MNIST_CLASSES
-
     if names:
         out = [str(n) for n in names]
     elif dataset == "mnist":
@@ -166,8 +160,6 @@ def evaluate_denoising(
     (``mse``, ``psnr``, ``ssim``, ``noisy_mse``, ...) plus ``z_mean`` (N, D)
     and the noisy inputs when ``return_latents``.
     """
-    from restore import corrupt, metrics
-
     model = _unwrap(model)
     was_training = model.training
     model.eval()
@@ -306,7 +298,6 @@ class VAETask(Task):
         opts.update(options or {})
         super().__init__(opts)
         o = self.options
-        from restore import corrupt
 
         try:
             self.corruption = corrupt.parse_spec(str(o["corruption"]))
@@ -314,7 +305,6 @@ class VAETask(Task):
             raise VAEConfigError(f"task corruption: {e}") from None
         self._check_options()
         self.class_names = _class_names(str(o["dataset"]), o["class_names"], int(o["num_classes"]))
-        from restore.losses import SupConLoss
 
         self.supcon = SupConLoss(temperature=float(o["temperature"]))
         self.train_set: Dataset | None = None
@@ -372,8 +362,6 @@ class VAETask(Task):
 
     # ---- construction --------------------------------------------------------------
     def build_models(self) -> dict[str, nn.Module]:
-        from restore import models
-
         o = self.options
         common = dict(in_channels=1, image_size=28, latent_dim=int(o["latent_dim"]),
                       channels=[int(c) for c in o["channels"]], hidden=int(o["hidden"]))
@@ -385,9 +373,6 @@ class VAETask(Task):
         return {"G": g}
 
     def build_datasets(self, data: str) -> tuple[Dataset, Dataset | None]:
-        from restore.data import IdxDataset, IdxError
-        from restore.engine.config import ConfigError
-
         limit = int(self.options["val_limit"]) or None
         try:
             self.train_set = IdxDataset(data, "train")
@@ -443,8 +428,6 @@ class VAETask(Task):
     def generator_losses(
         self, batch: dict[str, Any], out: dict[str, Tensor], D: nn.Module | None, ctx: StepContext
     ) -> dict[str, Tensor]:
-        from restore.losses import kl_divergence
-
         o = self.options
         target = batch["target"].float()
         logits = out["logits"].float()
@@ -577,8 +560,6 @@ def write_history_row(path: Path, row: dict[str, Any]) -> None:
 
     Written atomically, so an interrupted run never leaves half a file.
     """
-    from restore.io import atomic_output
-
     rows: list[dict[str, str]] = []
     if path.is_file():
         with path.open(newline="") as f:
