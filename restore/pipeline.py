@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -91,12 +91,16 @@ class Restorer:
     def network(self, work: Work, opts: Any) -> Tensor:
         """The network over the whole working image: self-ensemble inside overlap-blended tiles."""
         assert work.net_input is not None
+        return self.tiled_passes(work.net_input, opts, lambda u: self.forward(u, opts))
+
+    def tiled_passes(self, x: Tensor, opts: Any, forward: Callable[[Tensor], Tensor]) -> Tensor:
+        """``forward`` (one pass, NCHW -> NCHW of the same size) self-ensembled inside overlap-blended tiles."""
         mode = getattr(opts, "ensemble", "none")
 
         def run(t: Tensor) -> Tensor:
-            return self_ensemble(lambda u: self.forward(u, opts), t, mode)
+            return self_ensemble(forward, t, mode)
 
-        x, tile = work.net_input, int(opts.tile)
+        tile = int(opts.tile)
         if tile and max(x.shape[-2:]) > tile:
             overlap = int(getattr(opts, "tile_overlap", 32))
             return tiled_on_grid(run, x, tile=tile, overlap=overlap, multiple=self.multiple)

@@ -238,3 +238,30 @@ def test_vae_denoises_a_28x28_garment_with_its_uncertainty() -> None:
     assert restored.extras["std"].shape == (1, 1, 28, 28) and float(restored.extras["std"].max()) > 0
     with pytest.raises(ValueError, match="28x28"):
         model(np.zeros((32, 32), np.uint8))
+
+
+# --------------------------------------------------------------------------- noise level (--sigma)
+
+
+def test_sigma_reaches_a_noise_conditioned_model_and_is_checked(denoiser: restore.Model) -> None:
+    from restore.models.cond_unet import CondUNet
+    from restore.noise import estimate_sigma
+    from restore.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    model = CondUNet(3, base_channels=4, depth=2, convs_per_level=0).eval()
+    torch.nn.init.normal_(model.unet._last_conv().weight, std=0.05)
+    pipeline = Pipeline(model, {"task": "denoise", "name": "tiny-cond"})
+    x = torch.from_numpy(_noisy(_photo(32, 40))).permute(2, 0, 1)[None].float() / 255
+    low, high = pipeline.run(x, sigma="0").image, pipeline.run(x, sigma=50).image
+    assert not torch.allclose(low, high, atol=1e-4)  # the level is an input of the network
+    estimated = float(estimate_sigma(x)[0]) * 255
+    torch.testing.assert_close(pipeline.run(x).image, pipeline.run(x, sigma=f"{estimated!r}").image, atol=1e-5, rtol=0)
+    gray = pipeline.run(x[:, :1], sigma=25).image  # a gray image through a colour model: one sigma per image
+    assert gray.shape == (1, 1, 32, 40)
+    with pytest.raises(ValueError, match="--sigma: must be auto or within 0-255"):
+        pipeline.run(x, sigma=-1)
+    with pytest.raises(ValueError, match="--sigma: expected auto or a number"):
+        pipeline.run(x, sigma="loud")
+    with pytest.warns(UserWarning, match="blind denoiser: --sigma is ignored"):
+        denoiser(_noisy(_photo(16, 16)), sigma=25)

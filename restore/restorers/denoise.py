@@ -9,13 +9,19 @@ sit on the same stride grid (`restore.tiling.tiled_on_grid`).
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from restore.options import PhotoOptions
+from restore import corrupt
+from restore.data import load_idx_split
+from restore.noise import estimate_sigma
+from restore.options import OptionError, PhotoOptions, option
 from restore.pipeline import Restorer, Work
 from restore.tasks.common import from_model_channels, to_model_channels
 
@@ -31,6 +37,23 @@ class DenoiseOptions(PhotoOptions):
 
     task: ClassVar[str] = "denoise"
 
+    sigma: str = option("auto", "noise level on the 0-255 scale for a noise-conditioned model, or auto: "
+                                "estimated per image (restore.noise.estimate_sigma); a lower value denoises "
+                                "more lightly; blind models ignore it", kind=str, metavar="auto|N")
+
+    def check(self) -> None:
+        if self.sigma != "auto":
+            try:
+                level = float(self.sigma)
+            except ValueError:
+                raise OptionError(f"--sigma: expected auto or a number 0-255, got {self.sigma!r}") from None
+            if not (math.isfinite(level) and 0.0 <= level <= 255.0):
+                raise OptionError(f"--sigma: must be auto or within 0-255, got {self.sigma!r}")
+
+    def level(self) -> float | None:
+        """The given noise level in [0, 1] units, or None for ``auto``."""
+        return None if self.sigma == "auto" else float(self.sigma) / 255.0
+
 
 class DenoiseRestorer(Restorer):
     task = "denoise"
@@ -41,9 +64,28 @@ class DenoiseRestorer(Restorer):
         super().__init__(model, card, device)
         c = getattr(model, "in_channels", None)
         self.model_channels = int(c if c is not None else (card.get("config") or {}).get("in_channels", 3))
+        self.conditioned = bool(getattr(model, "noise_conditioned", False))
 
     def prepare(self, x: Tensor, mask: Tensor | None, opts: DenoiseOptions) -> Work:
-        return Work(to_model_channels(x, self.model_channels, ValueError, "model"))
+        net_input = to_model_channels(x, self.model_channels, ValueError, "model")
+        if not self.conditioned:
+            if opts.level() is not None:
+                warnings.warn(f"{self.card.get('name') or 'this model'} is a blind denoiser: --sigma is ignored",
+                              stacklevel=2)
+            return Work(net_input)
+        given = opts.level()
+        sigma = estimate_sigma(x) if given is None else torch.full((x.shape[0],), given)
+        if net_input.shape[0] != x.shape[0]:  # a gray model denoises each colour channel as an image
+            sigma = sigma.repeat_interleave(net_input.shape[0] // x.shape[0])
+        return Work(net_input, {"sigma": sigma.float()})
+
+    def network(self, work: Work, opts: DenoiseOptions) -> Tensor:
+        if "sigma" not in work.state:
+            return super().network(work, opts)
+        assert work.net_input is not None
+        sigma = work.state["sigma"].to(self.device, self.dtype)
+        return self.tiled_passes(work.net_input, opts,
+                                 lambda t: self.model(t.to(self.device, self.dtype), sigma).float())
 
     def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: DenoiseOptions) -> Tensor:
         assert y is not None
@@ -57,11 +99,6 @@ class DenoiseRestorer(Restorer):
         column each for noisy / restored / clean) when the IDX files are
         installed, and falls back to the photo otherwise.
         """
-        import torch
-
-        from restore import corrupt
-        from restore.data import load_idx_split
-
         clean = photo.float()
         if self.card.get("dataset") == "fashion-mnist":
             try:
