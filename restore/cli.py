@@ -390,7 +390,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     if label != "target":
                         io.write_image(folder / f"{photo_name}-{label}.png", image.detach().cpu().clamp(0, 1))
                 io.write_image(folder / f"{photo_name}-grid.png", grid(panels))
-                first = first or folder / f"{photo_name}-grid.png"
+                if first is None or (name == DEFAULT_WEIGHTS["denoise"] and first.parent.name != name):
+                    first = folder / f"{photo_name}-grid.png"  # the flagship denoiser's first grid, else any
             except Exception as e:  # noqa: BLE001 - one model's failure must not hide the others
                 failed += 1
                 _err("demo", f"{name} on {photo_name}: {type(e).__name__}: {e}")
