@@ -42,9 +42,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def load(name_or_path: str | Path, device: str | torch.device = "auto") -> Model:
-    """Shipped weights by name (``restore.list_weights()``) or a ``.safetensors``/``.json`` path."""
-    model, card = W.load(name_or_path, device=resolve_device(device))
+def load(name_or_path: str | Path, device: str | torch.device = "auto", backend: str = "torch") -> Model:
+    """Shipped weights by name (``restore.list_weights()``) or a ``.safetensors``/``.json`` path.
+
+    ``backend="onnxruntime"`` runs the model exported to ONNX (CPU; also an ``.onnx`` file from
+    ``restore export``) through the same pipeline (`restore.backends`).
+    """
+    from restore import backends
+
+    if backend == "onnxruntime" and device == "auto":
+        device = "cpu"
+    model, card = backends.load(name_or_path, backend, resolve_device(device))
     return Model(model, card)
 
 

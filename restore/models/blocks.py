@@ -354,8 +354,13 @@ class SelfAttention(nn.Module):
                 )
             if hole.shape[-2:] != (h, w):
                 # Masks come at image resolution; "nearest" would drop thin
-                # strokes, so a feature cell is a hole if any pixel in it is.
-                hole = F.adaptive_max_pool2d(hole.float(), (h, w))
+                # strokes, so a feature cell is a hole if any pixel in it is. An exact stride pools the
+                # same cells with a fixed window, which an exported graph (restore.export) can do at any size.
+                fh, fw = int(hole.shape[-2]) // int(h), int(hole.shape[-1]) // int(w)
+                if (fh * h, fw * w) == tuple(hole.shape[-2:]):
+                    hole = F.max_pool2d(hole.float(), (fh, fw))
+                else:
+                    hole = F.adaptive_max_pool2d(hole.float(), (h, w))
             hole = hole[:, :1].to(energy.dtype)
             if pool > 1:
                 # A pooled key is "known" only if every pixel under it is known.
