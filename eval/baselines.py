@@ -32,14 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
+from skimage.restoration import denoise_tv_chambolle, denoise_wavelet, estimate_sigma
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.common import eval_parser  # noqa: E402
-from eval.sets import parse_spec_params  # noqa: E402
+from eval.sets import degrade, iter_photos, parse_spec_params  # noqa: E402
+from restore.metrics import psnr  # noqa: E402
+from restore.models.fill import fill_impulses, impulse_mask, push_pull_fill  # noqa: E402
 from restore.tasks.colorize import lab_to_rgb, rgb_to_lab  # noqa: E402
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -135,7 +139,6 @@ def denoise_sigma(img: np.ndarray, info: dict) -> float:
         std = float(steps["speckle"]["std"])
         ex2 = float(np.mean(np.square(img))) / (1.0 + std * std)
         return 255.0 * std * np.sqrt(ex2)
-    from skimage.restoration import estimate_sigma
 
     return 255.0 * float(np.mean(estimate_sigma(img, channel_axis=-1 if img.shape[2] > 1 else None)))
 
@@ -183,8 +186,6 @@ def ffdnet(x: ArrayLike, info: dict) -> torch.Tensor:
 
 def nlm(x: ArrayLike, info: dict) -> torch.Tensor:
     """OpenCV non-local means on the 8-bit image, ``h = hColor`` from the tuned table."""
-    import cv2
-
     img = _to_hwc(x)
     h = interp_table(NLM_H, denoise_sigma(img, info))
     if img.shape[2] == 3:
@@ -196,8 +197,6 @@ def nlm(x: ArrayLike, info: dict) -> torch.Tensor:
 
 def tv(x: ArrayLike, info: dict) -> torch.Tensor:
     """Total-variation denoising (Chambolle), weight from the tuned table."""
-    from skimage.restoration import denoise_tv_chambolle
-
     img = _to_hwc(x)
     w = interp_table(TV_WEIGHT, denoise_sigma(img, info))
     out = denoise_tv_chambolle(img, weight=w, channel_axis=-1)
@@ -206,8 +205,6 @@ def tv(x: ArrayLike, info: dict) -> torch.Tensor:
 
 def wavelet(x: ArrayLike, info: dict) -> torch.Tensor:
     """Wavelet shrinkage (BayesShrink, soft), per RGB channel, given the noise sigma."""
-    from skimage.restoration import denoise_wavelet
-
     img = _to_hwc(x)
     s = denoise_sigma(img, info) / 255.0
     out = denoise_wavelet(img.astype(np.float64), sigma=s, wavelet=WAVELET, mode="soft",
@@ -217,8 +214,6 @@ def wavelet(x: ArrayLike, info: dict) -> torch.Tensor:
 
 def _median(k: int) -> BaselineFn:
     def median(x: ArrayLike, info: dict) -> torch.Tensor:
-        import cv2
-
         img = _u8(_to_hwc(x))
         out = cv2.medianBlur(img if img.shape[2] == 3 else img[:, :, 0], k)
         return _to_chw(out)
@@ -235,16 +230,12 @@ def switching_mean(x: ArrayLike, info: dict) -> torch.Tensor:
     the same `restore.models.fill.fill_impulses` that the salt-and-pepper
     UNet starts from, so the table shows what the network adds.
     """
-    from restore.models.fill import fill_impulses, impulse_mask
-
     t = _to_chw(np.clip(_to_hwc(x), 0.0, 1.0))[None]
     return fill_impulses(t, impulse_mask(t))[0]
 
 
 def _inpaint(flag_name: str) -> BaselineFn:
     def inpaint(x: ArrayLike, info: dict) -> torch.Tensor:
-        import cv2
-
         img = _u8(_to_hwc(x))
         mask = _mask(info, img.shape[:2], flag_name)
         src = img if img.shape[2] == 3 else img[:, :, 0]
@@ -261,8 +252,6 @@ def push_pull(x: ArrayLike, info: dict) -> torch.Tensor:
     The smooth classical fill the ``prefill: pushpull`` inpainting generator
     starts from, so the tables show what the network adds to it.
     """
-    from restore.models.fill import push_pull_fill
-
     img = np.clip(_to_hwc(x), 0.0, 1.0)
     hole = torch.from_numpy(_mask(info, img.shape[:2], "pushpull") > 0)[None, None]
     return push_pull_fill(_to_chw(img)[None], hole)[0]
@@ -279,8 +268,6 @@ def grayscale(x: ArrayLike, info: dict) -> torch.Tensor:
 
 def gaussian_blur(x: ArrayLike, info: dict) -> torch.Tensor:
     """Gaussian blur, sigma FASHION_BLUR_SIGMA px (the naive denoiser for tiny Fashion-MNIST images)."""
-    import cv2
-
     img = _to_hwc(x)
     out = cv2.GaussianBlur(img, (0, 0), FASHION_BLUR_SIGMA, borderType=cv2.BORDER_REFLECT)
     return _to_chw(out if out.ndim == 3 else out[:, :, None])
@@ -350,9 +337,6 @@ def default_baselines(spec: str, fashion: bool = False) -> list[str]:
 
 def _tune(sigmas: list[float], n_photos: int, crop: int) -> None:
     """Grid-search NLM h and TV weight per sigma on centre crops of TRAINING photos; print the tables."""
-    from eval.sets import degrade, iter_photos
-    from restore.metrics import psnr
-
     photos = []
     for p in iter_photos("photos-train", limit=n_photos):
         _, h, w = p.image.shape
@@ -375,14 +359,10 @@ def _tune(sigmas: list[float], n_photos: int, crop: int) -> None:
 
 
 def _nlm_h(x: torch.Tensor, h: float) -> torch.Tensor:
-    import cv2
-
     return _to_chw(cv2.fastNlMeansDenoisingColored(_u8(_to_hwc(x)), None, h, h, NLM_TEMPLATE, NLM_SEARCH))
 
 
 def _tv_w(x: torch.Tensor, w: float) -> torch.Tensor:
-    from skimage.restoration import denoise_tv_chambolle
-
     return _to_chw(denoise_tv_chambolle(_to_hwc(x), weight=float(w), channel_axis=-1).astype(np.float32))
 
 

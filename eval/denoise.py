@@ -31,11 +31,19 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval import baselines as B  # noqa: E402
 from eval import report, runner, sets  # noqa: E402
+from restore import corrupt  # noqa: E402
+from restore import weights as W  # noqa: E402
+from restore.metrics import psnr, ssim  # noqa: E402
+from restore.noise import estimate_sigma  # noqa: E402
+from restore.pipeline import Pipeline  # noqa: E402
+from restore.tiling import self_ensemble  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _model_method(args: argparse.Namespace, weights: str) -> runner.Method:
     """A model as an evaluation method; a noise-conditioned one is given the true or the estimated sigma."""
-    from restore import weights as W
-
     try:
         card = json.loads(W.card_path(weights).read_text(encoding="utf-8"))
     except (W.WeightsError, OSError, ValueError):
@@ -99,12 +105,6 @@ def _model_method(args: argparse.Namespace, weights: str) -> runner.Method:
 
 def _conditioned_method(weights: str, level: str, device: str, ensemble: str) -> runner.Method:
     """``model(x, sigma)`` on the whole photo, sigma = the true one (``info['sigma']``) or the estimate."""
-    import torch
-
-    from restore import weights as W
-    from restore.noise import estimate_sigma
-    from restore.tiling import self_ensemble
-
     try:
         model, card = W.load(weights, device=device)
     except (W.WeightsError, FileNotFoundError) as e:
@@ -178,14 +178,6 @@ def _out_dir(args: argparse.Namespace, spec: str) -> Path:
 
 def _fashion(args: argparse.Namespace, spec: str, models: list[runner.Method], weights: list[str]) -> None:
     """All Fashion-MNIST test images, corrupted at once as eval/vae_metrics.py does; float in, float out."""
-    import torch
-
-    from restore import corrupt
-    from restore.metrics import psnr, ssim
-
-    from restore import weights as W
-    from restore.pipeline import Pipeline
-
     x, _ = sets.load_fashion_mnist_test(limit=args.limit)
     noisy = corrupt.apply(x, spec, args.seed).input
     n = len(x)
@@ -244,8 +236,6 @@ def _fashion(args: argparse.Namespace, spec: str, models: list[runner.Method], w
 def _vae_reference(spec: str, seed: int) -> list[str]:
     """Figures of shipped denoising VAE cards measured on the same inputs (same spec and seed), if any."""
     try:
-        from restore import weights as W
-
         cards = W.available()
     except Exception:  # noqa: BLE001 - a note is optional; never fail the evaluation over it
         return []
@@ -266,8 +256,6 @@ def _vae_reference(spec: str, seed: int) -> list[str]:
 def _update_cards(args: argparse.Namespace, spec: str, rows: list[dict], models: list[runner.Method],
                   weights: list[str], out: Path, *, images: int, set_name: str | None = None) -> None:
     """Record the means of every model (and of the baselines on the same inputs) in the model cards."""
-    from restore import weights as W
-
     summary = {s["method"]: s for s in report.summarize(rows, ["psnr", "ssim", "lpips", "runtime_s"])}
     command, commit = args.command, args.commit
 

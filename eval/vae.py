@@ -49,6 +49,7 @@ import re
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -62,12 +63,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from eval import baselines as B  # noqa: E402
 from eval import fmnist_classifier as FC  # noqa: E402
 from eval import report  # noqa: E402
 from eval.common import eval_parser  # noqa: E402
+from restore import corrupt  # noqa: E402
+from restore import weights as W  # noqa: E402
+from restore.data import FASHION_MNIST_CLASSES, IdxError, load_idx_tensors  # noqa: E402
+from restore.metrics import mse, psnr, ssim  # noqa: E402
+from restore.restorers.vae import posterior_samples  # noqa: E402
+from restore.tasks.vae import encode, evaluate_denoising, knn_accuracy  # noqa: E402
 
 #: The published reference run of the issue-5 setup (latent 16, noise 0.45), all 10,000 test images.
 REFERENCE = {"mse": 0.01806, "psnr": 17.96, "ssim": 0.595, "noisy_psnr": 9.95, "noisy_ssim": 0.287}
@@ -199,8 +207,6 @@ def _is_conditional(model: torch.nn.Module) -> bool:
 
 def load_vae(name: str, *, conditional: bool, device: str) -> tuple[torch.nn.Module, dict]:
     """Shipped VAE weights by name or path; refuses non-VAE cards and the wrong kind (plain vs conditional)."""
-    from restore import weights as W
-
     model, card = W.load(name, device=device)
     model.eval()
     if card.get("task") != "vae":
@@ -213,8 +219,6 @@ def load_vae(name: str, *, conditional: bool, device: str) -> tuple[torch.nn.Mod
 
 
 def class_names(card: dict, num_classes: int) -> list[str]:
-    from restore.data import FASHION_MNIST_CLASSES
-
     names = card.get("class_names") or list(FASHION_MNIST_CLASSES)
     names = [str(n) for n in names]
     if len(names) < num_classes:
@@ -334,8 +338,6 @@ def plot_loss_curves(path: Path, runs: Sequence[tuple[str, Path, list[dict[str, 
 
 def _metric_means(est: Tensor, clean: Tensor, chunk: int = 1000) -> dict[str, Tensor]:
     """Per-image MSE/PSNR/SSIM (restore.metrics) of ``est`` vs ``clean``."""
-    from restore.metrics import mse, psnr, ssim
-
     parts: dict[str, list[Tensor]] = {"mse": [], "psnr": [], "ssim": []}
     for i in range(0, len(est), chunk):
         e, c = est[i : i + chunk].float().clamp(0, 1), clean[i : i + chunk].float()
@@ -402,8 +404,6 @@ def embed_2d(z: np.ndarray, method: str, seed: int = 0) -> tuple[np.ndarray, dic
         return xy, {"explained_variance_pc1": float(ratio[0]), "explained_variance_pc2": float(ratio[1]),
                     "explained_variance_2d": float(sum(ratio))}
     if method == "umap":
-        import warnings
-
         import umap
 
         with warnings.catch_warnings():
@@ -471,8 +471,6 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def posterior_stats(model: torch.nn.Module, noisy: Tensor, k: int, seed: int,
                     batch_size: int = 500) -> tuple[Tensor, Tensor]:
     """Mean and per-pixel std (unbiased) of ``k`` decoder samples from q(z|x) (``restore.tasks.vae``)."""
-    from restore.restorers.vae import posterior_samples
-
     if k < 2:
         raise VAEReportError(f"--samples must be >= 2 for a standard deviation, got {k}")
     gen = torch.Generator().manual_seed(seed)
@@ -491,8 +489,6 @@ def study_latent_dim(run: Path) -> int | None:
     """Latent size of a study run from its ``config.yaml`` (``task.latent_dim``), else from its name."""
     cfg = run / "config.yaml"
     if cfg.is_file():
-        import yaml
-
         try:
             data = yaml.safe_load(cfg.read_text()) or {}
             return int(data["task"]["latent_dim"])
@@ -794,9 +790,6 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def make_report(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Run every section; returns {"metrics": Metrics, "files": [paths]}."""
-    from restore import corrupt
-    from restore.tasks.vae import encode, evaluate_denoising, knn_accuracy
-
     _check_args(args)
     log = Progress(args.quiet)
     t_start = time.perf_counter()
@@ -812,8 +805,6 @@ def make_report(args: argparse.Namespace, command: str) -> dict[str, Any]:
     spec = str(card["corruption"])
     log(f"loaded {wname} (latent {model.latent_dim}, corruption {spec})"
         + (f" and {', '.join(args.cvae)}" if args.cvae else ""))
-
-    from restore.data import load_idx_tensors
 
     x_test, y_test = load_idx_tensors(args.data, "test", args.limit or None)
     x_train, y_train = load_idx_tensors(args.data, "train", args.train_limit or None)
@@ -1089,8 +1080,6 @@ def make_report(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from restore import weights as W
-    from restore.data import IdxError
 
     command = report.command_line(["eval/vae.py", *(sys.argv[1:] if argv is None else argv)])
     try:

@@ -45,6 +45,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from restore import io as rio  # module attribute: tests count rio.read_image calls
+from restore.corrupt import parse_spec
+
 __all__ = [
     "IdxError",
     "read_idx",
@@ -521,15 +524,13 @@ class ImageFolderPatches(Dataset):
         cache: bool = False,
         seed: int | None = None,
     ) -> None:
-        from restore.io import list_images
-
         self.root = Path(root)
         _check_sampling(patch_size, patches_per_image, length)
         if small not in ("pad", "skip"):
             raise ValueError(f"ImageFolderPatches: small must be 'pad' or 'skip', got {small!r}")
         if not self.root.exists():
             raise FileNotFoundError(f"{self.root}: image folder does not exist")
-        self.paths: list[Path] = list(list_images(self.root))
+        self.paths: list[Path] = list(rio.list_images(self.root))
         if not self.paths:
             raise FileNotFoundError(
                 f"{self.root}: no images found (looked recursively for .png .jpg .jpeg .bmp .tif .tiff .webp)"
@@ -605,14 +606,12 @@ class ImageFolderPatches(Dataset):
 
     def _decode(self, i: int) -> tuple[np.ndarray, float] | None:
         """Read image i as an HxWxC integer array + its max value, or None if unusable."""
-        from restore.io import ImageReadError, read_image
-
         path = self.paths[i]
         if path in self._bad:
             return None
         try:
-            loaded = read_image(path)
-        except ImageReadError as e:
+            loaded = rio.read_image(path)
+        except rio.ImageReadError as e:
             self._exclude(i, getattr(e, "reason", str(e)))
             return None
         except (OSError, ValueError) as e:  # defensive: a decoder error io did not wrap
@@ -686,8 +685,6 @@ class PairedDataset(Dataset):
         self.base = base
         self.spec = spec if isinstance(spec, str) else getattr(spec, "spec", repr(spec))
         if isinstance(spec, str):
-            from restore.corrupt import parse_spec
-
             self.corruption = parse_spec(spec)
         elif callable(spec):
             self.corruption = spec

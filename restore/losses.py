@@ -33,7 +33,10 @@ from typing import Literal, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor
+
+from restore.models.squeezenet import LAYERS, SqueezeNet, load_squeezenet, preprocess
 
 __all__ = [
     "AdversarialLoss",
@@ -408,8 +411,6 @@ def _resolve_vgg_weights(weights_path: str | os.PathLike | None) -> Path:
 def _load_vgg_state(path: Path) -> dict[str, Tensor]:
     """Tensors only: safetensors, or a torch file read with weights_only=True."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -517,8 +518,6 @@ class SqueezeFeatures(nn.Module):
         weights_path: str | os.PathLike | None = None,
         pretrained: bool = True,
     ) -> None:
-        from restore.models.squeezenet import LAYERS, SqueezeNet, load_squeezenet
-
         super().__init__()
         names = list(dict.fromkeys(layers))
         unknown = [n for n in names if n not in LAYERS]
@@ -535,8 +534,6 @@ class SqueezeFeatures(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        from restore.models.squeezenet import preprocess
-
         return self.body.features(preprocess(x), self.layers)
 
 
@@ -547,8 +544,6 @@ def _backbone_layers(backbone: str) -> Sequence[str]:
     if backbone == "vgg16":
         return tuple(VGG16_LAYERS)
     if backbone == "squeezenet":
-        from restore.models.squeezenet import LAYERS
-
         return LAYERS
     raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
 

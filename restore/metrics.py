@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from restore.losses import SqueezeFeatures
+
 __all__ = [
     "mse",
     "psnr",
@@ -335,7 +337,6 @@ class SqueezeDistance(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike | None = None, pretrained: bool = True) -> None:
         super().__init__()
-        from restore.losses import SqueezeFeatures
 
         self.features = SqueezeFeatures(PERCEPTUAL_LAYERS, weights_path=weights_path, pretrained=pretrained)
 

@@ -94,6 +94,7 @@ def _tb_only_run(run: Path, epochs: int) -> Path:
 # --------------------------------------------------------------------------- the whole report
 
 
+@pytest.mark.slow  # trains a tiny run and writes the whole report: over 2 minutes on a shared CPU
 def test_report_writes_every_file(tmp_path: Path, idx_dir: Path, weights_dir: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESTORE_WEIGHTS_DIR", str(weights_dir))

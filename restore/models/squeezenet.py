@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from restore import weights
+
 __all__ = [
     "CAFFE_MEAN_BGR",
     "FIRE_CONFIG",
@@ -158,10 +160,9 @@ def _weights_path(path: str | os.PathLike | None) -> Path:
     elif os.environ.get(WEIGHTS_ENV):
         source, p = f"${WEIGHTS_ENV}", Path(os.environ[WEIGHTS_ENV]).expanduser()
     else:  # the shipped weights' backbones/ folder: $RESTORE_WEIGHTS_DIR, an installed wheel, the source tree
-        from restore.weights import _PACKAGE_WEIGHTS, search_path
 
-        tried = [folder / "backbones" / _REPO_WEIGHTS.name for _, folder in search_path()]
-        tried += [q for q in (_PACKAGE_WEIGHTS / "backbones" / _REPO_WEIGHTS.name, _REPO_WEIGHTS) if q not in tried]
+        tried = [folder / "backbones" / _REPO_WEIGHTS.name for _, folder in weights.search_path()]
+        tried += [q for q in (weights._PACKAGE_WEIGHTS / "backbones" / _REPO_WEIGHTS.name, _REPO_WEIGHTS) if q not in tried]
         p = next((q for q in tried if q.is_file()), tried[-1])
         source = "looked in " + ", ".join(str(q.parent) for q in tried)
     if not p.is_file():
@@ -179,8 +180,6 @@ def load_squeezenet(upto: str = "conv10", path: str | os.PathLike | None = None,
     ``path`` (or ``$RESTORE_SQUEEZENET_WEIGHTS``) names another copy of the
     safetensors file, whose card must sit beside it; nothing is downloaded.
     """
-    from restore import weights
-
     full, _card = weights.load(_weights_path(path), device=device)
     if not isinstance(full, SqueezeNet):
         raise ValueError(f"{_weights_path(path)}: not a SqueezeNet card (arch {_card.get('arch')!r})")

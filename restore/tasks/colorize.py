@@ -27,9 +27,9 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from restore import io as rio
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
-from restore.io import ImageReadError, list_images, read_image
 from restore.losses import AdversarialLoss, PerceptualLoss, l1_loss
 from restore.models.colorizer import SqueezeColorizer
 from restore.models.patchgan import PatchGAN
@@ -315,8 +315,8 @@ class PhotoCrops(Dataset):
         self.skipped: dict[Path, str] = {}
         for p in map(Path, paths):
             try:
-                loaded = read_image(p)
-            except ImageReadError as e:
+                loaded = rio.read_image(p)
+            except rio.ImageReadError as e:
                 self.skipped[p] = e.reason
                 continue
             img = loaded.image[:3]
@@ -514,7 +514,7 @@ class ColorizeTask(Task):
         o = self.options
         paths = list_photos(data, ColorizeConfigError)
         if o["val_data"]:
-            train_paths, val_paths = sorted(paths), list_images(Path(o["val_data"]))
+            train_paths, val_paths = sorted(paths), rio.list_images(Path(o["val_data"]))
         else:
             train_paths, val_paths = split_photos(paths, int(o["val_images"]))
         train = PhotoCrops(train_paths, o["crop_size"], o["load_size"], flip=o["flip"],

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
+from restore import io as rio  # module attribute: tests count rio.read_image calls
 from restore.data import ImageFolderPatches
 from restore.engine.task import LossTerms, StepContext
-from restore.io import ImageReadError, list_images, read_image
 
 __all__ = [
     "discriminator_terms",
@@ -145,7 +145,7 @@ def list_photos(data: str, error: type[Exception]) -> list[Path]:
     root = Path(data)
     if not root.exists():
         raise error(f"--data {root}: no such folder")
-    paths = list_images(root)
+    paths = rio.list_images(root)
     if not paths:
         raise error(f"--data {root}: no images found (png, jpg, bmp, tif, webp; searched recursively)")
     return paths
@@ -214,9 +214,9 @@ def _readable_photos(paths: list[Path], build: Callable[[Path], Any] | None, tas
             if build is not None:
                 good[path] = build(path)
             else:
-                read_image(path)
+                rio.read_image(path)
                 good[path] = None
-        except (ImageReadError, FileNotFoundError) as e:
+        except (rio.ImageReadError, FileNotFoundError) as e:
             log.warning("%s: skipping unreadable training image %s", task, e)
     return good
 
