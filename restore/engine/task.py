@@ -190,10 +190,14 @@ class Task:
         return {"task": self.name, "options": dict(self.options)}
 
     # ---- helpers used by the trainer ------------------------------------------------
-    @classmethod
-    def objective(cls, which: str) -> tuple[str, ...]:
-        names = cls.loss_names_G if which == "G" else cls.loss_names_D
-        chosen = cls.objective_G if which == "G" else cls.objective_D
+    def objective(self, which: str) -> tuple[str, ...]:
+        """The terms summed into ``which``'s loss: ``objective_*``, or all of ``loss_names_*``.
+
+        Read from the instance, so a task that declares fewer terms for its
+        options (``self.loss_names_G = ...`` in ``__init__``) needs no override.
+        """
+        names = self.loss_names_G if which == "G" else self.loss_names_D
+        chosen = self.objective_G if which == "G" else self.objective_D
         return tuple(names) if chosen is None else tuple(chosen)
 
 

@@ -497,10 +497,6 @@ class ColorizeTask(Task):
             self.perceptual = PerceptualLoss(backbone="squeezenet")
             self.loss_names_G = (*type(self).loss_names_G, "perceptual")
 
-    def objective(self, which: str) -> tuple[str, ...]:  # type: ignore[override]
-        """All declared terms; per instance, because the perceptual term is declared only when it is on."""
-        return tuple(self.loss_names_G if which == "G" else self.loss_names_D)
-
     # ---- construction -------------------------------------------------------------
     def build_models(self) -> dict[str, nn.Module]:
         if self.options["arch"] == "squeeze-colorizer":

@@ -182,10 +182,6 @@ class DenoiseTask(Task):
         unused |= {k for k in _PIXEL_LOSSES if float(opts[f"lambda_{k}"]) == 0}
         self.loss_names_G = tuple(n for n in self.loss_names_G if n not in unused)
 
-    def objective(self, which: str) -> tuple[str, ...]:  # type: ignore[override]
-        """All declared terms; per instance, because the L1-only/no-VGG variants declare fewer."""
-        return tuple(self.loss_names_G if which == "G" else self.loss_names_D)
-
     # ---- options -------------------------------------------------------------------
     def _validate(self) -> None:
         o = self.options

@@ -182,10 +182,6 @@ class InpaintTask(Task):
         # declare only what is computed, so nothing logs a constant zero
         self.loss_names_G = tuple(names)
 
-    def objective(self, which: str) -> tuple[str, ...]:  # type: ignore[override]
-        """All declared terms; per instance, because switched-off terms are not declared."""
-        return tuple(self.loss_names_G if which == "G" else self.loss_names_D)
-
     # ---- options -------------------------------------------------------------------
     def _validate(self) -> None:
         o = self.options
