@@ -118,7 +118,7 @@ def to_tensor(array: np.ndarray) -> Tensor:
         a = a[:, :, :3]
     if a.shape[2] == 2:
         a = a[:, :, :1]
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()
+    t = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float()  # gradio's arrays are read-only
     return t.div_(255.0 if a.dtype == np.uint8 else 65535.0 if a.dtype == np.uint16 else 1.0)[None]
 
 

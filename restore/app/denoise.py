@@ -31,9 +31,15 @@ def _ensemble_choices(options_type: type) -> tuple[str, ...]:
 
 
 def controls(ctx: AppContext, weights: str) -> dict[str, Any]:
-    """Which controls the chosen weights take: ``sigma`` (noise-conditioned models) and ``ensemble`` choices."""
-    options_type = ctx.model(weights).options_type
-    return {"sigma": takes_option(options_type, "sigma"), "ensemble": _ensemble_choices(options_type)}
+    """Which controls the chosen weights take: ``sigma`` and the ``ensemble`` choices.
+
+    The noise level is offered when the options have a ``sigma`` field and the network is noise-conditioned
+    (blind denoisers accept the option but ignore it, so a slider would do nothing).
+    """
+    model = ctx.model(weights)
+    conditioned = bool(getattr(model.pipeline.model, "noise_conditioned", False))
+    return {"sigma": takes_option(model.options_type, "sigma") and conditioned,
+            "ensemble": _ensemble_choices(model.options_type)}
 
 
 def make_sample(ctx: AppContext, name: str, weights: str, seed: int = 0) -> tuple[str, str]:
@@ -96,8 +102,8 @@ def denoise(ctx: AppContext, noisy: str | None, clean: str | None, weights: str,
     options: dict[str, Any] = {"tile": ctx.tile}
     if takes_option(model.options_type, "ensemble"):
         options["ensemble"] = ensemble or "none"
-    if sigma is not None and takes_option(model.options_type, "sigma"):
-        options["sigma"] = sigma
+    if sigma is not None and controls(ctx, weights)["sigma"]:
+        options["sigma"] = str(sigma)
     step(0.3, desc=f"denoising {x.shape[-1]}x{x.shape[-2]}")
     out = model.restore(x, **options).image
     line = f"**{weights}** on {x.shape[-1]}x{x.shape[-2]} ({model.device})"

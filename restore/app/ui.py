@@ -29,7 +29,8 @@ class ImageInput(gr.Image):
 
     def __init__(self, label: str, **kwargs: Any) -> None:
         kwargs.setdefault("sources", ["upload", "clipboard"])
-        super().__init__(label=label, type="filepath", format="png", **kwargs)
+        # image_mode None: the file as uploaded (gray stays gray, 16-bit stays 16-bit), not converted to RGB
+        super().__init__(label=label, type="filepath", format="png", image_mode=None, **kwargs)
 
     def preprocess(self, payload: Any) -> Any:
         try:
