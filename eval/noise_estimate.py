@@ -21,7 +21,6 @@ the noise's std; a photo's own fine texture raises a clean photo's estimate).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import time
@@ -31,6 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval import report, sets  # noqa: E402
+from eval.common import eval_parser  # noqa: E402
 from restore.noise import estimate_sigma  # noqa: E402
 
 #: restore.noise's methods; pca-raw is the PCA estimate before the calibration table
@@ -38,14 +38,13 @@ ESTIMATORS = ("pca", "pca-raw", "mad")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python eval/noise_estimate.py", description=__doc__.split("\n\n")[0])
+    p = eval_parser(__doc__, "noise_estimate", seed={"help": "base seed of the noisy inputs (default 0)"},
+                    limit={"help": "only the first N photos"},
+                    out={"help": "output folder (default eval/results/noise_estimate/<set>)"})
     p.add_argument("--set", default="photos-eval", help="photo set (default photos-eval)")
     p.add_argument("--sigmas", default="0,2,5,15,25,50", help="noise levels, 0-255 scale (default 0,2,5,15,25,50)")
     p.add_argument("--methods", default=",".join(ESTIMATORS),
                    help=f"estimators (default {','.join(ESTIMATORS)}; pca-raw: without the calibration table)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the noisy inputs (default 0)")
-    p.add_argument("--limit", type=int, help="only the first N photos")
-    p.add_argument("--out", type=Path, help="output folder (default eval/results/noise_estimate/<set>)")
     p.add_argument("--fit", action="store_true", help="print the calibration table (training photos)")
     args = p.parse_args(argv)
     if args.fit:

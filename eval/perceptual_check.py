@@ -24,7 +24,6 @@ Commands::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -34,8 +33,13 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import torchvision.transforms.functional as TF  # noqa: E402
 
 from eval import report, sets  # noqa: E402
+from eval.common import eval_parser  # noqa: E402
+from restore import corrupt  # noqa: E402
+from restore.losses import SQUEEZE_PERCEPTUAL_LAYERS, SqueezeFeatures, gram_matrix  # noqa: E402
+from restore.metrics import perceptual_distance  # noqa: E402
 
 #: family -> corruption specs of increasing strength
 FAMILIES: dict[str, list[str]] = {
@@ -47,9 +51,6 @@ FAMILIES: dict[str, list[str]] = {
 
 def rank_check(set_name: str, limit: int | None) -> dict:
     """Mean distance per spec and the fraction of photos ranked in order, per family."""
-    import restore.corrupt as corrupt
-    from restore.metrics import perceptual_distance
-
     dist: dict[str, list[float]] = {spec: [] for specs in FAMILIES.values() for spec in specs}
     names = []
     for photo in sets.iter_photos(set_name, limit):
@@ -73,10 +74,6 @@ def rank_check(set_name: str, limit: int | None) -> dict:
 
 def layer_weights() -> dict:
     """Reciprocal mean L1 feature / Gram distances per layer for blur sigma 2 (see the module docstring)."""
-    import torchvision.transforms.functional as TF
-
-    from restore.losses import SQUEEZE_PERCEPTUAL_LAYERS, SqueezeFeatures, gram_matrix
-
     feats = SqueezeFeatures(list(SQUEEZE_PERCEPTUAL_LAYERS))
     photos = sorted(sets.iter_photos("photos-train"), key=lambda p: p.name)[:6]
     feat = {k: 0.0 for k in SQUEEZE_PERCEPTUAL_LAYERS}
@@ -93,10 +90,9 @@ def layer_weights() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = eval_parser(__doc__, "perceptual_check", limit={"help": "first N photos only"},
+                    out={"default": Path("eval/results/perceptual_check")})
     p.add_argument("--set", default="photos-eval", choices=list(sets.PHOTO_SETS))
-    p.add_argument("--limit", type=int, default=None, help="first N photos only")
-    p.add_argument("--out", type=Path, default=Path("eval/results/perceptual_check"))
     p.add_argument("--weights", action="store_true", help="print the feature-loss layer weights instead")
     args = p.parse_args(argv)
     try:
