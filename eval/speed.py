@@ -456,6 +456,12 @@ def restore_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     task = cfg["task"]
     module = tasks.get(task)
     model, card, label = load_model(task, module, cfg.get("weights"), device)
+    reference = None
+    if cfg.get("backend", "torch") != "torch":  # [deployment, issue 23] the same pipeline on an exported graph
+        from restore.backends import ExportedModel
+
+        reference = Pipeline(model, card, task=task, device=device)
+        model = ExportedModel.from_model(model, card, threads=cfg.get("threads"))
     if cfg["mode"] == "compile":
         model = torch.compile(model)
     width, height = cfg["size"]
@@ -479,8 +485,15 @@ def restore_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     times, first = _time_calls(call, device, int(cfg["warmup"]), int(cfg["repeats"]))
     n = int(cfg["batch"])
     med = _median(times)
+    extra = {}
+    if reference is not None:  # outputs compared with PyTorch eager's on the same batch (after timing)
+        with torch.no_grad():
+            ref = reference.run(batch["input"], batch.get("mask"), options).image
+        out = call()
+        extra = {"max_abs_diff": float((out - ref).abs().max()),
+                 "u8_differ": float(((out * 255).round() != (ref * 255).round()).float().mean())}
     return {"model": label, "images_per_s": n / med, "ms_per_image": 1000.0 * med / n, "runs": len(times),
-            "first_call_s": first, **_mem_result(device, base_mb), "status": "ok"}
+            "first_call_s": first, **_mem_result(device, base_mb), "status": "ok", **extra}
 
 
 class _Synthetic(torch.utils.data.Dataset):
@@ -886,6 +899,30 @@ _TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+def backend_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """[deployment, issue 23] Megapixels/s of torch eager vs onnxruntime on the same photos, and how far apart."""
+    def key(r: dict[str, Any]) -> tuple:
+        return r["task"], r["device"], r["dtype"], r["batch"], r["size"], r["tile"]
+
+    ort = {key(r): r for r in rows if r["section"] == "restore" and r.get("mode") == "onnxruntime"
+           and r.get("images_per_s")}
+    if not ort:
+        return []
+    out = ["## Backends: torch eager vs onnxruntime (same pipeline, same photos, same run)", "",
+           "| task | size | batch | tile | torch MP/s | onnxruntime MP/s | onnxruntime / torch | max abs diff "
+           "| 8-bit pixels that differ |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o = ort.get(key(r))
+        if r["section"] != "restore" or r.get("mode") != "eager" or not r.get("images_per_s") or o is None:
+            continue
+        w, h = (int(v) for v in str(r["size"]).split("x"))
+        mp_t, mp_o = r["images_per_s"] * w * h / 1e6, o["images_per_s"] * w * h / 1e6
+        out.append(f"| {r['task']} | {r['size']} | {r['batch']} | {r['tile']} | {mp_t:.3g} | {mp_o:.3g} | "
+                   f"{mp_o / mp_t:.2f}x | {o.get('max_abs_diff', float('nan')):.2g} | "
+                   f"{100 * o.get('u8_differ', float('nan')):.3g}% |")
+    return out + [""]
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The report: machine, command, issue-6 checks, then one table per section."""
     out = ["# restore speed and memory", ""]
@@ -902,6 +939,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     out.append("")
     out += issue6_lines(rows, meta["baseline_size"])
     out.append("")
+    out += backend_lines(rows)
     for section, (title, cols) in _TABLES.items():
         sec = [r for r in rows if r["section"] == section]
         if not sec:
@@ -968,6 +1006,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtypes", default=None, help="fp32, bf16 (autocast) or both (default fp32,bf16)")
     p.add_argument("--modes", default=None, help="eager, compile (torch.compile) or both (default: eager on CPU, "
                                                   "eager,compile on CUDA)")
+    p.add_argument("--backends", default="torch", help="restore section: torch (eager/compile) and/or "
+                   "onnxruntime (the model exported to ONNX, CPU), e.g. torch,onnxruntime")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure, median reported (default 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls (default 1; 2 when compiling)")
     p.add_argument("--tile", type=int, default=None, help="restore tile side (default: the restore command's)")
@@ -1014,7 +1054,10 @@ def _settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "train_repeats": pick("train_repeats", 5),
         "sections": _csv_list(args.sections, "--sections", SECTIONS + ("huge",)),
         "ensembles": _csv_list(pick("ensembles", "none"), "--ensembles", ENSEMBLES),
+        "backends": _csv_list(args.backends, "--backends", ("torch", "onnxruntime")),
     }
+    if "onnxruntime" in s["backends"] and device.type != "cpu":
+        raise SpeedError("--backends onnxruntime: runs on the CPU only (use --device cpu)")
     s["warmup"] = pick("warmup", 2 if "compile" in s["modes"] else 1)
     tile = args.tile if args.tile is not None else default_tile()
     s["tile"] = tile
@@ -1108,6 +1151,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
                                        "dtype": dtype, "mode": mode, "tile": s["tile"], "weights": weights.get(task),
                                        "ensemble": ens}
                                 jobs.append((cfg, {"section": "restore"}))
+    # [deployment, issue 23] each restore configuration once per backend (onnxruntime: eager configurations only)
+    jobs = [({**cfg, "backend": b}, f) for cfg, f in jobs for b in s["backends"]
+            if b == "torch" or cfg["mode"] == "eager"]
     if "tiled" in s["sections"] and "denoise" in modules:
         cfg = {**common, "kind": "restore", "task": "denoise", "size": list(s["tiled_size"]), "batch": 1,
                "dtype": "fp32", "mode": "eager", "tile": s["tiled_tile"], "weights": weights.get("denoise"),
@@ -1130,9 +1176,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
                    tile=cfg.get("tile") if cfg["kind"] == "restore" else None)
         if cfg["kind"] == "train" and cfg.get("channels_last"):
             row["mode"] = "eager, channels_last"
+        if cfg.get("backend", "torch") != "torch":
+            row["mode"] = cfg["backend"]
         if cfg.get("ensemble", "none") != "none":
-            row["mode"] = f"{cfg['mode']}, ensemble {cfg['ensemble']}"
-        row.update({k: v for k, v in result.items() if k in COLUMNS})
+            row["mode"] = f"{row['mode']}, ensemble {cfg['ensemble']}"
+        row.update({k: v for k, v in result.items() if k in COLUMNS or k in ("max_abs_diff", "u8_differ")})
         rows.append(row)
         _progress(row, i, total)
 
