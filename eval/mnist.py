@@ -57,7 +57,7 @@ DEFAULTS = {
     "blur": ["mnist-vae-blur", "vae-blur-fashion"],
     "generate": ["mnist-vae-2", "mnist-vae-16"],
 }
-FIGURE_WIDTH = 480
+FIGURE_WIDTH = 400
 
 
 class MnistReportError(V.VAEReportError):
@@ -113,9 +113,10 @@ def judge(out: Path, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
     return clf, info
 
 
-def shrink(src: Path, dst: Path, width: int = FIGURE_WIDTH, max_frames: int = 8) -> Path:
-    """A small copy of a PNG or GIF for the docs: at most ``width`` px wide, palette colours, a GIF's
-    frames thinned to ``max_frames`` (always keeping the last)."""
+def shrink(src: Path, dst: Path, width: int = FIGURE_WIDTH, max_frames: int = 6, colors: int = 32) -> Path:
+    """A small copy of a PNG or GIF for the docs: at most ``width`` px wide, ``colors`` palette colours
+    without dithering (dither noise does not compress), a GIF's frames thinned to ``max_frames``
+    (always keeping the first and the last)."""
     from PIL import Image, ImageSequence
 
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,7 @@ def shrink(src: Path, dst: Path, width: int = FIGURE_WIDTH, max_frames: int = 8)
     scale = min(1.0, width / frames[0].width)
     size = (max(1, round(frames[0].width * scale)), max(1, round(frames[0].height * scale)))
     frames = [f.resize(size, Image.LANCZOS) if scale < 1 else f for f in frames]
-    pal = [f.convert("P", palette=Image.ADAPTIVE, colors=64) for f in frames]
+    pal = [f.quantize(colors=colors, dither=Image.Dither.NONE) for f in frames]
     if src.suffix.lower() == ".gif":
         pal[0].save(dst, save_all=True, append_images=pal[1:], duration=durations, loop=0, optimize=True)
     else:

@@ -22,7 +22,8 @@ Design notes (why, not what):
   a path to any such ``.csv[.gz]`` file works too. It has no official split, so
   :func:`mnist_csv_split` fixes one: within each class, in file order, every
   fifth image is a test image (500 per class -> 400 train / 100 test: 4,000 /
-  1,000, class-stratified, no random draw to record).
+  1,000, class-stratified, no random draw to record); each split lists the
+  classes interleaved, so its first images show every digit.
 """
 
 from __future__ import annotations
@@ -368,11 +369,14 @@ def read_mnist_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mnist_csv_split(labels: np.ndarray, split: str, every: int = MNIST_TEST_EVERY) -> np.ndarray:
-    """Indices (file order) of the fixed class-stratified split: per class, every ``every``-th row is test.
+    """Indices of the fixed class-stratified split: per class, in file order, every ``every``-th row is test.
 
     Deterministic and independent of the row order across classes; for
     ``mnist_5k`` (500 per class) it gives 4,000 train / 1,000 test images,
-    400 / 100 of each digit.
+    400 / 100 of each digit. The indices come with the classes interleaved
+    (each class's first image, then each class's second, ...), so the first
+    images of a split (``limit``, the test digits 1-5 of the latent-size GIFs)
+    show every digit, not 400 zeros.
     """
     if split not in _SPLIT_PREFIX:
         raise IdxError(f"unknown split {split!r} (expected 'train' or 'test')")
@@ -380,10 +384,14 @@ def mnist_csv_split(labels: np.ndarray, split: str, every: int = MNIST_TEST_EVER
         raise ValueError(f"mnist_csv_split: every must be >= 2, got {every}")
     labels = np.asarray(labels)
     is_test = np.zeros(len(labels), dtype=bool)
+    rank = np.zeros(len(labels), dtype=np.int64)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         is_test[idx[every - 1 :: every]] = True
-    return np.flatnonzero(is_test if _SPLIT_PREFIX[split] == "t10k" else ~is_test)
+        rank[idx] = np.arange(len(idx))
+    keep = np.flatnonzero(is_test if _SPLIT_PREFIX[split] == "t10k" else ~is_test)
+    # classes interleaved (0, 1, ..., 9, 0, 1, ...): the first images of a split show every digit
+    return keep[np.lexsort((labels[keep], rank[keep]))]
 
 
 def load_idx_tensors(

@@ -45,9 +45,10 @@ def test_csv_split_is_class_stratified_fixed_and_exact(tmp_path: Path, name: str
     xte, yte = D.load_idx_split(str(path), "test")
     assert xtr.shape == (24, 28, 28) and xtr.dtype == np.uint8 and ytr.dtype == np.int64
     assert np.bincount(ytr).tolist() == [8, 8, 8] and np.bincount(yte).tolist() == [2, 2, 2]
-    # every fifth image of each class, in file order, is a test image
+    # every fifth image of each class, in file order, is a test image; the classes come interleaved
     rows_te = xte[:, 0, 0].tolist()
-    assert rows_te == [4, 9, 14, 19, 24, 29]
+    assert rows_te == [4, 14, 24, 9, 19, 29] and yte.tolist() == [0, 1, 2, 0, 1, 2]
+    assert ytr[:6].tolist() == [0, 1, 2, 0, 1, 2] and xtr[:3, 0, 0].tolist() == [0, 10, 20]
     assert sorted(rows_te + xtr[:, 0, 0].tolist()) == list(range(30))
     np.testing.assert_array_equal(xte, images[rows_te])
     np.testing.assert_array_equal(yte, labels[rows_te])
@@ -75,8 +76,8 @@ def test_idx_dataset_and_tensors_over_csv(tmp_path: Path) -> None:
     item = ds[3]
     assert item["target"].shape == (1, 28, 28) and int(item["label"]) == 3
     np.testing.assert_allclose(item["target"][0].numpy(), images[19] / 255.0, atol=1e-7)
-    x, y = D.load_idx_tensors(path, "train", limit=7)
-    assert x.shape == (7, 1, 28, 28) and float(x.max()) <= 1.0 and y.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    x, y = D.load_idx_tensors(path, "train", limit=7)  # the first images of a split show every class
+    assert x.shape == (7, 1, 28, 28) and float(x.max()) <= 1.0 and y.tolist() == [0, 1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.parametrize(
