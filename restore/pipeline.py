@@ -52,6 +52,9 @@ class Work:
 
     net_input: Tensor | None
     state: dict[str, Any] = field(default_factory=dict)
+    #: Set by `Pipeline.run`: the hooks may write their result into the input ``x`` (the pipeline owns it,
+    #: or the caller said ``inplace=True``), saving a full-size copy of the image.
+    inplace: bool = False
 
 
 @dataclass
@@ -93,17 +96,24 @@ class Restorer:
         assert work.net_input is not None
         return self.tiled_passes(work.net_input, opts, lambda u: self.forward(u, opts))
 
-    def tiled_passes(self, x: Tensor, opts: Any, forward: Callable[[Tensor], Tensor]) -> Tensor:
-        """``forward`` (one pass, NCHW -> NCHW of the same size) self-ensembled inside overlap-blended tiles."""
+    def tiled_passes(self, x: Tensor, opts: Any, forward: Callable[[Tensor], Tensor], *,
+                     post: Callable[[Tensor], Tensor] | None = None, out: Tensor | None = None) -> Tensor:
+        """``forward`` (one pass, NCHW -> NCHW of the same size) self-ensembled inside overlap-blended tiles.
+
+        ``post`` maps each tile's result before blending (e.g. back to the image's channels, so no
+        full-size output of the network's channels exists); ``out`` receives the result, and may be
+        ``x`` itself or a view of it (`restore.tiling.tiled`): then the image exists once in memory.
+        """
         mode = getattr(opts, "ensemble", "none")
 
         def run(t: Tensor) -> Tensor:
-            return self_ensemble(forward, t, mode)
+            y = self_ensemble(forward, t, mode)
+            return post(y) if post is not None else y
 
         tile = int(opts.tile)
         if tile and max(x.shape[-2:]) > tile:
             overlap = int(getattr(opts, "tile_overlap", 32))
-            return tiled_on_grid(run, x, tile=tile, overlap=overlap, multiple=self.multiple)
+            return tiled_on_grid(run, x, tile=tile, overlap=overlap, multiple=self.multiple, out=out)
         return run(x)
 
     def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: Any) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
@@ -186,8 +196,14 @@ class Pipeline:
                           "what it learnt and usually lower the accuracy", stacklevel=3)
         return opts
 
-    def run(self, x: Tensor, mask: Tensor | None = None, options: Options | None = None, **values: Any) -> Restored:
-        """Restore NCHW ``x`` (float in [0, 1], C = 1 or 3, any device); ``mask`` N1HW, nonzero = hole."""
+    def run(self, x: Tensor, mask: Tensor | None = None, options: Options | None = None, *, inplace: bool = False,
+            **values: Any) -> Restored:
+        """Restore NCHW ``x`` (float in [0, 1], C = 1 or 3, any device); ``mask`` N1HW, nonzero = hole.
+
+        ``inplace=True`` lets the pipeline overwrite ``x`` (when it is a contiguous float32 CPU tensor)
+        with the result, which then is ``x`` itself wherever the output has its shape: a huge image is
+        not copied. Without it ``x`` is left as it was.
+        """
         opts = self.options(options, **values)
         if not isinstance(x, Tensor) or x.dim() != 4:
             raise ValueError(f"{self.task}: expected an NCHW image tensor, got {getattr(x, 'shape', type(x).__name__)}")
@@ -196,12 +212,15 @@ class Pipeline:
             raise ValueError(f"{self.task}: images must have 1 (gray) or 3 (RGB) channels, got {c}")
         if n == 0 or h == 0 or w == 0:
             raise ValueError(f"{self.task}: empty image batch of shape {tuple(x.shape)}")
+        # a converted copy is the pipeline's own, free to overwrite
+        own = x.dtype != torch.float32 or (inplace and x.device.type == "cpu" and x.is_contiguous())
         x = x.float() if x.is_floating_point() else x.float().div_(255.0 if x.dtype == torch.uint8 else 65535.0)
         if not _all_finite(x):
             raise ValueError(f"{self.task}: the image contains NaN or infinite values")
         hole = self._check_mask(mask, x)
         with torch.no_grad():
             work = self.restorer.prepare(x, hole, opts)
+            work.inplace = own
             y = self.restorer.network(work, opts) if work.net_input is not None else None
             out = self.restorer.finish(y, x, work, opts)
         extras: dict[str, Tensor] = {}
@@ -239,19 +258,24 @@ class Pipeline:
         return (out if out.is_contiguous() else out.contiguous()).clamp_(0.0, 1.0)  # in place: no second copy
 
     def run_images(self, images: Sequence[LoadedImage], masks: Sequence[Tensor | None] | None = None,
-                   options: Options | None = None, **values: Any) -> list[tuple[LoadedImage, dict[str, Tensor]]]:
+                   options: Options | None = None, *, inplace: bool = True,
+                   **values: Any) -> list[tuple[LoadedImage, dict[str, Tensor]]]:
         """Restore decoded images of one size as one batch, keeping each one's alpha and bit depth.
 
         The output keeps the input's channel count and colour profile, except for colorize, whose
-        output is RGB (an input's gray profile would mislabel it).
+        output is RGB (an input's gray profile would mislabel it). With ``inplace`` (the default: the
+        folder driver decodes each file for this call only) a lone image's tensor is overwritten with
+        its result, so a huge photo exists once in memory; ``inplace=False`` leaves it as it was.
         """
         if not images:
             return []
-        batch = torch.stack([im.image for im in images])
+        # one image: a view, not a stacked copy (a stacked batch is the pipeline's own anyway)
+        batch = images[0].image[None] if len(images) == 1 else torch.stack([im.image for im in images])
+        inplace = inplace or len(images) > 1
         mask = None
         if masks is not None and any(m is not None for m in masks):
             mask = torch.stack([m if m.dim() == 3 else m[None] for m in masks])  # type: ignore[union-attr]
-        restored = self.run(batch, mask, options, **values)
+        restored = self.run(batch, mask, options, inplace=inplace, **values)
         results = []
         for i, im in enumerate(images):
             image = restored.image[i]

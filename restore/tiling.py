@@ -91,6 +91,8 @@ def tiled(
     tile: int = 512,
     overlap: int = 32,
     multiple: int = 1,
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply ``fn`` (NCHW -> NC'HW, same H and W) over overlapping tiles and blend them.
 
@@ -98,55 +100,144 @@ def tiled(
     result cropped back, so any image size works, 1x1 included. Outputs are
     accumulated as ``sum(out * w)`` and divided by ``sum(w)``; the weights are
     separable and the tiles form a grid, so ``sum(w)`` is the outer product of
-    two 1-D vectors and never materialised as an image: memory is the output
-    plus one tile. Weights are exactly 1 outside overlaps, so those pixels are
-    bit-exact copies of ``fn``'s tile output. Accumulation happens on
-    ``image.device`` in float32; ``fn`` may compute elsewhere and return any
-    device. ``image`` may be CHW (returned as C'HW) or NCHW.
+    two 1-D vectors and never materialised as an image. Tiles run row by row
+    and each output row is finished once the last tile over it is done, so the
+    accumulator holds one row of tiles: memory is the output plus a tile row.
+    Weights are exactly 1 outside overlaps, so those pixels are bit-exact
+    copies of ``fn``'s tile output. Accumulation happens on ``image.device`` in
+    float32; ``fn`` may compute elsewhere and return any device. ``image`` may
+    be CHW (returned as C'HW) or NCHW. ``out`` (float32, the output's shape)
+    receives the result instead of a new tensor; it may be ``image`` itself
+    (rows are written only when no later tile reads them).
     """
     if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4):
         raise ValueError(f"tiled: image must be a CHW or NCHW tensor, got {getattr(image, 'shape', type(image))}")
+    _check_tiling(tile, overlap, multiple)
+    single = image.dim() == 3
+    x = image[None] if single else image
+    height, width = x.shape[-2:]
+    if height == 0 or width == 0:
+        raise ValueError(f"tiled: empty image of shape {tuple(image.shape)}")
+    rows, cols = torch.arange(height), torch.arange(width)
+    result = _blend(fn, x, rows, cols, (0, height, 0, width), tile, overlap, multiple,
+                    None if out is None else (out[None] if single else out))
+    return result[0] if single else result
+
+
+def _check_tiling(tile: int, overlap: int, multiple: int) -> None:
     if tile < 1:
         raise ValueError(f"tiled: tile must be >= 1, got {tile}")
     if not 0 <= overlap < tile:
         raise ValueError(f"tiled: overlap must be in [0, tile), got overlap={overlap}, tile={tile}")
     if multiple < 1:
         raise ValueError(f"tiled: multiple must be >= 1, got {multiple}")
-    single = image.dim() == 3
-    x = image[None] if single else image
-    n, _, height, width = x.shape
-    if height == 0 or width == 0:
-        raise ValueError(f"tiled: empty image of shape {tuple(image.shape)}")
 
+
+def _reflect_index(size: int, before: int, after: int) -> torch.Tensor:
+    """Which row (or column) of a ``size``-long axis each position of `reflect_pad`'s output copies.
+
+    Padding by gathering these indices tile by tile gives `reflect_pad`'s values without ever
+    holding the padded image (computed by padding the indices themselves, so the two agree).
+    """
+    idx = torch.arange(size, dtype=torch.float64).view(1, 1, size, 1)
+    return reflect_pad(idx, before, after, 0, 0).view(-1).long()
+
+
+def _selector(index: torch.Tensor) -> slice | torch.Tensor:
+    """A slice when ``index`` is a run of consecutive positions (a view, no copy), else the index itself."""
+    first = int(index[0])
+    if torch.equal(index, torch.arange(first, first + len(index))):
+        return slice(first, first + len(index))
+    return index
+
+
+def _gather(x: torch.Tensor, rows: slice | torch.Tensor, cols: slice | torch.Tensor) -> torch.Tensor:
+    """``x[..., rows, cols]`` for slices or index tensors: one tile-sized result at most."""
+    if isinstance(rows, slice) and isinstance(cols, slice):
+        return x[..., rows, cols]
+    if isinstance(rows, slice):
+        return x[..., rows, :].index_select(-1, cols)
+    if isinstance(cols, slice):
+        return x[..., cols].index_select(-2, rows)
+    return x[:, :, rows[:, None], cols[None, :]]
+
+
+def _blend(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    crop: tuple[int, int, int, int],
+    tile: int,
+    overlap: int,
+    multiple: int,
+    out: torch.Tensor | None,
+) -> torch.Tensor:
+    """Blend ``fn`` over the tiles of the virtual image ``x[..., rows, :][..., cols]`` (never built).
+
+    ``rows``/``cols`` give, for each position of the virtual image, the row/column of ``x`` it
+    copies (`reflect_pad`'s, for `tiled_on_grid`); only ``crop = (top, height, left, width)`` of
+    the blended result is kept, written into ``out`` (new if None). Tiles run in row order; the
+    accumulator holds one tile row, and a finished output row goes to ``out`` as soon as no later
+    tile reads the row of ``x`` it occupies, so ``out`` may be ``x`` itself (or a view of it
+    with the same rows).
+    """
+    n = x.shape[0]
+    vh, vw = len(rows), len(cols)
+    top, height, left, width = crop
+    dev = x.device
     with torch.no_grad():
-        if height <= tile and width <= tile:
-            out = _run_tile(fn, x, multiple).to(image.device, torch.float32)
-            return out[0] if single else out
-
-        ys, xs = _starts(height, tile, overlap), _starts(width, tile, overlap)
-        th, tw = min(tile, height), min(tile, width)
-        wy = torch.zeros(height, dtype=torch.float32, device=image.device)
-        wx = torch.zeros(width, dtype=torch.float32, device=image.device)
-        win_y = [_window(ys, i, th).to(image.device) for i in range(len(ys))]
-        win_x = [_window(xs, j, tw).to(image.device) for j in range(len(xs))]
+        ys, xs = _starts(vh, tile, overlap), _starts(vw, tile, overlap)
+        th, tw = min(tile, vh), min(tile, vw)
+        win_y = [_window(ys, i, th).to(dev) for i in range(len(ys))]
+        win_x = [_window(xs, j, tw).to(dev) for j in range(len(xs))]
+        wy = torch.zeros(vh, dtype=torch.float32, device=dev)
+        wx = torch.zeros(vw, dtype=torch.float32, device=dev)
         for i, y0 in enumerate(ys):
             wy[y0 : y0 + th] += win_y[i]
         for j, x0 in enumerate(xs):
             wx[x0 : x0 + tw] += win_x[j]
+        row_sel = [_selector(rows[y0 : y0 + th]) for y0 in ys]
+        col_sel = [_selector(cols[x0 : x0 + tw]) for x0 in xs]
+        # the lowest row of x each tile row and every later one reads: output rows above it are free
+        lowest = [int(rows[y0 : y0 + th].min()) for y0 in ys] + [height]
+        for i in range(len(ys) - 2, -1, -1):
+            lowest[i] = min(lowest[i], lowest[i + 1])
 
-        out: torch.Tensor | None = None
+        acc: torch.Tensor | None = None  # virtual rows [ys[i], ys[i] + th) of the blended sums
+        pending: list[tuple[int, torch.Tensor]] = []  # finished output rows (first row, band) not yet safe to write
         for i, y0 in enumerate(ys):
             for j, x0 in enumerate(xs):
-                y = _run_tile(fn, x[..., y0 : y0 + th, x0 : x0 + tw], multiple)
-                y = y.to(image.device, torch.float32)
-                if out is None:
-                    out = torch.zeros(n, y.shape[1], height, width, dtype=torch.float32, device=image.device)
+                y = _run_tile(fn, _gather(x, row_sel[i], col_sel[j]), multiple).to(dev, torch.float32)
+                if acc is None:
+                    acc = torch.zeros(n, y.shape[1], th, vw, dtype=torch.float32, device=dev)
+                    if out is None:
+                        out = torch.empty(n, y.shape[1], height, width, dtype=torch.float32, device=dev)
+                    elif tuple(out.shape) != (n, y.shape[1], height, width):
+                        raise ValueError(f"tiled: out has shape {tuple(out.shape)}, the result is "
+                                         f"{(n, y.shape[1], height, width)}")
                 weight = win_y[i][:, None] * win_x[j][None, :]
-                out[..., y0 : y0 + th, x0 : x0 + tw].addcmul_(y, weight)
-        assert out is not None
-        # sum of weights = wy (outer) wx, because every row band meets every column band once.
-        out.div_(wy[:, None]).div_(wx[None, :])
-    return out[0] if single else out
+                acc[..., x0 : x0 + tw].addcmul_(y, weight)
+            assert acc is not None and out is not None
+            # virtual rows [y0, done) are final: no later tile row reaches them
+            done = ys[i + 1] if i + 1 < len(ys) else y0 + th
+            r0, r1 = max(y0, top), min(done, top + height)
+            if r0 < r1:
+                band = acc[..., r0 - y0 : r1 - y0, :].div_(wy[r0:r1, None]).div_(wx[None, :])
+                pending.append((r0 - top, band[..., left : left + width].clone()))
+            if i + 1 < len(ys):
+                carried = acc[..., done - y0 :, :]
+                acc = torch.zeros_like(acc)
+                acc[..., : carried.shape[-2], :] = carried
+            keep = []
+            for o0, rows_done in pending:
+                if o0 + rows_done.shape[-2] <= lowest[i + 1]:
+                    out[..., o0 : o0 + rows_done.shape[-2], :] = rows_done
+                else:
+                    keep.append((o0, rows_done))
+            pending = keep
+        assert not pending and out is not None
+    return out
 
 
 def aligned_size(size: int, tile: int, overlap: int, multiple: int) -> int:
@@ -172,6 +263,8 @@ def tiled_on_grid(
     tile: int,
     overlap: int,
     multiple: int = 1,
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`tiled` with every tile on the whole image's stride grid: the one tiling policy of the pipeline.
 
@@ -180,15 +273,25 @@ def tiled_on_grid(
     pass would, plus bottom/right padding up to a size where every tile start is a multiple of the
     stride. Tiled and whole-image outputs then differ only where a tile border cuts the receptive
     field (blended away by the overlap ramps) and at the bottom/right image border. The overlap is
-    at most half a tile.
+    at most half a tile, widened where needed so that tiles step by a multiple of the stride. The padded image is never built (each tile gathers its pixels), so memory
+    is the output (or none: ``out`` may be ``image`` itself, see `tiled`) plus one row of tiles.
     """
+    if not isinstance(image, torch.Tensor) or image.dim() != 4:
+        raise ValueError(f"tiled_on_grid: image must be an NCHW tensor, got {getattr(image, 'shape', type(image))}")
     h, w = image.shape[-2:]
+    if h == 0 or w == 0:
+        raise ValueError(f"tiled_on_grid: empty image of shape {tuple(image.shape)}")
     t = max(multiple, tile // multiple * multiple)
     ov = min(overlap, t // 2)
+    # tiles step by a multiple of the stride, else `aligned_size` may find no size at all (it looped
+    # for ever on --tile 64 --tile-overlap 20 with a stride of 16): the overlap widens up to that
+    ov = t - max(multiple, (t - ov) // multiple * multiple)
+    _check_tiling(t, ov, multiple)
     top, left = ((-h) % multiple) // 2, ((-w) % multiple) // 2
     hp, wp = aligned_size(h + top, t, ov, multiple), aligned_size(w + left, t, ov, multiple)
-    padded = reflect_pad(image, top, hp - h - top, left, wp - w - left)
-    return tiled(fn, padded, tile=t, overlap=ov, multiple=multiple)[..., top : top + h, left : left + w]
+    # the padded image is never built: each tile gathers its rows and columns of it from ``image``
+    rows, cols = _reflect_index(h, top, hp - h - top), _reflect_index(w, left, wp - w - left)
+    return _blend(fn, image, rows, cols, (top, h, left, w), t, ov, multiple, out)
 
 
 # --------------------------------------------------------------------------- self-ensemble

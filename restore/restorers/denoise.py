@@ -72,24 +72,37 @@ class DenoiseRestorer(Restorer):
             if opts.level() is not None:
                 warnings.warn(f"{self.card.get('name') or 'this model'} is a blind denoiser: --sigma is ignored",
                               stacklevel=2)
-            return Work(net_input)
+            return Work(net_input, {"x": x})
         given = opts.level()
         sigma = estimate_sigma(x) if given is None else torch.full((x.shape[0],), given)
         if net_input.shape[0] != x.shape[0]:  # a gray model denoises each colour channel as an image
             sigma = sigma.repeat_interleave(net_input.shape[0] // x.shape[0])
-        return Work(net_input, {"sigma": sigma.float()})
+        return Work(net_input, {"x": x, "sigma": sigma.float()})
 
     def network(self, work: Work, opts: DenoiseOptions) -> Tensor:
-        if "sigma" not in work.state:
-            return super().network(work, opts)
         assert work.net_input is not None
-        sigma = work.state["sigma"].to(self.device, self.dtype)
-        return self.tiled_passes(work.net_input, opts,
-                                 lambda t: self.model(t.to(self.device, self.dtype), sigma).float())
+        x, net_input = work.state.pop("x"), work.net_input
+        if "sigma" in work.state:
+            sigma = work.state["sigma"].to(self.device, self.dtype)
+            forward = lambda t: self.model(t.to(self.device, self.dtype), sigma).float()  # noqa: E731
+        else:
+            forward = lambda t: self.forward(t, opts)  # noqa: E731
+        post, out = None, None
+        if net_input.shape[1] != x.shape[1] and net_input.shape[0] == x.shape[0]:
+            # a gray image through a colour model: each tile goes back to gray before blending, so
+            # no full-size 3-channel output exists (the mean commutes with the blend up to rounding)
+            def post(y: Tensor) -> Tensor:
+                return from_model_channels(y, x.shape[1], self.model_channels)
+            out = x if work.inplace else None
+        elif work.inplace:
+            out = net_input  # x itself, or (a gray model on colour) a view of its channels as images
+        return self.tiled_passes(net_input, opts, forward, post=post, out=out)
 
     def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: DenoiseOptions) -> Tensor:
         assert y is not None
-        return from_model_channels(y, x.shape[1], self.model_channels).clamp_(0.0, 1.0)
+        if y.shape != x.shape:
+            y = from_model_channels(y, x.shape[1], self.model_channels)
+        return y.clamp_(0.0, 1.0)
 
     def demo(self, photo: Tensor, seed: int, opts: DenoiseOptions, run: Any) -> list[tuple[str, Tensor]]:
         """Photo models denoise the bundled photo; Fashion-MNIST models 8 of their test images.
