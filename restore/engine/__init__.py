@@ -12,6 +12,7 @@ from typing import Any
 _EXPORTS = {
     "Task": "restore.engine.task",
     "StepContext": "restore.engine.task",
+    "EpochContext": "restore.engine.task",
     "TrainConfig": "restore.engine.config",
     "OptimConfig": "restore.engine.config",
     "ConfigError": "restore.engine.config",
