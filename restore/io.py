@@ -48,6 +48,8 @@ __all__ = [
     "ImageReadError",
     "LossyMaskWarning",
     "LoadedImage",
+    "pil_to_array",
+    "quantize",
     "read_image",
     "read_mask",
     "write_image",
@@ -123,7 +125,7 @@ class LoadedImage:
     image: torch.Tensor  # CHW float32 in [0, 1], C = 1 (gray) or 3 (RGB)
     alpha: np.ndarray | None  # HxW, original dtype (uint8 / uint16), or None
     bit_depth: int  # 8 or 16: bits per sample of the source file
-    path: Path
+    path: Path | None = None  # None for an image that came from memory (the Python API)
     # The embedded ICC profile, verbatim, when it describes ``image`` (a GRAY
     # profile for C=1, an RGB one for C=3; e.g. a CMYK JPEG's is dropped, since
     # its samples are converted without it). Pass it to write_image so
@@ -300,7 +302,7 @@ def _decode_16bit_opencv(path: Path, data: bytes, gray_source: bool) -> tuple[np
     raise ImageReadError(path, f"unsupported number of channels ({channels})")
 
 
-def _pil_to_array(path: Path, img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def pil_to_array(path: Path, img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """Pillow image of any supported mode -> (HxW or HxWx3 array, alpha or None)."""
     mode = img.mode
     if mode == "P" or mode == "PA":
@@ -395,7 +397,7 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
                 else:
                     bits, gray_source = 8, False
                 if bits > 8 and img.mode.startswith("I;16"):
-                    colour, alpha = _pil_to_array(path, img)
+                    colour, alpha = pil_to_array(path, img)
                 elif bits == 16:
                     # Pillow holds 16-bit colour only as 8-bit: decode again at full depth.
                     colour, alpha = _decode_16bit_opencv(path, data, gray_source)
@@ -404,7 +406,7 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
                 elif bits > 8:
                     raise ImageReadError(path, f"unsupported sample depth ({bits} bits; expected 8 or 16)")
                 else:
-                    colour, alpha = _pil_to_array(path, img)
+                    colour, alpha = pil_to_array(path, img)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -668,7 +670,7 @@ def _fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
-def _quantize(image: torch.Tensor, bit_depth: int) -> np.ndarray:
+def quantize(image: torch.Tensor, bit_depth: int) -> np.ndarray:
     """CHW float [0,1] -> HxWxC uint8/uint16, clamped and rounded to nearest."""
     top = 255 if bit_depth == 8 else 65535
     # float32 is enough: x * 65535 carries an error below 0.004, far from the
@@ -687,7 +689,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
         image = image[0]
     if image.dim() != 3:
         raise ValueError(f"to_uint8: expected a CHW or 1CHW tensor, got shape {tuple(image.shape)}")
-    array = _quantize(image, 8)
+    array = quantize(image, 8)
     return array[:, :, 0] if array.shape[2] == 1 else array
 
 
@@ -803,7 +805,7 @@ def write_image(
     if icc_profile is not None and not isinstance(icc_profile, (bytes, bytearray)):
         raise TypeError(f"{path}: icc_profile must be bytes, got {type(icc_profile).__name__}")
 
-    array = _quantize(image, bit_depth)  # HxWxC
+    array = quantize(image, bit_depth)  # HxWxC
     if alpha is not None:
         if fmt in ("JPEG", "BMP"):
             raise ValueError(f"{path}: {fmt} cannot store an alpha channel; write .png, .tif or .webp")
