@@ -409,14 +409,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """``restore app``: the web app (restore.app, an optional extra) on HOST:PORT until Ctrl-C."""
+    import importlib.util
     import os
 
-    try:
-        import gradio  # noqa: F401 - the app's one extra dependency: checked before any work
+    if importlib.util.find_spec("gradio") is None:  # not imported here: restore.app.serve sets it up first
+        raise UsageError("the app needs gradio, which is not installed; install it with: pip install -e \".[app]\"")
+    from restore.app import serve
 
-        from restore.app import serve
-    except ImportError as e:
-        raise UsageError(f"the app needs gradio ({e}); install it with: pip install -e \".[app]\"") from None
     if args.weights_dir:
         if not Path(args.weights_dir).is_dir():
             raise UsageError(f"--weights-dir {args.weights_dir}: no such folder")

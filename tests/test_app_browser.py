@@ -71,6 +71,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out["photo_path"] = _png(d / "photo.png", to_array(sample_photo("astronaut", 200)))
     (d / "readme.txt").write_text("this is not an image\n")
     out["text_path"] = str(d / "readme.txt")
+    (d / "fake.png").write_text("a text file named like an image\n")  # passes the browser's file-type check
+    out["fake_path"] = str(d / "fake.png")
     return out
 
 
@@ -190,8 +192,10 @@ def test_denoise_upload_run_and_psnr(page: Any, server: str, files: dict[str, An
 def test_text_upload_is_a_message_and_the_app_keeps_serving(page: Any, server: str, files: dict[str, Any]) -> None:
     _open(page, server + "denoise")
     page.locator("#denoise-noisy input[type=file]").set_input_files(files["text_path"])
+    page.get_by_text("Invalid file type: readme.txt").first.wait_for(timeout=RUN_TIMEOUT_MS)  # the page refuses it
+    page.locator("#denoise-noisy input[type=file]").set_input_files(files["fake_path"])
     page.locator("#denoise-run").click()
-    page.get_by_text("readme.txt is not an image").first.wait_for(timeout=RUN_TIMEOUT_MS)
+    page.get_by_text("fake.png is not an image").first.wait_for(timeout=RUN_TIMEOUT_MS)  # the server's message
     _open(page, server + "denoise")  # the same server goes on
     page.locator("#denoise-noisy input[type=file]").set_input_files(files["noisy_path"])
     page.locator("#denoise-run").click()

@@ -76,6 +76,8 @@ def launch(demo: Any, host: str, port: int, **kwargs: Any) -> Any:
 def serve(host: str = "127.0.0.1", port: int = 7860, device: str = "auto", tile: int = 512) -> None:
     """Build the app, print its address and serve until interrupted; the temp folder is removed at the end."""
     workdir = Path(tempfile.mkdtemp(prefix="restore-app-"))
+    # every temporary file of the process (gradio's uploads, torch's caches) goes under it, and so away with it
+    tempfile.tempdir = os.environ["TMPDIR"] = str(workdir)
     try:
         demo = build_app(device=device, workdir=workdir, tile=tile)
         launch(demo, host, port, prevent_thread_lock=True)

@@ -56,7 +56,7 @@ def sample_path(ctx: AppContext, name: str) -> str:
 def build(ctx: AppContext) -> None:
     import gradio as gr
 
-    from restore.app.ui import ImageInput, shows_errors
+    from restore.app.ui import image_input, shows_errors
 
     names = ctx.names("colorize")
     gr.Markdown("## Colorize\nUpload a gray photo, or a colour one: it is made gray first and the original is "
@@ -67,7 +67,7 @@ def build(ctx: AppContext) -> None:
         return
     with gr.Row():
         with gr.Column():
-            image = ImageInput("Photo (gray or colour)", elem_id="colorize-input")
+            image = image_input("Photo (gray or colour)", elem_id="colorize-input")
             with gr.Row():
                 samples = [gr.Button(s, size="sm", elem_id=f"colorize-sample-{s}")
                            for s in ("astronaut", "coffee", "chelsea")]

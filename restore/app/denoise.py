@@ -120,7 +120,7 @@ def build(ctx: AppContext) -> None:
     """The page's components and events (inside its ``demo.route``)."""
     import gradio as gr
 
-    from restore.app.ui import ImageInput, shows_errors
+    from restore.app.ui import image_input, shows_errors
 
     names = denoise_weights(ctx)
     gr.Markdown("## Denoise\nUpload a noisy image (or pick a sample, degraded by the chosen weights' own noise), "
@@ -131,8 +131,8 @@ def build(ctx: AppContext) -> None:
         return
     with gr.Row():
         with gr.Column():
-            noisy = ImageInput("Noisy image", elem_id="denoise-noisy")
-            clean = ImageInput("Clean image (optional, for the PSNR)", elem_id="denoise-clean")
+            noisy = image_input("Noisy image", elem_id="denoise-noisy")
+            clean = image_input("Clean image (optional, for the PSNR)", elem_id="denoise-clean")
             with gr.Row():
                 samples = [gr.Button(s, size="sm", elem_id=f"denoise-sample-{s}")
                            for s in ("astronaut", "coffee", "chelsea", "garment")]

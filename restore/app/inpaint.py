@@ -90,7 +90,7 @@ def sample_value(name: str) -> dict[str, Any]:
 def build(ctx: AppContext) -> None:
     import gradio as gr
 
-    from restore.app.ui import ImageInput, shows_errors
+    from restore.app.ui import image_input, shows_errors
 
     names = ctx.names("inpaint")
     gr.Markdown("## Inpaint\nUpload a photo in the editor, paint over what should be filled with the brush "
@@ -108,7 +108,7 @@ def build(ctx: AppContext) -> None:
                 samples = [gr.Button(s, size="sm", elem_id=f"inpaint-sample-{s}")
                            for s in ("astronaut", "coffee", "chelsea")]
             with gr.Accordion("Or upload a mask", open=False):
-                mask = ImageInput("Mask (nonzero = hole)", elem_id="inpaint-mask")
+                mask = image_input("Mask (nonzero = hole)", elem_id="inpaint-mask")
             weights = gr.Dropdown(names, value=names[0], label="Weights", elem_id="inpaint-weights")
             run = gr.Button("Inpaint", variant="primary", elem_id="inpaint-run")
         with gr.Column():

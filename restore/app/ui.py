@@ -10,7 +10,7 @@ import gradio as gr
 
 from restore.app.common import UserError
 
-__all__ = ["ImageInput", "shows_errors", "theme"]
+__all__ = ["ImageInput", "image_input", "shows_errors", "theme"]
 
 log = logging.getLogger("restore.app")
 
@@ -26,11 +26,7 @@ class ImageInput(gr.Image):
     """
 
     is_template = True  # rendered by the frontend's "image" component
-
-    def __init__(self, label: str, **kwargs: Any) -> None:
-        kwargs.setdefault("sources", ["upload", "clipboard"])
-        # image_mode None: the file as uploaded (gray stays gray, 16-bit stays 16-bit), not converted to RGB
-        super().__init__(label=label, type="filepath", format="png", image_mode=None, **kwargs)
+    # (no __init__ of its own: gradio sends the frontend the arguments named in the constructor's signature)
 
     def preprocess(self, payload: Any) -> Any:
         try:
@@ -39,6 +35,13 @@ class ImageInput(gr.Image):
             name = getattr(payload, "orig_name", None) or "the upload"
             raise gr.Error(f"{self.label}: {name} is not an image Pillow can open "
                            f"({type(e).__name__}); upload a PNG, JPEG, TIFF, BMP or WebP file") from None
+
+
+def image_input(label: str, **kwargs: Any) -> ImageInput:
+    """An upload handed to the page as the file itself: ``image_mode=None`` keeps gray gray and 16-bit 16-bit
+    (gr.Image would convert it to 8-bit RGB first)."""
+    kwargs.setdefault("sources", ["upload", "clipboard"])
+    return ImageInput(label=label, type="filepath", format="png", image_mode=None, **kwargs)
 
 
 def shows_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -27,11 +27,7 @@ class ImageInput(gr.Image):
     """
 
     is_template = True  # rendered by the frontend's "image" component
-
-    def __init__(self, label: str, **kwargs: Any) -> None:
-        kwargs.setdefault("sources", ["upload", "clipboard"])
-        # image_mode None: the file as uploaded (gray stays gray, 16-bit stays 16-bit), not converted to RGB
-        super().__init__(label=label, type="filepath", format="png", image_mode=None, **kwargs)
+    # (no __init__ of its own: gradio sends the frontend the arguments named in the constructor's signature)
 
     def preprocess(self, payload: Any) -> Any:
         try:
