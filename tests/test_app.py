@@ -259,9 +259,11 @@ def test_vae_garments(app, monkeypatch, tmp_path) -> None:
 
 
 def test_main_page_examples(app) -> None:
+    import restore.app
     from restore.app import home
 
     demo, ctx = app
+    assert not list(Path(restore.app.__file__).parent.glob("*.pyi"))  # gradio stubs a component subclass's module
     before_after = home.example(ctx, "inpaint", "chelsea")
     assert before_after.shape[1] > 2 * before_after.shape[0]  # two panels side by side
     table = home.weights_table(ctx)

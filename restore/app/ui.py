@@ -10,38 +10,36 @@ import gradio as gr
 
 from restore.app.common import UserError
 
-__all__ = ["ImageInput", "image_input", "shows_errors", "theme"]
+__all__ = ["image_input", "shows_errors", "theme"]
 
 log = logging.getLogger("restore.app")
 
 
-class ImageInput(gr.Image):
-    """`gr.Image` upload that hands the page the file as uploaded (``type="filepath"``).
+def image_input(label: str, **kwargs: Any) -> gr.Image:
+    """An image upload handed to the page as the file itself, whose unreadable files are named in a message.
 
-    gr.Image opens the upload with Pillow before the page's function runs, and
-    a file Pillow cannot open (a text file) then fails with a bare "Error".
-    This subclass turns that into a message naming the file; the page itself
-    decodes the file with `restore.io` (`common.read_upload`), which names
-    every other reason (truncated, too large, unsupported).
+    ``image_mode=None`` keeps the file as uploaded (gray stays gray, 16-bit stays 16-bit; gr.Image would
+    convert it to 8-bit RGB first); the page decodes it with `restore.io` (`common.read_upload`), which names
+    every reason a file cannot be used. gr.Image itself opens the upload with Pillow before the page's
+    function runs, and a file Pillow cannot open (a text file named .png) would fail with a bare "Error", so
+    this one component's ``preprocess`` is wrapped to say what is wrong. (Not a subclass: gradio writes a
+    .pyi stub next to the module of every component subclass, and the app writes nothing outside its temp
+    folder.)
     """
+    kwargs.setdefault("sources", ["upload", "clipboard"])
+    component = gr.Image(label=label, type="filepath", format="png", image_mode=None, **kwargs)
+    preprocess = component.preprocess
 
-    is_template = True  # rendered by the frontend's "image" component
-    # (no __init__ of its own: gradio sends the frontend the arguments named in the constructor's signature)
-
-    def preprocess(self, payload: Any) -> Any:
+    def checked(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except Exception as e:  # noqa: BLE001 - Pillow raises several types for a non-image
             name = getattr(payload, "orig_name", None) or "the upload"
-            raise gr.Error(f"{self.label}: {name} is not an image Pillow can open "
-                           f"({type(e).__name__}); upload a PNG, JPEG, TIFF, BMP or WebP file") from None
+            raise gr.Error(f"{label}: {name} is not an image Pillow can open ({type(e).__name__}); "
+                           "upload a PNG, JPEG, TIFF, BMP or WebP file") from None
 
-
-def image_input(label: str, **kwargs: Any) -> ImageInput:
-    """An upload handed to the page as the file itself: ``image_mode=None`` keeps gray gray and 16-bit 16-bit
-    (gr.Image would convert it to 8-bit RGB first)."""
-    kwargs.setdefault("sources", ["upload", "clipboard"])
-    return ImageInput(label=label, type="filepath", format="png", image_mode=None, **kwargs)
+    component.preprocess = checked  # type: ignore[method-assign]
+    return component
 
 
 def shows_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
