@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,9 @@ class ExportedModel(nn.Module):
             return cls.from_onnx(path.read_bytes(), threads)
         extra = {"restore.json": ""}
         try:
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            with warnings.catch_warnings():  # torch's notice that TorchScript is deprecated: the user asked for it
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except RuntimeError as e:
             raise OptionError(f"{path}: not an ONNX (.onnx) or TorchScript file ({e})") from e
         module.eval()

@@ -65,7 +65,7 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("name", PHOTO_MODELS)
 def test_onnxruntime_backend_restores_as_torch_whole_and_tiled(name: str) -> None:
-    """Through the API: float images (no rounding) of a size off the stride grid, whole and in 48-pixel tiles."""
+    """Through the API: float images (no rounding) of a size off the stride grid, whole and in 64-pixel tiles."""
     image = _image(70, 101).astype(np.float32) / 255
     mask = np.zeros((70, 101), bool)
     mask[20:45, 30:70] = True
@@ -73,7 +73,7 @@ def test_onnxruntime_backend_restores_as_torch_whole_and_tiled(name: str) -> Non
     reference = restore.load(name, device="cpu")
     ours = restore.load(name, backend="onnxruntime")
     assert isinstance(ours.pipeline.model, ExportedModel)
-    for tile in (0, 48):
+    for tile in (0, 64):
         a = reference(image, tile=tile, **kwargs)
         b = ours(image, tile=tile, **kwargs)
         assert a.shape == b.shape and float(np.abs(a - b).max()) < TOL, (tile, float(np.abs(a - b).max()))
@@ -103,3 +103,27 @@ def test_clear_errors(tmp_path: Path, capsys) -> None:
     assert "backend onnxruntime" in capsys.readouterr().err
     with pytest.raises(ValueError, match="backend must be one of"):
         restore.load("denoise-gaussian", backend="tensorrt")
+
+
+def test_noise_conditioned_denoiser_exports_with_its_sigma_input(tmp_path: Path) -> None:
+    from restore.models.cond_unet import CondUNet
+    from restore.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    model = CondUNet(3, base_channels=4, depth=2, convs_per_level=0).eval()
+    torch.nn.init.normal_(model.unet._last_conv().weight, std=0.05)
+    card = {"task": "denoise", "name": "tiny-cond", "corruption": "gaussian:sigma=25"}
+    graph = E.graph_of(model, card)
+    assert graph.inputs == ("image", "sigma")
+    path = E.save_graph(graph, "onnx", tmp_path / "c.onnx", E.metadata(card, graph, model))
+    exported = ExportedModel.from_file(path)
+    assert exported.noise_conditioned and exported.multiple == model.multiple
+    reference, ours = Pipeline(model, card), Pipeline(exported, card)
+    x = torch.from_numpy(_image(37, 53)).permute(2, 0, 1)[None].float() / 255
+    outputs = []
+    for sigma in ("5", 50, "auto"):
+        for tile in (0, 32):
+            a, b = reference.run(x, sigma=sigma, tile=tile).image, ours.run(x, sigma=sigma, tile=tile).image
+            assert float((a - b).abs().max()) < TOL
+            outputs.append(b)
+    assert not torch.allclose(outputs[0], outputs[2], atol=1e-4)  # sigma is an input of the exported graph
