@@ -160,10 +160,13 @@ def _fetch(page: Any, selector: str, index: int = 0) -> np.ndarray:
 
 
 def _screenshot(page: Any, name: str) -> None:
+    """With RESTORE_APP_SCREENSHOTS=DIR: the page as DIR/app-NAME.png, 3/4 size in 128 colours (docs-sized)."""
     folder = os.environ.get("RESTORE_APP_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"app-{name}.png"))
+        shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+        shot = shot.resize((shot.width * 3 // 4, shot.height * 3 // 4), Image.Resampling.LANCZOS)
+        shot.quantize(128, dither=Image.Dither.NONE).save(Path(folder) / f"app-{name}.png", optimize=True)
 
 
 def test_main_page_links_every_page(page: Any, server: str) -> None:

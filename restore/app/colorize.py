@@ -56,7 +56,7 @@ def sample_path(ctx: AppContext, name: str) -> str:
 def build(ctx: AppContext) -> None:
     import gradio as gr
 
-    from restore.app.ui import image_input, shows_errors
+    from restore.app.ui import image_input, result_image, shows_errors
 
     names = ctx.names("colorize")
     gr.Markdown("## Colorize\nUpload a gray photo, or a colour one: it is made gray first and the original is "
@@ -77,11 +77,11 @@ def build(ctx: AppContext) -> None:
             run = gr.Button("Colorize", variant="primary", elem_id="colorize-run")
         with gr.Column():
             compare = gr.ImageSlider(label="gray | colorized (drag the handle)", type="numpy", format="png",
+                                     buttons=["download", "fullscreen"],
                                      elem_id="colorize-result")
             info = gr.Markdown(elem_id="colorize-info")
             download = gr.DownloadButton("Download PNG", elem_id="colorize-download")
-            original = gr.Image(label="Original colours (of a colour upload)", type="numpy", format="png",
-                                interactive=False, elem_id="colorize-original")
+            original = result_image("Original colours (of a colour upload)", elem_id="colorize-original")
 
     for button in samples:
         def pick(sample: str = str(button.value)) -> str:

@@ -148,6 +148,7 @@ def build(ctx: AppContext) -> None:
             run = gr.Button("Denoise", variant="primary", elem_id="denoise-run")
         with gr.Column():
             compare = gr.ImageSlider(label="noisy | restored (drag the handle)", type="numpy", format="png",
+                                     buttons=["download", "fullscreen"],
                                      elem_id="denoise-result")
             info = gr.Markdown(elem_id="denoise-info")
             download = gr.DownloadButton("Download PNG", elem_id="denoise-download")

@@ -90,7 +90,7 @@ def sample_value(name: str) -> dict[str, Any]:
 def build(ctx: AppContext) -> None:
     import gradio as gr
 
-    from restore.app.ui import image_input, shows_errors
+    from restore.app.ui import image_input, result_image, shows_errors
 
     names = ctx.names("inpaint")
     gr.Markdown("## Inpaint\nUpload a photo in the editor, paint over what should be filled with the brush "
@@ -112,8 +112,7 @@ def build(ctx: AppContext) -> None:
             weights = gr.Dropdown(names, value=names[0], label="Weights", elem_id="inpaint-weights")
             run = gr.Button("Inpaint", variant="primary", elem_id="inpaint-run")
         with gr.Column():
-            result = gr.Image(label="Filled (holes outlined)", type="numpy", format="png", interactive=False,
-                              elem_id="inpaint-result")
+            result = result_image("Filled (holes outlined)", elem_id="inpaint-result")
             info = gr.Markdown(elem_id="inpaint-info")
             download = gr.DownloadButton("Download PNG", elem_id="inpaint-download")
 

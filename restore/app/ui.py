@@ -10,7 +10,7 @@ import gradio as gr
 
 from restore.app.common import UserError
 
-__all__ = ["image_input", "shows_errors", "theme"]
+__all__ = ["image_input", "result_image", "shows_errors", "theme"]
 
 log = logging.getLogger("restore.app")
 
@@ -40,6 +40,13 @@ def image_input(label: str, **kwargs: Any) -> gr.Image:
 
     component.preprocess = checked  # type: ignore[method-assign]
     return component
+
+
+def result_image(label: str, **kwargs: Any) -> gr.Image:
+    """A picture the page shows, as a PNG, with download and full-screen buttons only (gradio's "share"
+    button would upload to an outside service)."""
+    return gr.Image(label=label, type="numpy", format="png", interactive=False, buttons=["download", "fullscreen"],
+                    **kwargs)
 
 
 def shows_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -104,7 +104,7 @@ def vae_denoise(ctx: AppContext, weights: str, index: int = 0, seed: int = 0,
 def build(ctx: AppContext) -> None:
     import gradio as gr
 
-    from restore.app.ui import shows_errors
+    from restore.app.ui import result_image, shows_errors
 
     plain = [n for n in ctx.names("vae") if ctx.card(n).get("arch") == "vae"]
     conditional = [n for n in ctx.names("vae") if ctx.card(n).get("arch") != "vae"]
@@ -114,14 +114,14 @@ def build(ctx: AppContext) -> None:
         gr.Markdown("**No VAE weights are installed** (`restore weights` lists what is there).")
         return
     if plain:
-        vae = gr.Dropdown(plain, value=plain[0], label="VAE", elem_id="vae-weights")
+        vae = gr.Dropdown(plain, value="vae-fashion" if "vae-fashion" in plain else plain[0], label="VAE",
+                          elem_id="vae-weights")
         with gr.Tab("Samples from the prior"):
             with gr.Row():
                 n = gr.Slider(1, 64, value=16, step=1, label="samples")
                 seed = gr.Number(0, precision=0, label="seed")
                 go = gr.Button("Sample", variant="primary", elem_id="vae-prior-run")
-            prior = gr.Image(label="z ~ N(0, I), decoded", type="numpy", format="png", interactive=False,
-                             elem_id="vae-prior")
+            prior = result_image("z ~ N(0, I), decoded", elem_id="vae-prior")
             go.click(shows_errors(lambda w, k, s: prior_samples(ctx, w, k, s)), [vae, n, seed], prior,
                      api_name="vae_prior")
         with gr.Tab("Interpolate two garments"):
@@ -130,8 +130,8 @@ def build(ctx: AppContext) -> None:
                 second = gr.Number(1, precision=0, label="second test garment (0-9999)")
                 steps = gr.Slider(2, 16, value=8, step=1, label="steps")
                 go = gr.Button("Interpolate", variant="primary", elem_id="vae-interp-run")
-            line = gr.Image(label="first | decoded along the line between their latent means | second",
-                            type="numpy", format="png", interactive=False, elem_id="vae-interp")
+            line = result_image("first | decoded along the line between their latent means | second",
+                                elem_id="vae-interp")
             go.click(shows_errors(lambda w, a, b, k: interpolate(ctx, w, a, b, k)), [vae, first, second, steps],
                      line, api_name="vae_interpolate")
         with gr.Tab("Denoise a garment, with its uncertainty"):
@@ -139,8 +139,7 @@ def build(ctx: AppContext) -> None:
                 index = gr.Number(0, precision=0, label="test garment (0-9999)")
                 noise_seed = gr.Number(0, precision=0, label="noise seed")
                 go = gr.Button("Denoise", variant="primary", elem_id="vae-denoise-run")
-            strip = gr.Image(label="noisy | restored | uncertainty (std) | clean", type="numpy", format="png",
-                             interactive=False, elem_id="vae-denoise")
+            strip = result_image("noisy | restored | uncertainty (std) | clean", elem_id="vae-denoise")
             info = gr.Markdown(elem_id="vae-denoise-info")
             download = gr.DownloadButton("Download PNG (restored, 28x28)")
             go.click(shows_errors(lambda w, i, s: vae_denoise(ctx, w, i, s)), [vae, index, noise_seed],
@@ -152,8 +151,7 @@ def build(ctx: AppContext) -> None:
                 per = gr.Slider(1, 12, value=6, step=1, label="samples per class")
                 cseed = gr.Number(0, precision=0, label="seed")
                 go = gr.Button("Sample", variant="primary", elem_id="vae-classes-run")
-            classes = gr.Image(label="one row per class", type="numpy", format="png", interactive=False,
-                               elem_id="vae-classes")
+            classes = result_image("one row per class", elem_id="vae-classes")
             names = gr.Markdown()
             go.click(shows_errors(lambda w, k, s: class_samples(ctx, w, k, s)), [cvae, per, cseed],
                      [classes, names], api_name="vae_classes")
