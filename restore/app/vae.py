@@ -57,7 +57,8 @@ def interpolate(ctx: AppContext, weights: str, first: int, second: int, steps: i
         raise UserError(f"steps must be 2-16, got {steps}")
     net = _network(ctx, weights, conditional=False)
     device = net.fc_mean.weight.device
-    a, b = garment(int(first)), garment(int(second))
+    dataset = str(ctx.card(weights).get("dataset") or "fashion-mnist")
+    a, b = garment(int(first), dataset), garment(int(second), dataset)
     za, _ = net.encode(a.to(device))
     zb, _ = net.encode(b.to(device))
     t = torch.linspace(0, 1, int(steps), device=device)[:, None]
@@ -89,7 +90,7 @@ def vae_denoise(ctx: AppContext, weights: str, index: int = 0, seed: int = 0,
 
     model = ctx.model(weights)
     _network(ctx, weights, conditional=False)
-    clean = garment(int(index))
+    clean = garment(int(index), str(model.card.get("dataset") or "fashion-mnist"))
     noisy = corrupt.apply(clean, str(model.card.get("corruption") or "gaussian:sigma=114.75"), int(seed)).input
     restored = model.restore(noisy, samples=int(samples), uncertainty=True, seed=int(seed))
     std = restored.extras["std"]
