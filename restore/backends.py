@@ -61,6 +61,7 @@ class ExportedModel(nn.Module):
         channels = int(meta["restore.channels"])
         self.in_channels = self.image_channels = channels
         self.prefill = meta.get("restore.prefill", "constant")
+        self.keep_input = meta.get("restore.keep_input", "none")
         self.fill_value = float(meta.get("restore.fill_value", 0.5))
         # the pipeline reads the compute dtype and device from the first parameter: float32 on the CPU
         self._anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
@@ -152,6 +153,12 @@ class ExportedModel(nn.Module):
             if sigma is None:
                 raise ValueError(f"{self.card.get('name')}: a noise-conditioned model needs sigma")
             return self._padded(image, lambda x: self._run(x, sigma.contiguous())[0])
+        if self.keep_input == "impulse":  # UNet.forward's impulse switch, around the graph (restore.export)
+            from restore.models.fill import fill_impulses, impulse_mask
+
+            hit = impulse_mask(image)
+            filled = fill_impulses(image, hit)
+            return torch.where(hit, self._padded(filled, lambda x: self._run(x)[0]), image)
         return self._padded(image, lambda x: self._run(x)[0])
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:

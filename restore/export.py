@@ -24,6 +24,7 @@ reports the largest absolute difference of the outputs in [0, 1].
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -110,6 +111,11 @@ def graph_of(model: nn.Module, card: dict[str, Any]) -> Graph:
         return Graph("inpaint", _Refine(model), ("image", "hole"), ("coarse", "refined"), channels, multiple)
     if task in ("denoise", "colorize"):
         channels = int(getattr(model, "in_channels", (card.get("config") or {}).get("in_channels", 3)))
+        if getattr(model, "keep_input", "none") == "impulse":
+            # the impulse switch (detect, fill, keep) acts before the UNet pads itself: it stays outside the
+            # graph, as the prefill of inpainting does, so a padded input sees the fill of the unpadded image
+            model = copy.deepcopy(model)
+            model.keep_input = "none"
         if getattr(model, "noise_conditioned", False):
             return Graph("image+sigma", _Call(model), ("image", "sigma"), ("output",), channels, multiple)
         return Graph("image", _Call(model), ("image",), ("output",), channels, multiple)
@@ -136,7 +142,10 @@ def metadata(card: dict[str, Any], graph: Graph, model: nn.Module) -> dict[str, 
         "restore.multiple": str(graph.multiple),
         "restore.pad_mode": str(getattr(model, "pad_mode", "reflect")),
         "restore.noise_conditioned": str(int(graph.kind == "image+sigma")),
+        "restore.keep_input": str(getattr(model, "keep_input", "none")),
         "restore.contract": (f"inputs N x C x H x W float32, H and W multiples of {graph.multiple} (pad centred); "
+                             + ("impulses filled first (restore.models.fill), then kept; "
+                                if getattr(model, "keep_input", "none") == "impulse" else "")
                              + {"image": "image in [0, 1] (colorize: normalised L)",
                                 "image+sigma": "image in [0, 1], sigma (N,) in [0, 1] units",
                                 "inpaint": "image in [0, 1] with its hole prefilled, hole 1 = missing"}[graph.kind]),

@@ -63,10 +63,20 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("name", PHOTO_MODELS)
+@pytest.mark.parametrize("name", PHOTO_MODELS + ("denoise-saltpepper",))
 def test_onnxruntime_backend_restores_as_torch_whole_and_tiled(name: str) -> None:
-    """Through the API: float images (no rounding) of a size off the stride grid, whole and in 64-pixel tiles."""
+    """Through the API: float images (no rounding) of a size off the stride grid, whole and in 64-pixel tiles.
+
+    With salt and pepper pixels, along the border too: the salt-and-pepper model's impulse switch must act on
+    the unpadded image, as the PyTorch model's does.
+    """
     image = _image(70, 101).astype(np.float32) / 255
+    rng = np.random.default_rng(2)
+    for value in (0.0, 1.0):
+        ys, xs = rng.integers(0, 70, 150), rng.integers(0, 101, 150)
+        image[ys, xs] = value
+        image[0, rng.integers(0, 101, 10)] = value
+        image[rng.integers(0, 70, 10), -1] = value
     mask = np.zeros((70, 101), bool)
     mask[20:45, 30:70] = True
     kwargs = {"mask": mask} if name == "inpaint" else {}
