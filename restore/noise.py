@@ -65,9 +65,9 @@ def _pca_sigma(crops: list[Tensor], patch: int, max_patches: int) -> float:
     stride = max(1, math.ceil(math.sqrt(area / max_patches)))
     cols = [F.unfold(c[None].float(), patch, stride=stride)[0] for c in crops
             if c.shape[1] >= patch and c.shape[2] >= patch]
-    x = torch.cat(cols, dim=1).double()  # d x L
+    x = torch.cat(cols, dim=1)  # d x L
     x = x - x.mean(dim=1, keepdim=True)
-    eig = torch.linalg.eigvalsh(x @ x.T / x.shape[1]).clamp_min(0)  # ascending
+    eig = torch.linalg.eigvalsh((x @ x.T).double() / x.shape[1]).clamp_min(0)  # ascending
     # Chen et al.: the largest m such that the m smallest eigenvalues have as many above their mean as below
     for m in range(eig.numel() - 1, 0, -1):
         low = eig[:m]
