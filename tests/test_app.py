@@ -8,8 +8,10 @@ PSNR, kept pixels, error messages) fails here. The browser tests are tests/test_
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,10 @@ if os.environ.get("CI") == "true":
     import gradio  # noqa: F401 - CI installs the dev extra: a missing gradio is a failure there, not a skip
 else:
     pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e \".[app]\")")
+
+#: The app's temp folder for this module; gradio fixes its upload folder when first imported, so it is set first.
+WORK = Path(tempfile.mkdtemp(prefix="restore-test-app-"))
+os.environ["GRADIO_TEMP_DIR"] = str(WORK / "gradio")
 
 from restore.app import build_app, colorize, denoise, inpaint, vae  # noqa: E402
 from restore.app.common import AppContext, UserError, outline, read_upload, sample_photo, takes_option, \
@@ -51,12 +57,12 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory):
+def app():
     """The built app (its main page computes the before/after examples) and its context."""
-    work = tmp_path_factory.mktemp("app-work")
-    demo = build_app(device="cpu", workdir=work)
+    demo = build_app(device="cpu", workdir=WORK)
     yield demo, demo.restore_context
     demo.close()
+    shutil.rmtree(WORK, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

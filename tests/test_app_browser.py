@@ -63,7 +63,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from restore.app.common import sample_photo, to_array
 
     d = tmp_path_factory.mktemp("browser-files")
-    clean = sample_photo("chelsea", 128)[..., :, :160]
+    clean = sample_photo("chelsea", 160)
     noisy = corrupt.apply(clean, "gaussian:sigma=25", 0).input
     out = {"clean": to_array(clean), "noisy": to_array(noisy)}
     out["clean_path"] = _png(d / "clean.png", out["clean"])

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_app", "serve"]
+__all__ = ["build_app", "launch", "serve"]
 
 #: Gradio's own switches for an app that never calls out: no usage analytics, no server-side rendering (node).
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SSR_MODE": "False", "HF_HUB_OFFLINE": "1"}
@@ -44,13 +44,14 @@ def build_app(device: str = "auto", workdir: str | Path | None = None, tile: int
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")  # uploads and served results
 
+    # imported here, not at the top: gradio fixes its upload folder when first imported, so the environment
+    # above must be set first (and `import restore.app` stays cheap without the extra)
     import gradio as gr
 
     import restore
     from restore.api import resolve_device
     from restore.app import colorize, denoise, home, inpaint, vae
     from restore.app.common import MAX_PIXELS, AppContext
-    from restore.app.ui import theme
 
     ctx = AppContext(device=resolve_device(device), workdir=workdir, tile=int(tile),
                      max_pixels=int(max_pixels or MAX_PIXELS), weights=restore.list_weights())

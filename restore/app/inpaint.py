@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import gradio as gr
 import numpy as np
+import torch
 
-from restore.app.common import AppContext, UserError, outline, read_upload, sample_photo, save_png, to_array, \
-    to_tensor
+from restore.app.common import SAMPLE_SIDE, SAMPLES, AppContext, UserError, outline, read_upload, sample_photo, \
+    save_png, to_array, to_tensor
+from restore.app.ui import image_input, page_header, result_image, sample_buttons, shows_errors
+from restore.io import ImageReadError, read_mask
 
 __all__ = ["build", "inpaint", "painted_mask"]
-
-SAMPLE_SIDE = 384
-
 
 def painted_mask(layers: list[Any] | None, size: tuple[int, int]) -> np.ndarray | None:
     """HxW bool of what the brush painted on the editor's layers (alpha > 0), or None when nothing was."""
@@ -31,8 +32,6 @@ def painted_mask(layers: list[Any] | None, size: tuple[int, int]) -> np.ndarray 
 
 def uploaded_mask(path: str | None, size: tuple[int, int], ctx: AppContext) -> np.ndarray | None:
     """HxW bool of an uploaded mask file (nonzero = hole, as on the command line), checked against the photo."""
-    from restore.io import ImageReadError, read_mask
-
     if not path:
         return None
     read_upload(path, ctx, "mask")  # the same size and decoding checks as a photo
@@ -65,8 +64,6 @@ def inpaint(ctx: AppContext, editor: dict[str, Any] | None, mask_file: str | Non
         hole = extra if hole is None else hole | extra
     if hole is None:
         raise UserError("no holes: paint over what should be filled (the brush), or upload a mask")
-    import torch
-
     step(0.1, desc=f"loading {weights}")
     model = ctx.model(weights)
     step(0.3, desc=f"inpainting {size[1]}x{size[0]} ({100 * hole.mean():.1f}% of it)")
@@ -79,24 +76,15 @@ def inpaint(ctx: AppContext, editor: dict[str, Any] | None, mask_file: str | Non
 
 def sample_value(name: str) -> dict[str, Any]:
     """Editor value with a bundled photo as the background and nothing painted."""
-    import torch
-
-    photo = sample_photo(name)
-    s = SAMPLE_SIDE / max(photo.shape[-2:])
-    small = torch.nn.functional.interpolate(photo, scale_factor=s, mode="area") if s < 1 else photo
+    small = sample_photo(name, SAMPLE_SIDE)
     return {"background": to_array(small), "layers": [], "composite": to_array(small)}
 
 
 def build(ctx: AppContext) -> None:
-    import gradio as gr
-
-    from restore.app.ui import image_input, result_image, shows_errors
-
     names = ctx.names("inpaint")
-    gr.Markdown("## Inpaint\nUpload a photo in the editor, paint over what should be filled with the brush "
-                "(or upload a mask: nonzero = hole, the photo's size) and run. Known pixels are kept exactly.")
-    if not names:
-        gr.Markdown("**No inpainting weights are installed** (`restore weights` lists what is there).")
+    if not page_header("## Inpaint\nUpload a photo in the editor, paint over what should be filled with the brush "
+                       "(or upload a mask: nonzero = hole, the photo's size) and run. Known pixels are kept exactly.",
+                       names, "inpainting"):
         return
     with gr.Row():
         with gr.Column():
@@ -104,9 +92,7 @@ def build(ctx: AppContext) -> None:
                                     sources=["upload", "clipboard"], transforms=(), layers=False,
                                     brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=24),
                                     elem_id="inpaint-editor")
-            with gr.Row():
-                samples = [gr.Button(s, size="sm", elem_id=f"inpaint-sample-{s}")
-                           for s in ("astronaut", "coffee", "chelsea")]
+            samples = sample_buttons("inpaint", SAMPLES)
             with gr.Accordion("Or upload a mask", open=False):
                 mask = image_input("Mask (nonzero = hole)", elem_id="inpaint-mask")
             weights = gr.Dropdown(names, value=names[0], label="Weights", elem_id="inpaint-weights")

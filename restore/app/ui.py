@@ -10,7 +10,7 @@ import gradio as gr
 
 from restore.app.common import UserError
 
-__all__ = ["image_input", "result_image", "shows_errors", "theme"]
+__all__ = ["comparison", "image_input", "page_header", "result_image", "sample_buttons", "shows_errors", "theme"]
 
 log = logging.getLogger("restore.app")
 
@@ -47,6 +47,27 @@ def result_image(label: str, **kwargs: Any) -> gr.Image:
     button would upload to an outside service)."""
     return gr.Image(label=label, type="numpy", format="png", interactive=False, buttons=["download", "fullscreen"],
                     **kwargs)
+
+
+def comparison(page: str, label: str) -> tuple[gr.ImageSlider, gr.Markdown, gr.DownloadButton]:
+    """Before/after slider, a line about the run and the PNG download: the result column of a task page."""
+    compare = gr.ImageSlider(label=label, type="numpy", format="png", buttons=["download", "fullscreen"],
+                             elem_id=f"{page}-result")
+    return compare, gr.Markdown(elem_id=f"{page}-info"), gr.DownloadButton("Download PNG", elem_id=f"{page}-download")
+
+
+def page_header(text: str, names: list[str], what: str) -> bool:
+    """A page's heading and explanation; False (after saying so) when no weights for it are installed."""
+    gr.Markdown(text)
+    if not names:
+        gr.Markdown(f"**No {what} weights are installed** (`restore weights` lists what is there).")
+    return bool(names)
+
+
+def sample_buttons(page: str, samples: tuple[str, ...]) -> list[gr.Button]:
+    """One small button per sample, in a row (the button's value is the sample's name)."""
+    with gr.Row():
+        return [gr.Button(s, size="sm", elem_id=f"{page}-sample-{s}") for s in samples]
 
 
 def shows_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

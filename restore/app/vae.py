@@ -3,14 +3,15 @@ conditional VAEs, and denoising a noisy garment with its per-pixel uncertainty."
 
 from __future__ import annotations
 
-from typing import Any
-
+import gradio as gr
 import numpy as np
 import torch
 from torch import Tensor
 
-from restore.app.common import AppContext, UserError, save_png, to_array
+from restore import corrupt
+from restore.app.common import AppContext, UserError, psnr_db, save_png, to_array
 from restore.app.denoise import garment
+from restore.app.ui import result_image, shows_errors
 
 __all__ = ["build", "class_samples", "grid", "interpolate", "prior_samples", "vae_denoise"]
 
@@ -85,9 +86,6 @@ def vae_denoise(ctx: AppContext, weights: str, index: int = 0, seed: int = 0,
 
     The uncertainty is the per-pixel std of ``samples`` decodings of z ~ q(z|x), stretched to its maximum.
     """
-    from restore import corrupt
-    from restore.app.common import psnr_db
-
     model = ctx.model(weights)
     _network(ctx, weights, conditional=False)
     clean = garment(int(index), str(model.card.get("dataset") or "fashion-mnist"))
@@ -103,10 +101,6 @@ def vae_denoise(ctx: AppContext, weights: str, index: int = 0, seed: int = 0,
 
 
 def build(ctx: AppContext) -> None:
-    import gradio as gr
-
-    from restore.app.ui import result_image, shows_errors
-
     plain = [n for n in ctx.names("vae") if ctx.card(n).get("arch") == "vae"]
     conditional = [n for n in ctx.names("vae") if ctx.card(n).get("arch") != "vae"]
     gr.Markdown("## Variational autoencoders\nSmall VAEs trained on 28x28 Fashion-MNIST (and MNIST) images. "
