@@ -1083,8 +1083,9 @@ def _check_tasks(names: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     ok, broken = {}, {}
     for name in names:
         try:
+            module = tasks.get(name)  # KeyError names the known tasks
             restorer_class(name)
-            ok[name] = tasks.get(name)
+            ok[name] = module
         except (KeyError, OptionError) as e:
             raise SpeedError(f"--tasks: {e.args[0]}") from None
         except Exception as e:  # noqa: BLE001 - a task being written right now may not import yet

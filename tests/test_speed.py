@@ -30,9 +30,10 @@ def tiny_denoise(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_quick_run_writes_tables_and_reports_broken_task(tmp_path, tiny_denoise, monkeypatch, capsys):
-    from restore import tasks
+    from restore import pipeline, tasks
 
     monkeypatch.setitem(tasks.TASKS, "broken", "restore.tasks._no_such_module_for_speed_test")
+    monkeypatch.setitem(pipeline.RESTORERS, "broken", "restore.restorers._no_such_module_for_speed_test:X")
     out = tmp_path / "speed"
     code = speed.main(["--quick", "--device", "cpu", "--out", str(out), "--tasks", "denoise,broken",
                        "--sections", "restore", "--weights", f"denoise={tiny_denoise}"])
