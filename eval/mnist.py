@@ -429,7 +429,12 @@ def _copy_figures(args: argparse.Namespace, figures: Sequence[Path]) -> None:
     if args.figures is None:
         return
     for f in figures:
-        shrink(f, args.figures / f.name)
+        # plots keep their colours (one per digit); digit grids and reconstructions are gray
+        plot = f.name.endswith(("curves.png", "_z.gif"))
+        scatter = f.name.endswith("_z.gif")
+        width = (640 if f.name.endswith("curves.png") else 360 if scatter
+                 else 320 if f.suffix == ".gif" else FIGURE_WIDTH)
+        shrink(f, args.figures / f.name, width=width, max_frames=4 if scatter else 5, colors=64 if plot else 16)
 
 
 RUNNERS = {"cvae": run_cvae, "blur": run_blur, "study": run_study, "generate": run_generate}
