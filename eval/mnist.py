@@ -6,7 +6,7 @@ split 4,000 train / 1,000 test, 400 / 100 per digit (`restore.data.mnist_csv_spl
 Each subcommand writes ``OUT/<subcommand>/``: ``summary.md`` (the table, the
 exact command, the git commit), ``metrics.json`` and the figures; ``--figures
 DIR`` also writes small copies of the figures (<= 480 px wide, GIFs with fewer
-frames) for ``docs/mnist.md``::
+frames) for ``docs/results.md`` (the MNIST section)::
 
     python eval/mnist.py cvae      # conditional VAEs: loss per image (summed BCE + KL), class grids,
                                    # samples recognised by a digit CNN trained on the 4,000 training digits

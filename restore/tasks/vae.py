@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from restore import corrupt, metrics, models
-from restore.data import FASHION_MNIST_CLASSES, IdxDataset, IdxError
+from restore.data import FASHION_MNIST_CLASSES, MNIST_CLASSES, IdxDataset, IdxError
 from restore.engine.config import ConfigError
 from restore.engine.task import EpochContext, StepContext, Task
 from restore.io import atomic_output
@@ -55,7 +55,6 @@ __all__ = [
     "knn_accuracy",
 ]
 
-MNIST_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 #: Columns of ``history.csv``, in order.
 HISTORY_COLUMNS: tuple[str, ...] = (
     "epoch", "step", "beta", "loss_total", "loss_recon", "loss_kl", "loss_supcon",
