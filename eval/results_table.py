@@ -97,6 +97,28 @@ def vae_table(cards: dict[str, dict[str, Any]], names: Iterable[str]) -> str:
     return _table(["weights", "test corruption", "input PSNR", "PSNR", "SSIM", "k-NN(5) of z_mean"], rows)
 
 
+def mnist_table(cards: dict[str, dict[str, Any]], names: Iterable[str]) -> str:
+    """The MNIST experiments' headline figure of each card (eval/mnist.py --update-card)."""
+    rows = []
+    for name in names:
+        m = (cards.get(name) or {}).get("metrics") or {}
+        if isinstance(m.get("cvae"), dict):
+            c = m["cvae"]
+            rows.append([f"`{name}`", "conditional VAE", f"loss per image: train {_f(c.get('train_loss_last_epoch'), 1)}, "
+                         f"test {_f(c.get('test_loss'), 1)}; samples recognised {_f(100 * c.get('recognised', float('nan')), 1)}%"])
+        elif isinstance(m.get("blur"), dict):
+            b = m["blur"]
+            rows.append([f"`{name}`", "blur removal", f"PSNR blurred {_f(b.get('blurred_psnr'))} / bicubic "
+                         f"{_f(b.get('bicubic_psnr'))} / VAE **{_f(b.get('vae_psnr'))}** dB"])
+        elif isinstance(m.get("generate"), dict):
+            g = m["generate"]
+            rows.append([f"`{name}`", f"plain VAE, latent {g.get('latent_dim', '?')}",
+                         f"test loss per image {_f(g.get('test_loss'), 1)}"])
+    if not rows:
+        return "_(no evaluation recorded in the cards)_"
+    return _table(["weights", "experiment", "figures (test digits / garments)"], rows)
+
+
 def _names(cards: dict[str, dict[str, Any]], test: Callable[[str, dict[str, Any]], bool]) -> list[str]:
     return [n for n, c in cards.items() if test(n, c)]
 
@@ -120,6 +142,7 @@ def blocks(cards: dict[str, dict[str, Any]]) -> dict[str, str]:
         "inpaint": photo_table(cards, inpainters, hole=True),
         "fashion": photo_table(cards, [n for n in fashion if cards[n].get("task") == "denoise"]),
         "vae": vae_table(cards, [n for n in fashion if cards[n].get("task") == "vae"]),
+        "mnist": mnist_table(cards, [n for n in fashion if cards[n].get("task") == "vae"]),
     }
 
 
