@@ -40,7 +40,8 @@ actually used per image; two Gaussian steps combine in quadrature.
 
 Randomness
 ----------
-All randomness comes from what the caller passes: a :class:`RandomStreams`
+All randomness comes from what the caller passes (`restore.streams`; the
+mask drawing itself is `restore.masks`): a :class:`RandomStreams`
 (a generator on the device for noise plus a CPU stream for masks, one object
 that its owner, e.g. the trainer, saves and restores) or a bare
 ``torch.Generator`` (see :func:`make_generator`); the same seed gives the same
@@ -66,6 +67,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from restore.masks import DEFAULT_COVERAGE, box_mask, coverage_band, draw_boxes, draw_freeform, freeform_mask
+from restore.streams import RandomStreams, make_generator, resolve_generator, resolve_streams
+
 __all__ = [
     "CORRUPTIONS",
     "BoxMask",
@@ -89,7 +93,6 @@ __all__ = [
     "parse_spec",
 ]
 
-DEFAULT_COVERAGE: tuple[float, float] = (0.1, 0.45)
 _LUMA_601 = (0.299, 0.587, 0.114)
 
 
@@ -236,339 +239,6 @@ class _Param:
 
 
 # --------------------------------------------------------------------------- #
-# Generators and the CPU mask stream.
-# --------------------------------------------------------------------------- #
-
-
-def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed``: the only source of randomness here."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"make_generator: seed must be an int, got {type(seed).__name__}")
-    seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"make_generator: seed must be in [0, 2**64), got {seed}")
-    gen = torch.Generator(device=torch.device(device))
-    gen.manual_seed(seed)
-    return gen
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    if a.type != b.type:
-        return False
-    if a.type == "cuda":
-        cur = torch.cuda.current_device()
-        return (a.index if a.index is not None else cur) == (b.index if b.index is not None else cur)
-    return a.index == b.index or a.index is None or b.index is None
-
-
-def _resolve_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
-    if generator is None:
-        # Seeded from torch's global RNG so torch.manual_seed() makes unseeded calls reproducible.
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-        return make_generator(seed, device)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if not _same_device(generator.device, device):
-        raise ValueError(
-            f"generator is on {generator.device} but the image is on {device}; "
-            f"create it with make_generator(seed, image.device)"
-        )
-    return generator
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return x ^ (x >> 31)
-
-
-def _is_fresh(generator: torch.Generator) -> bool:
-    """True if the generator is exactly as manual_seed(initial_seed) left it (never drawn from)."""
-    probe = torch.Generator(device=generator.device)
-    probe.manual_seed(generator.initial_seed())
-    return torch.equal(generator.get_state(), probe.get_state())
-
-
-def _seeded_cpu(seed: int) -> torch.Generator:
-    stream = torch.Generator()
-    stream.manual_seed(seed)
-    return stream
-
-
-class RandomStreams:
-    """The random state one consumer draws from, as one object its owner creates, passes and saves.
-
-    ``generator`` (on the device) draws noise and per-image parameters; ``masks``
-    (a CPU stream) draws mask strokes. Masks get their own stream because CPU
-    (MT19937) and CUDA (Philox) generators give different numbers for one seed:
-    seeded from the seed alone, the same seed yields the same masks on CPU and
-    GPU. The trainer owns one per rank and checkpoints `state_dict`, so a resumed
-    run draws the same noise and strokes; `apply` makes one per call.
-    """
-
-    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
-        self.generator = make_generator(seed, device)
-        self.masks = _seeded_cpu(_splitmix64(int(seed)))
-
-    @property
-    def device(self) -> torch.device:
-        return self.generator.device
-
-    def manual_seed(self, seed: int) -> "RandomStreams":
-        """Restart both streams from ``seed`` (as a new ``RandomStreams(seed, device)``)."""
-        self.generator.manual_seed(int(seed))
-        self.masks.manual_seed(_splitmix64(int(seed)))
-        return self
-
-    def mask_stream(self) -> torch.Generator:
-        """The CPU stream for the next mask draw; the device generator advances by one draw per use
-        (as it always has, so a seed's noise after a mask step is unchanged)."""
-        torch.empty(1, device=self.generator.device).uniform_(generator=self.generator)
-        return self.masks
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """Both states as CPU tensors (``task``, ``mask_stream``: the checkpoint's keys since format 1)."""
-        return {"task": self.generator.get_state(), "mask_stream": self.masks.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict`; a checkpoint written before any mask was drawn has no ``mask_stream``:
-        the stream then starts from the generator's seed, as it would have."""
-        self.generator.set_state(state["task"].cpu())
-        if state.get("mask_stream") is None:
-            self.masks.manual_seed(_splitmix64(self.generator.initial_seed()))
-        else:
-            self.masks.set_state(state["mask_stream"].cpu())
-
-    @classmethod
-    def for_generator(cls, generator: torch.Generator) -> "RandomStreams":
-        """Streams for one call given a bare generator: noise from ``generator`` itself, masks from a
-        stream seeded from its seed when it is fresh (so ``make_generator(s)`` gives ``RandomStreams(s)``'s
-        masks), else from a seed drawn from it (a later call gets new masks; reseeding repeats them).
-        Pass a `RandomStreams` to continue one mask stream across calls independently of the device."""
-        streams = cls.__new__(cls)
-        streams.generator = generator
-        if _is_fresh(generator):
-            seed = _splitmix64(generator.initial_seed())
-        else:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-        streams.masks = _seeded_cpu(seed)
-        return streams
-
-
-def _resolve_streams(random: torch.Generator | RandomStreams | None, device: torch.device) -> RandomStreams:
-    if isinstance(random, RandomStreams):
-        _resolve_generator(random.generator, device)  # the device check
-        return random
-    return RandomStreams.for_generator(_resolve_generator(random, device))
-
-
-def _cpu_uniform(stream: torch.Generator, n: int) -> list[float]:
-    return torch.rand(n, generator=stream, dtype=torch.float64).tolist()
-
-
-# --------------------------------------------------------------------------- #
-# Mask generators (CPU, numpy + OpenCV).
-# --------------------------------------------------------------------------- #
-
-
-def _coverage_band(height: int, width: int, coverage: Any, who: str) -> tuple[int, int]:
-    if isinstance(height, bool) or isinstance(width, bool) or not all(
-        isinstance(v, (int, np.integer)) for v in (height, width)
-    ):
-        raise ValueError(f"{who}: height and width must be integers, got {height!r}, {width!r}")
-    if height < 1 or width < 1:
-        raise ValueError(f"{who}: height and width must be >= 1, got {height}x{width}")
-    try:
-        a, b = (float(coverage[0]), float(coverage[1]))
-    except (TypeError, ValueError, IndexError):
-        raise ValueError(f"{who}: coverage must be a (low, high) pair, got {coverage!r}") from None
-    if not (0.0 < a <= b < 1.0):
-        raise ValueError(f"{who}: coverage must satisfy 0 < low <= high < 1, got {coverage!r}")
-    total = int(height) * int(width)
-    lo = max(1, math.ceil(a * total - 1e-9))
-    hi = min(total - 1, math.floor(b * total + 1e-9))
-    if lo > hi:
-        raise ValueError(
-            f"{who}: a {height}x{width} mask cannot have a hole fraction in [{_fmt(a)}, {_fmt(b)}] "
-            f"(no whole number of its {total} pixels fits); use a larger image or a wider range"
-        )
-    return lo, hi
-
-
-def _take_ordered(canvas: np.ndarray, y0: int, x0: int, new: np.ndarray, order_key: np.ndarray, k: int) -> None:
-    """Add the first ``k`` new pixels of a patch to the canvas, in ``order_key`` order."""
-    ys, xs = np.nonzero(new)
-    idx = np.argsort(order_key[ys, xs], kind="stable")[:k]
-    canvas[ys[idx] + y0, xs[idx] + x0] = True
-
-
-def _grow_to(canvas: np.ndarray, need: int) -> None:
-    """Last-resort fill: add the ``need`` known pixels closest to the holes (keeps shapes compact)."""
-    known = (~canvas).astype(np.uint8)
-    dist = cv2.distanceTransform(known, cv2.DIST_L2, 3)
-    ys, xs = np.nonzero(known)
-    idx = np.argsort(dist[ys, xs], kind="stable")[:need]
-    canvas[ys[idx], xs[idx]] = True
-
-
-_MAX_SHAPES = 2000
-
-
-def _freeform(height: int, width: int, lo: int, hi: int, stream: torch.Generator) -> np.ndarray:
-    """DeepFill v2 random brush strokes, added until the hole count reaches a target in [lo, hi].
-
-    Recipe (Yu et al., "Free-Form Image Inpainting with Gated Convolution"):
-    each stroke has 4-12 vertices joined by segments of random length around
-    diag/8, alternating angles about 2*pi/5, a random brush width (12-40 px at
-    256 px, scaled with the image), discs at the vertices, and the canvas is
-    randomly flipped after each stroke. Coverage control: a target count T is
-    drawn uniformly in [lo, hi]; whole strokes are added until the count
-    reaches T; a segment that would push the count past hi is drawn only
-    partially (its new pixels in order along the segment, as if the brush
-    stopped early), so the final count lies in [T, hi].
-    """
-    canvas = np.zeros((height, width), dtype=bool)
-    (u_target,) = _cpu_uniform(stream, 1)
-    target = min(hi, lo + int(u_target * (hi - lo + 1)))
-    count = 0
-    avg_radius = math.hypot(height, width) / 8.0
-    size_scale = min(height, width) / 256.0
-    min_w = max(1.0, 12.0 * size_scale)
-    max_w = max(min_w, 40.0 * size_scale)
-    mean_angle, angle_range = 2 * math.pi / 5, 2 * math.pi / 15
-    max_vertex = 12
-    for _ in range(_MAX_SHAPES):
-        u = _cpu_uniform(stream, 8 + max_vertex)
-        normals = torch.randn(max_vertex, generator=stream, dtype=torch.float64).tolist()
-        num_vertex = 4 + min(8, int(u[0] * 9))
-        a_min = mean_angle - u[1] * angle_range
-        a_max = mean_angle + u[2] * angle_range
-        brush = max(1, int(min_w + u[3] * (max_w - min_w)))
-        x, y = min(width - 1, int(u[4] * width)), min(height - 1, int(u[5] * height))
-        vertices = [(x, y)]
-        for i in range(num_vertex):
-            angle = a_min + u[8 + i] * (a_max - a_min)
-            if i % 2 == 0:
-                angle = 2 * math.pi - angle
-            r = min(max(avg_radius + normals[i] * avg_radius / 2, 0.0), 2 * avg_radius)
-            fx = min(max(vertices[-1][0] + r * math.cos(angle), 0.0), width - 1.0)
-            fy = min(max(vertices[-1][1] + r * math.sin(angle), 0.0), height - 1.0)
-            vertices.append((int(round(fx)), int(round(fy))))
-        radius = brush // 2
-        done = False
-        for j, (p, q) in enumerate(zip(vertices[:-1], vertices[1:])):
-            pad = brush + 1
-            x0, y0 = max(0, min(p[0], q[0]) - pad), max(0, min(p[1], q[1]) - pad)
-            x1, y1 = min(width, max(p[0], q[0]) + pad + 1), min(height, max(p[1], q[1]) + pad + 1)
-            layer = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-            pp, qq = (p[0] - x0, p[1] - y0), (q[0] - x0, q[1] - y0)
-            cv2.line(layer, pp, qq, 1, thickness=brush, lineType=cv2.LINE_8)
-            if j == 0:
-                cv2.circle(layer, pp, radius, 1, thickness=-1)
-            cv2.circle(layer, qq, radius, 1, thickness=-1)
-            new = layer.astype(bool) & ~canvas[y0:y1, x0:x1]
-            k = int(new.sum())
-            if count + k > hi:
-                gy, gx = np.mgrid[0 : y1 - y0, 0 : x1 - x0]
-                dx, dy = qq[0] - pp[0], qq[1] - pp[1]
-                if dx == 0 and dy == 0:
-                    key = (gx - pp[0]) ** 2 + (gy - pp[1]) ** 2
-                else:
-                    key = (gx - pp[0]) * dx + (gy - pp[1]) * dy
-                # The stroke may already have passed the target: then it just stops here.
-                _take_ordered(canvas, y0, x0, new, key, max(0, target - count))
-                count = max(count, target)
-                done = True
-                break
-            canvas[y0:y1, x0:x1] |= new
-            count += k
-        if done:
-            break
-        if u[6] > 0.5:
-            canvas = np.ascontiguousarray(canvas[:, ::-1])
-        if u[7] > 0.5:
-            canvas = np.ascontiguousarray(canvas[::-1, :])
-        if count >= target:
-            break
-    else:
-        _grow_to(canvas, target - count)
-    return canvas
-
-
-def _boxes(height: int, width: int, lo: int, hi: int, stream: torch.Generator) -> np.ndarray:
-    """1-3 random rectangles sharing a target hole count T drawn uniformly in [lo, hi].
-
-    Each box gets an aspect ratio in [1/2, 2] and an area equal to its share of
-    what is still missing; overlaps are made up by further boxes until the count
-    reaches lo. A box that would push the count past hi is filled row by row and
-    stopped at T (a partial last row), so the final count lies in [lo, hi].
-    """
-    canvas = np.zeros((height, width), dtype=bool)
-    u0, u1 = _cpu_uniform(stream, 2)
-    target = min(hi, lo + int(u0 * (hi - lo + 1)))
-    planned = 1 + min(2, int(u1 * 3))
-    count = 0
-    for n in range(_MAX_SHAPES):
-        ua, uy, ux = _cpu_uniform(stream, 3)
-        share = max(1.0, (target - count) / max(1, planned - n))
-        aspect = math.exp((2 * ua - 1) * math.log(2.0))  # width / height
-        bh = int(min(height, max(1, round(math.sqrt(share / aspect)))))
-        bw = int(min(width, max(1, round(share / bh))))
-        y0 = min(height - bh, int(uy * (height - bh + 1)))
-        x0 = min(width - bw, int(ux * (width - bw + 1)))
-        new = ~canvas[y0 : y0 + bh, x0 : x0 + bw]
-        k = int(new.sum())
-        if count + k > hi:
-            gy, gx = np.mgrid[0:bh, 0:bw]
-            _take_ordered(canvas, y0, x0, new, gy * bw + gx, target - count)
-            count = target
-            break
-        canvas[y0 : y0 + bh, x0 : x0 + bw] = True
-        count += k
-        if count >= target or (n + 1 >= planned and count >= lo):
-            break
-    else:
-        _grow_to(canvas, target - count)
-    return canvas
-
-
-def _public_mask(
-    kind: str, height: int, width: int, coverage: Any, generator: torch.Generator | RandomStreams | None
-) -> Tensor:
-    lo, hi = _coverage_band(height, width, coverage, f"{kind}_mask")
-    device = generator.device if generator is not None else torch.device("cpu")
-    stream = _resolve_streams(generator, device).mask_stream()
-    fn = _freeform if kind == "freeform" else _boxes
-    # numpy does the bool -> float cast: cheaper than a torch kernel launch on a busy CPU.
-    return torch.from_numpy(fn(int(height), int(width), lo, hi, stream).astype(np.float32)).unsqueeze(0)
-
-
-def freeform_mask(
-    height: int,
-    width: int,
-    coverage: tuple[float, float] = DEFAULT_COVERAGE,
-    generator: torch.Generator | RandomStreams | None = None,
-) -> Tensor:
-    """A 1HW float CPU mask (1 = hole) of DeepFill v2 strokes whose hole fraction lies in ``coverage``.
-
-    Raises ValueError when no whole number of pixels of a ``height x width``
-    image falls in the coverage range (e.g. 1x1).
-    """
-    return _public_mask("freeform", height, width, coverage, generator)
-
-
-def box_mask(
-    height: int,
-    width: int,
-    coverage: tuple[float, float] = DEFAULT_COVERAGE,
-    generator: torch.Generator | RandomStreams | None = None,
-) -> Tensor:
-    """A 1HW float CPU mask (1 = hole) of 1-3 rectangles whose hole fraction lies in ``coverage``."""
-    return _public_mask("box", height, width, coverage, generator)
-
-
-# --------------------------------------------------------------------------- #
 # Corruptions.
 # --------------------------------------------------------------------------- #
 
@@ -667,11 +337,11 @@ class Corruption:
     def __call__(self, clean: Tensor, generator: torch.Generator | RandomStreams | None = None) -> Degraded:
         clean = _check_image(clean)
         if self.uses_masks:
-            streams = _resolve_streams(generator, clean.device)
+            streams = resolve_streams(generator, clean.device)
             ctx = _Context(streams.generator, streams.mask_stream())
         else:
             gen = generator.generator if isinstance(generator, RandomStreams) else generator
-            ctx = _Context(_resolve_generator(gen, clean.device), None)
+            ctx = _Context(resolve_generator(gen, clean.device), None)
         work = clean if clean.dtype in (torch.float32, torch.float64) else clean.float()
         with torch.no_grad():
             out = self._run(Degraded(input=work, target=clean), ctx)
@@ -837,8 +507,8 @@ class _MaskCorruption(Corruption):
         assert ctx.mask_stream is not None
         x = d.input
         n, _, h, w = x.shape
-        lo, hi = _coverage_band(h, w, self.values["coverage"], self.name)
-        fn = _freeform if self.kind == "freeform" else _boxes
+        lo, hi = coverage_band(h, w, self.values["coverage"], self.name)
+        fn = draw_freeform if self.kind == "freeform" else draw_boxes
         masks = np.stack([fn(h, w, lo, hi, ctx.mask_stream) for _ in range(n)])[:, None].astype(np.float32)
         mask = torch.from_numpy(masks).to(device=x.device, dtype=x.dtype)
         return replace(d, input=x.masked_fill(mask.bool(), 0.0), mask=mask)
