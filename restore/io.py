@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -429,6 +429,7 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         # truncated"), SyntaxError ("broken PNG file") and friends.
         reason = str(exc) or type(exc).__name__
         raise ImageReadError(path, f"corrupt or truncated image data ({reason})") from None
+    del data, probe, img  # the encoded file, before the float32 image is made (hundreds of MB at 100 MP)
 
     if alpha is None and colour.dtype == np.uint16 and colour.ndim == 2 and isinstance(key, int):
         # A 16-bit gray tRNS key (one fully transparent level): neither Pillow's
@@ -670,8 +671,21 @@ def _fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
+#: Rows quantized (and, for PNG, filtered and compressed) at a time when writing: their float32
+#: temporaries stay a band's, not the image's (gigabytes at 100 megapixels).
+WRITE_BAND_ROWS = 256
+
+
 def quantize(image: torch.Tensor, bit_depth: int) -> np.ndarray:
-    """CHW float [0,1] -> HxWxC uint8/uint16, clamped and rounded to nearest."""
+    """CHW float [0,1] -> HxWxC uint8/uint16, clamped and rounded to nearest (in row bands: no float copy)."""
+    c, h, w = image.shape
+    out = np.empty((h, w, c), dtype=np.uint8 if bit_depth == 8 else np.uint16)
+    for r0 in range(0, h, WRITE_BAND_ROWS):
+        out[r0 : r0 + WRITE_BAND_ROWS] = _quantize_band(image[:, r0 : r0 + WRITE_BAND_ROWS], bit_depth)
+    return out
+
+
+def _quantize_band(image: torch.Tensor, bit_depth: int) -> np.ndarray:
     top = 255 if bit_depth == 8 else 65535
     # float32 is enough: x * 65535 carries an error below 0.004, far from the
     # 0.5 that would change the rounding of k / 65535. clamp() copies, so the
@@ -719,29 +733,65 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
 
 
 def _encode_png16(array: np.ndarray) -> bytes:
-    """Minimal 16-bit PNG encoder (any of 1-4 channels) for what OpenCV cannot write.
+    """A 16-bit PNG (any of 1-4 channels) of an HxWxC uint16 array, in memory (see `_write_png`)."""
+    buffer = _io.BytesIO()
+    _write_png(buffer, array.shape[1], 16, iter([array]))
+    return buffer.getvalue()
 
-    OpenCV has no 2-channel (gray+alpha) PNG; Pillow has no 16-bit colour.
-    Rows use the "Up" filter, which compresses smooth images well.
+
+#: Compressed bytes gathered into one IDAT chunk by `_write_png`.
+_IDAT_BYTES = 1 << 20
+
+
+def _write_png(handle: Any, width: int, bit_depth: int, bands: Iterator[np.ndarray],
+               icc_profile: bytes | None = None) -> None:
+    """Stream a PNG to ``handle`` from row bands (HxWxC uint8/uint16, C = 1-4: gray, gray+alpha, RGB, RGBA).
+
+    Only a band is ever held, uncompressed or compressed, so a 100-megapixel image is written in
+    the memory of a few rows (Pillow and OpenCV need the whole image and its encoded copy). Rows
+    use the "Up" filter (good on smooth images) and zlib level 1 (fast; what Pillow got before).
     """
-    height, width, channels = array.shape
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    raw = array.astype(">u2").reshape(height, width * channels).view(np.uint8)
-    filtered = raw.copy()
-    filtered[1:] -= raw[:-1]  # uint8 arithmetic wraps modulo 256, as PNG wants
-    rows = np.empty((height, raw.shape[1] + 1), dtype=np.uint8)
-    rows[:, 0] = 2  # filter type "Up"
-    rows[0, 0] = 0  # first row has nothing above it
-    rows[0, 1:] = raw[0]
-    rows[1:, 1:] = filtered[1:]
-
-    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
-        + _png_chunk(b"IEND", b"")
-    )
+    comp = zlib.compressobj(1)
+    previous: np.ndarray | None = None
+    pending: list[bytes] = []
+    size = 0
+    height = 0
+    started = False
+    for band in bands:
+        rows_n, band_width, channels = band.shape
+        if band_width != width:
+            raise ValueError(f"_write_png: a band is {band_width} wide, the image {width}")
+        if not started:
+            colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+            handle.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", b"\0" * 13))  # the size is patched below
+            if icc_profile is not None:  # iCCP precedes IDAT: name, NUL, method 0, zlib data
+                handle.write(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))
+            started = True
+        raw = (band.astype(">u2") if bit_depth == 16 else band).reshape(rows_n, -1).view(np.uint8)
+        rows = np.empty((rows_n, raw.shape[1] + 1), dtype=np.uint8)
+        rows[:, 0] = 2  # filter type "Up"
+        np.subtract(raw[1:], raw[:-1], out=rows[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG wants
+        if previous is None:
+            rows[0, 0] = 0  # the first row has nothing above it
+            rows[0, 1:] = raw[0]
+        else:
+            np.subtract(raw[0], previous, out=rows[0, 1:])
+        previous = raw[-1].copy()
+        height += rows_n
+        data = comp.compress(rows.tobytes())
+        pending.append(data)
+        size += len(data)
+        if size >= _IDAT_BYTES:
+            handle.write(_png_chunk(b"IDAT", b"".join(pending)))
+            pending, size = [], 0
+    if not started:
+        raise ValueError("_write_png: no rows")
+    pending.append(comp.flush())
+    handle.write(_png_chunk(b"IDAT", b"".join(pending)) + _png_chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    handle.seek(8)
+    handle.write(_png_chunk(b"IHDR", header))
+    handle.seek(0, os.SEEK_END)
 
 
 _WRITE_FORMATS = {
@@ -798,21 +848,20 @@ def write_image(
         raise ValueError(f"{path}: image must be a float tensor in [0, 1], got {image.dtype}")
     if image.shape[1] == 0 or image.shape[2] == 0:
         raise ValueError(f"{path}: image is empty, shape {tuple(image.shape)}")
-    if not bool(torch.isfinite(image).all()):
+    if not all(bool(torch.isfinite(image[:, r0 : r0 + WRITE_BAND_ROWS]).all())
+               for r0 in range(0, image.shape[1], WRITE_BAND_ROWS)):  # in bands: isfinite copies
         raise ValueError(f"{path}: image contains NaN or infinite values")
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"{path}: quality must be in 1..100, got {quality!r}")
     if icc_profile is not None and not isinstance(icc_profile, (bytes, bytearray)):
         raise TypeError(f"{path}: icc_profile must be bytes, got {type(icc_profile).__name__}")
 
-    array = quantize(image, bit_depth)  # HxWxC
     if alpha is not None:
         if fmt in ("JPEG", "BMP"):
             raise ValueError(f"{path}: {fmt} cannot store an alpha channel; write .png, .tif or .webp")
-        alpha = _convert_alpha(path, alpha, array.shape[:2], bit_depth)
-        array = np.concatenate([array, alpha[:, :, None]], axis=2)
+        alpha = _convert_alpha(path, alpha, tuple(image.shape[1:]), bit_depth)
 
-    colour_channels = 1 if array.shape[2] <= 2 else 3
+    colour_channels = image.shape[0]
     if fmt == "WEBP":
         colour_channels = 3  # WebP stores gray as RGB
     if not icc_profile or fmt == "BMP" or not _icc_matches(bytes(icc_profile), colour_channels):
@@ -820,11 +869,26 @@ def write_image(
     else:
         icc_profile = bytes(icc_profile)
 
+    if fmt == "PNG":  # streamed, band by band: no full-size copy of a huge image, quantized or encoded
+
+        def bands() -> Iterator[np.ndarray]:
+            for r0 in range(0, image.shape[1], WRITE_BAND_ROWS):
+                band = _quantize_band(image[:, r0 : r0 + WRITE_BAND_ROWS], bit_depth)
+                if alpha is not None:
+                    band = np.concatenate([band, alpha[r0 : r0 + WRITE_BAND_ROWS, :, None]], axis=2)
+                yield band
+
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as handle:
+                _write_png(handle, image.shape[2], bit_depth, bands(), icc_profile)
+        return
+
+    array = quantize(image, bit_depth)  # HxWxC
+    if alpha is not None:
+        array = np.concatenate([array, alpha[:, :, None]], axis=2)
     if bit_depth == 16:
         payload = _encode_16bit(path, fmt, array)
-        if icc_profile is not None and fmt == "PNG":
-            payload = _png_with_icc(payload, icc_profile)
-        elif icc_profile is not None:
+        if icc_profile is not None:
             payload = _tiff_with_icc(path, payload, icc_profile)
     else:
         payload = _encode_8bit(fmt, array, int(quality), icc_profile)
@@ -859,19 +923,6 @@ def _encode_8bit(fmt: str, array: np.ndarray, quality: int, icc_profile: bytes |
     return buffer.getvalue()
 
 
-def _png_with_icc(png: bytes, profile: bytes) -> bytes:
-    """Insert an iCCP chunk right after IHDR (it must precede PLTE and IDAT).
-
-    For the 16-bit writers (OpenCV, :func:`_encode_png16`), which cannot embed
-    a profile themselves; neither writes sRGB/gAMA chunks that would conflict.
-    """
-    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
-    if png[12:16] != b"IHDR":
-        raise ValueError("PNG does not start with IHDR")
-    chunk = _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(profile))  # name, NUL, method 0
-    return png[:ihdr_end] + chunk + png[ihdr_end:]
-
-
 def _tiff_with_icc(path: Path, tiff: bytes, profile: bytes) -> bytes:
     """Add the ICC profile tag (34675) to the first IFD of a classic TIFF from OpenCV.
 
@@ -899,11 +950,9 @@ def _tiff_with_icc(path: Path, tiff: bytes, profile: bytes) -> bytes:
 
 
 def _encode_16bit(path: Path, fmt: str, array: np.ndarray) -> bytes:
-    """HxWxC uint16 -> PNG/TIFF bytes at full depth."""
+    """HxWxC uint16 -> TIFF bytes at full depth (PNG is streamed by `_write_png`)."""
     channels = array.shape[2]
-    if fmt == "PNG" and channels == 2:
-        return _encode_png16(array)
-    if fmt == "TIFF" and channels in (2, 4):
+    if channels in (2, 4):
         # OpenCV would store the 4th channel as an unspecified extra sample, not
         # as alpha, so other software would not see transparency.
         raise ValueError(f"{path}: 16-bit TIFF with alpha is not supported; write .png instead")
@@ -913,7 +962,7 @@ def _encode_16bit(path: Path, fmt: str, array: np.ndarray) -> bytes:
         array = array[:, :, ::-1]  # OpenCV wants BGR
     elif channels == 4:
         array = array[:, :, [2, 1, 0, 3]]
-    ok, encoded = cv2.imencode(".png" if fmt == "PNG" else ".tiff", np.ascontiguousarray(array))
+    ok, encoded = cv2.imencode(".tiff", np.ascontiguousarray(array))
     if not ok:
         raise ValueError(f"{path}: OpenCV failed to encode a 16-bit {fmt} image of shape {array.shape}")
     return encoded.tobytes()

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from restore import memory
 from restore.io import LoadedImage
 from restore.options import Options, OptionError
 from restore.tiling import self_ensemble, tiled_on_grid
@@ -218,6 +219,8 @@ class Pipeline:
         if not _all_finite(x):
             raise ValueError(f"{self.task}: the image contains NaN or infinite values")
         hole = self._check_mask(mask, x)
+        # refused before any work when it cannot fit (memory.MemoryLimitError, a ValueError)
+        memory.check(self.task, self.memory_estimate(x.shape, opts, inplace=own), h, w, n)
         with torch.no_grad():
             work = self.restorer.prepare(x, hole, opts)
             work.inplace = own
@@ -230,6 +233,15 @@ class Pipeline:
         channels = 3 if self.restorer.colour_output else c
         image = self._checked(out, (n, channels, h, w), who)
         return Restored(image, {k: self._checked(v, (n, None, h, w), f"{who} [{k}]") for k, v in extras.items()})
+
+    def memory_estimate(self, shape: Sequence[int], options: Options | None = None, *,
+                        inplace: bool = True) -> memory.Estimate:
+        """Memory restoring an N x C x H x W batch needs (`restore.memory.estimate`) with these options."""
+        n, c, h, w = shape
+        tile = int(getattr(options or self.options_type.create(), "tile", 0) or 0)
+        return memory.estimate(self.task, n, c, h, w, tile, inplace=inplace,
+                               colour_output=self.restorer.colour_output,
+                               model_channels=getattr(self.restorer, "model_channels", None))
 
     def _check_mask(self, mask: Tensor | None, x: Tensor) -> Tensor | None:
         if mask is None:

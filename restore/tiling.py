@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ENSEMBLES", "aligned_size", "reflect_pad", "self_ensemble", "tiled", "tiled_on_grid"]
+__all__ = ["ENSEMBLES", "aligned_size", "bilinear_rows", "reflect_pad", "self_ensemble", "tiled", "tiled_on_grid"]
 
 
 # --------------------------------------------------------------------------- tiling
@@ -205,6 +205,7 @@ def _blend(
             lowest[i] = min(lowest[i], lowest[i + 1])
 
         acc: torch.Tensor | None = None  # virtual rows [ys[i], ys[i] + th) of the blended sums
+        spare: torch.Tensor | None = None  # the next tile row's (two buffers, reused: no allocation per row)
         pending: list[tuple[int, torch.Tensor]] = []  # finished output rows (first row, band) not yet safe to write
         for i, y0 in enumerate(ys):
             for j, x0 in enumerate(xs):
@@ -222,13 +223,6 @@ def _blend(
             # virtual rows [y0, done) are final: no later tile row reaches them
             done = ys[i + 1] if i + 1 < len(ys) else y0 + th
             r0, r1 = max(y0, top), min(done, top + height)
-            if r0 < r1:
-                band = acc[..., r0 - y0 : r1 - y0, :].div_(wy[r0:r1, None]).div_(wx[None, :])
-                pending.append((r0 - top, band[..., left : left + width].clone()))
-            if i + 1 < len(ys):
-                carried = acc[..., done - y0 :, :]
-                acc = torch.zeros_like(acc)
-                acc[..., : carried.shape[-2], :] = carried
             keep = []
             for o0, rows_done in pending:
                 if o0 + rows_done.shape[-2] <= lowest[i + 1]:
@@ -236,6 +230,16 @@ def _blend(
                 else:
                     keep.append((o0, rows_done))
             pending = keep
+            if r0 < r1:
+                band = acc[..., r0 - y0 : r1 - y0, :].div_(wy[r0:r1, None]).div_(wx[None, :])[..., left : left + width]
+                if not pending and r1 - top <= lowest[i + 1]:
+                    out[..., r0 - top : r1 - top, :] = band
+                else:  # a later tile still reads these rows of x (a reflected border): held back
+                    pending.append((r0 - top, band.clone()))
+            if i + 1 < len(ys):
+                spare = torch.zeros_like(acc) if spare is None else spare.zero_()
+                spare[..., : y0 + th - done, :] = acc[..., done - y0 :, :]
+                acc, spare = spare, acc
         assert not pending and out is not None
     return out
 
@@ -292,6 +296,28 @@ def tiled_on_grid(
     # the padded image is never built: each tile gathers its rows and columns of it from ``image``
     rows, cols = _reflect_index(h, top, hp - h - top), _reflect_index(w, left, wp - w - left)
     return _blend(fn, image, rows, cols, (top, h, left, w), t, ov, multiple, out)
+
+
+def bilinear_rows(small: torch.Tensor, size: tuple[int, int] | torch.Size, r0: int, r1: int) -> torch.Tensor:
+    """Rows ``[r0, r1)`` of ``F.interpolate(small, size, mode="bilinear", align_corners=False)`` (NCHW).
+
+    Bilinear scaling is separable: the band's rows come from a few rows of ``small``, widened
+    first (one call with the height unchanged, which is exact) and then mixed with the row weights
+    of PyTorch's formula in float32. Equal to the one-pass result up to float rounding (its kernel
+    computes the weights another way), and each row independent of the band it is computed in,
+    so a full-size upscale can be consumed band by band (no antialiasing: for upscaling).
+    """
+    height, width = size
+    sh = small.shape[-2]
+    scale = torch.tensor(sh / height, dtype=torch.float32)
+    src = ((torch.arange(r0, r1, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min_(0.0)
+    i0 = src.long().clamp_max_(sh - 1)
+    i1 = torch.where(i0 < sh - 1, i0 + 1, i0)
+    l1 = (src - i0.float()).clamp_(0.0, 1.0).to(small.device)[:, None]
+    lo, hi = int(i0.min()), int(i1.max()) + 1
+    wide = F.interpolate(small[..., lo:hi, :], size=(hi - lo, width), mode="bilinear", align_corners=False)
+    i0, i1 = (i0 - lo).to(small.device), (i1 - lo).to(small.device)
+    return wide[..., i0, :] * (1.0 - l1) + wide[..., i1, :] * l1
 
 
 # --------------------------------------------------------------------------- self-ensemble

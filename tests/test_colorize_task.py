@@ -340,7 +340,10 @@ def test_pipeline_in_row_bands_equals_one_pass(tiny_model, monkeypatch):
               torch.rand(1, 1, 64, 72, generator=torch.Generator().manual_seed(13))):
         L = C.lightness(x)
         work = restorer.prepare(x, None, restorer.options_type())
-        lab = torch.cat([L, restorer.full_size_ab(restorer.network(work, restorer.options_type()), L.shape[-2:]) * 10.0], 1)
+        y = restorer.network(work, restorer.options_type())
+        ab = torch.cat([band for _, _, band in restorer.ab_rows(y, L.shape[-2:])], dim=2)  # upscaled in row bands
+        torch.testing.assert_close(ab, restorer.full_size_ab(y, L.shape[-2:]), atol=1e-3, rtol=0)  # = one pass
+        lab = torch.cat([L, ab * 10.0], 1)
         assert C._out_of_gamut(C.lab_to_rgb(lab, clip=False), C.KEEP_L_TOL).float().mean() > 0.1  # bisected
         whole = Pipeline(G, card, task="colorize").run(x, **opts).image
         assert torch.equal(whole, C.lab_to_rgb_keep_l(lab[:, :1], lab[:, 1:]))  # in place = into a new tensor

@@ -490,7 +490,7 @@ def test_failed_encode_leaves_target_untouched(tmp_path: Path, monkeypatch: pyte
     def broken_encoder(*args, **kwargs):
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(rio, "_encode_8bit", broken_encoder)
+    monkeypatch.setattr(rio, "_write_png", broken_encoder)  # PNG is encoded while it is written
     with pytest.raises(RuntimeError, match="encoder exploded"):
         write_image(target, torch.ones(1, 3, 3))
     assert target.read_bytes() == before

@@ -16,13 +16,15 @@ through the masks):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fill_impulses", "impulse_mask", "push_pull_fill"]
+from restore.tiling import bilinear_rows
+
+__all__ = ["fill_impulses", "impulse_mask", "push_pull_fill", "push_pull_rows"]
 
 
 def impulse_mask(x: Tensor, tol: float = 0.5 / 255.0) -> Tensor:
@@ -64,19 +66,23 @@ def push_pull_fill(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
     no known pixel at all gets ``empty_value``.
 
     Memory: the full-resolution steps hold several full-size temporaries
-    (products, pads, neighbour sums); with ``band_rows`` they run on that many
-    rows at a time (plus ``smooth_iters`` rows of halo, as far as the Jacobi
-    steps carry information), with the same values bit for bit: `restore
-    inpaint` on a 24-megapixel photo. ``add_to`` (NCHW like ``x``) receives the
-    fill added in place and is returned, which saves one more full-size buffer.
+    (products, pads, neighbour sums, the upscaled half-resolution estimate);
+    with ``band_rows`` they run on that many rows at a time (plus
+    ``smooth_iters`` rows of halo, as far as the Jacobi steps carry
+    information; the estimate upscaled band by band, `push_pull_rows`): `restore
+    inpaint` on a 100-megapixel photo. Banded values do not depend on the band
+    size; they equal the one-pass ones up to float rounding (the upscale's
+    weights are computed another way). ``add_to`` (NCHW like ``x``) receives
+    the fill added in place and is returned, which saves one more full-size buffer.
     """
     hole = hole.bool()
     h, w = x.shape[-2:]
-    # even, so every band pools whole 2x2 windows (one band: the image, rounded up to even)
-    rows = h + h % 2 if band_rows is None else max(2, int(band_rows) // 2 * 2)
-    if h == 1 and w == 1:  # a 1x1 image: known or empty
-        fill = torch.where(hole.expand_as(x), torch.full_like(x, empty_value), x)
-        return fill if add_to is None else add_to.add_(fill)
+    if band_rows is not None or (h == 1 and w == 1):
+        out = add_to if add_to is not None else torch.zeros_like(x)
+        for r0, r1, est in push_pull_rows(x, hole, smooth_iters, empty_value, band_rows=band_rows or 2):
+            out[..., r0:r1, :].add_(est)
+        return out
+    rows = h + h % 2  # even, so every band pools whole 2x2 windows (one band: the image, rounded up to even)
     half = _half_level(x, hole, smooth_iters, empty_value, rows)
     if half.device.type == "cpu":
         # channels-last input: the CPU kernel writes the upsampled image straight into its output
@@ -84,15 +90,33 @@ def push_pull_fill(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
         half = half.contiguous(memory_format=torch.channels_last)
     up = F.interpolate(half, size=(h, w), mode="bilinear", align_corners=False)
     del half
-    out = add_to if add_to is not None else torch.zeros_like(x)
+    est = _relax(torch.where(hole, up, x), hole, smooth_iters)
+    return est if add_to is None else add_to.add_(est)
+
+
+def push_pull_rows(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value: float = 0.5, *,
+                   band_rows: int = 256) -> Iterator[tuple[int, int, Tensor]]:
+    """`push_pull_fill`'s rows ``[r0, r1)``, ``band_rows`` at a time: yields ``(r0, r1, fill of those rows)``.
+
+    Only the half-resolution estimate and a band (with its halo) are held, so the caller can use
+    each band (add, composite) before the next is made. ``x``'s hole pixels are never read, so the
+    caller may write the fill into them as the bands come.
+    """
+    hole = hole.bool()
+    h, w = x.shape[-2:]
+    if h == 1 and w == 1:  # a 1x1 image: known or empty
+        yield 0, 1, torch.where(hole.expand_as(x), torch.full_like(x, empty_value), x)
+        return
+    rows = max(2, int(band_rows) // 2 * 2)  # even, so every band pools whole 2x2 windows
+    half = _half_level(x, hole, smooth_iters, empty_value, rows)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         a, b = max(0, r0 - smooth_iters), min(h, r1 + smooth_iters)
         band_hole = hole[..., a:b, :]
-        est = _relax(torch.where(band_hole, up[..., a:b, :], x[..., a:b, :]), band_hole, smooth_iters)
-        out[..., r0:r1, :].add_(est[..., r0 - a : r1 - a, :])
-        del est
-    return out
+        up = bilinear_rows(half, (h, w), a, b)
+        est = _relax(torch.where(band_hole, up, x[..., a:b, :]), band_hole, smooth_iters)
+        yield r0, r1, est[..., r0 - a : r1 - a, :]
+        del est, up
 
 
 def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, rows: int) -> Tensor:

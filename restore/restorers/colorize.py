@@ -6,9 +6,13 @@ result is gamut-mapped by reducing chroma at constant L and hue, so the
 luminance of every output pixel equals the input's. A colour input is
 colorized from its own L (its colours are discarded).
 
-Memory: one full-size float32 N3HW buffer holds L, then L and a/b, then
-(converted in place, band by band) the RGB result; only the upsampled a/b
-exists once more, briefly.
+Memory: one full-size float32 N3HW buffer holds L and a/b, then (converted
+in place, band by band) the RGB result; with ``inplace`` that buffer is the
+RGB input itself, whose colours are discarded anyway. Everything else works
+in row bands: L is computed band by band (twice: for the network's small
+input, downscaled width first then height, and into the buffer), and a/b are
+upsampled band by band (bilinear is separable), so no other full-size copy
+exists.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import Tensor
 
 from restore.options import PhotoOptions, OptionError, option
 from restore.pipeline import Restorer, Work
+from restore.tiling import bilinear_rows
 from restore.tasks.colorize import (
     AB_SCALE,
     KEEP_L_ITERATIONS,
@@ -77,21 +82,31 @@ class ColorizeRestorer(Restorer):
     commands = ("colorize",)
     colour_output = True
 
+    def lightness_rows(self, x: Tensor, r0: int, r1: int) -> Tensor:
+        """CIELAB L of rows ``[r0, r1)`` of ``x``, on the device (moved there band by band)."""
+        return lightness(x[:, :, r0:r1].to(self.device, torch.float32))
+
     def prepare(self, x: Tensor, mask: Tensor | None, opts: ColorizeOptions) -> Work:
         l_center, l_scale, _ = card_scales(self.card)
         n, _, height, width = x.shape
-        lab = torch.empty(n, 3, height, width, dtype=torch.float32, device=self.device)
-        for r0, r1 in _bands(height, width):  # moved to the device band by band too
-            lab[:, :1, r0:r1] = lightness(x[:, :, r0:r1].to(self.device, torch.float32))
         ws = int(opts.work_size or self.card.get("work_size") or 256)
         if ws < 8:
             raise OptionError(f"--work-size: must be >= 8, got {ws}")
         max_side = max(ws, int(self.card.get("max_work_side") or 4 * ws))
         h, w = working_size(height, width, ws, max_side)
-        small = lab[:, :1]
-        if (h, w) != (height, width):
-            small = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=h < height)
-        return Work((small - l_center) / l_scale, {"lab": lab})
+        if h <= height and w <= width and (h, w) != (height, width):
+            # separable (antialiased) downscale, width first in row bands, then height: what one 2-D
+            # call computes, without the full-size L
+            narrow = torch.cat([F.interpolate(self.lightness_rows(x, r0, r1), size=(r1 - r0, w), mode="bilinear",
+                                              align_corners=False, antialias=h < height)
+                                for r0, r1 in _bands(height, width)], dim=2)
+            small = F.interpolate(narrow, size=(h, w), mode="bilinear", align_corners=False, antialias=h < height)
+            del narrow
+        else:
+            small = torch.cat([self.lightness_rows(x, r0, r1) for r0, r1 in _bands(height, width)], dim=2)
+            if (h, w) != (height, width):
+                small = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=h < height)
+        return Work((small - l_center) / l_scale)
 
     def forward(self, t: Tensor, opts: ColorizeOptions) -> Tensor:
         return self.model(t.to(self.device, self.dtype)).float()
@@ -105,11 +120,30 @@ class ColorizeRestorer(Restorer):
                                antialias=ab.shape[-2] > height)
         return ab
 
+    def ab_rows(self, y: Tensor, size: tuple[int, int] | torch.Size) -> Any:
+        """`full_size_ab` in row bands (`restore.tiling.bilinear_rows`, equal to rounding): yields
+        ``(r0, r1, a/b of rows [r0, r1))``. A downscale (an image under the working size) is one pass."""
+        height, width = size
+        ab = y.float().to(self.device) * card_scales(self.card)[2]
+        sh = ab.shape[-2]
+        if sh > height or ab.shape[-1] > width:
+            full = self.full_size_ab(y, size)
+            for r0, r1 in _bands(height, width):
+                yield r0, r1, full[:, :, r0:r1]
+            return
+        for r0, r1 in _bands(height, width):
+            yield r0, r1, bilinear_rows(ab, (height, width), r0, r1)
+
     def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: ColorizeOptions) -> Tensor:
         assert y is not None
-        lab = work.state.pop("lab")
-        ab = self.full_size_ab(y, lab.shape[-2:])
-        torch.mul(ab, opts.saturation, out=lab[:, 1:])
-        del ab
+        n, c, height, width = x.shape
+        if work.inplace and c == 3 and x.device == self.device:
+            lab = x  # its colours are discarded: each band's L is taken before the band is overwritten
+        else:
+            lab = torch.empty(n, 3, height, width, dtype=torch.float32, device=self.device)
+        for r0, r1 in _bands(height, width):
+            lab[:, :1, r0:r1] = self.lightness_rows(x, r0, r1)
+        for r0, r1, ab in self.ab_rows(y, (height, width)):
+            torch.mul(ab, opts.saturation, out=lab[:, 1:, r0:r1])
         _keep_l_into(lab, lab[:, :1], lab[:, 1:], KEEP_L_ITERATIONS, KEEP_L_TOL)
         return lab

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from restore.corrupt import freeform_mask, make_generator
-from restore.models.fill import push_pull_fill
+from restore.models.fill import push_pull_fill, push_pull_rows
 from restore.options import PhotoOptions, option
 from restore.pipeline import Restorer, Work
 from restore.tasks.common import from_model_channels, to_model_channels
 from restore.tasks.inpaint import DEFAULT_WORK_SIZE, InpaintInputError
+from restore.tiling import bilinear_rows
 
 __all__ = ["DEFAULT_WEIGHTS", "FULL_MASK_HELP", "InpaintOptions", "InpaintRestorer"]
 
@@ -59,10 +60,21 @@ class InpaintOptions(PhotoOptions):
 
 
 def downscale_known(x: Tensor, hole: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Area-downscale with known pixels only; a low-res pixel touching the hole becomes hole."""
-    known = (~hole).to(x.dtype)
-    num = F.interpolate(x * known, size=size, mode="area")
-    den = F.interpolate(known, size=size, mode="area")
+    """Area-downscale with known pixels only; a low-res pixel touching the hole becomes hole.
+
+    Area averaging is separable: each band of `BAND_ROWS` rows is narrowed first, then the narrow
+    image is shortened, so no full-size product exists (equal to one 2-D pass up to rounding).
+    """
+    nums, dens = [], []
+    for r0 in range(0, x.shape[-2], BAND_ROWS):
+        known = (~hole[..., r0 : r0 + BAND_ROWS, :]).to(x.dtype)
+        narrow = (known.shape[-2], size[1])
+        nums.append(F.interpolate(x[..., r0 : r0 + BAND_ROWS, :] * known, size=narrow, mode="area"))
+        dens.append(F.interpolate(known, size=narrow, mode="area"))
+        del known
+    num = F.interpolate(torch.cat(nums, dim=-2), size=size, mode="area")
+    den = F.interpolate(torch.cat(dens, dim=-2), size=size, mode="area")
+    del nums, dens
     small_hole = den < 1.0 - 1e-4
     small = torch.where(small_hole, torch.zeros_like(num), num / den.clamp_min(1e-6))
     return small.clamp_(0, 1), small_hole
@@ -99,8 +111,10 @@ class InpaintRestorer(Restorer):
         else:
             small, small_hole = feed, hmask
         packed = torch.cat([small, small_hole.to(small.dtype)], dim=1)  # image and hole mirror/rotate together
-        return Work(packed, {"xd": xd, "hole": hd, "feed": feed, "hmask": hmask, "scale": scale,
-                             "small": small, "small_hole": small_hole})
+        state = {"xd": xd, "hole": hd, "feed": feed, "hmask": hmask, "scale": scale}
+        if scale < 1.0:
+            state.update(small=small, small_hole=small_hole)
+        return Work(packed, state)
 
     def forward(self, t: Tensor, opts: InpaintOptions) -> Tensor:
         img, m = t[:, :-1], t[:, -1:]
@@ -108,30 +122,41 @@ class InpaintRestorer(Restorer):
 
     def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: InpaintOptions) -> Tensor:
         if y is None:
-            return x.clone()
+            return x if work.inplace else x.clone()
         s = work.state
-        filled, (h, w) = y, x.shape[-2:]
+        h, w = x.shape[-2:]
         work.net_input = None
-        # Full resolution from here on. Memory: `filled` is the only full-size result (the output is
-        # composited into it), a pull-push model's upsampled fill the only other full-size buffer;
-        # everything else works in row bands.
-        if s["scale"] < 1.0:
-            if getattr(self.model, "prefill", "constant") == "pushpull":
-                # the network corrects a pull-push fill at the working scale; its upscaled correction is
-                # added to the full-resolution fill
-                correction = filled - push_pull_fill(s.pop("small"), s.pop("small_hole"))
-                del filled
-                filled = F.interpolate(correction, size=(h, w), mode="bilinear", align_corners=False)
-                del correction
-                push_pull_fill(s["feed"], s["hmask"], band_rows=BAND_ROWS, add_to=filled)  # in row bands
-            else:
-                filled = F.interpolate(filled, size=(h, w), mode="bilinear", align_corners=False)
-        filled = from_model_channels(filled.clamp_(0, 1), x.shape[1], self.model_channels)
         xd, hd = s["xd"], s["hole"]
-        for r0 in range(0, h, BAND_ROWS):  # the known region is the input itself, bit-exact; in place, in bands
-            band = slice(r0, r0 + BAND_ROWS)
-            filled[..., band, :] = torch.where(hd[..., band, :], filled[..., band, :], xd[..., band, :])
-        return filled
+        # Full resolution from here on, in row bands: each band's fill (the network's result upscaled,
+        # or its upscaled correction plus the full-resolution pull-push fill) is composited into the
+        # output at once. The output is the input itself with ``inplace`` (only hole pixels change,
+        # and the fill never reads them), else a copy of it: no other full-size buffer exists.
+        out = xd if work.inplace else xd.clone()
+        if s["scale"] < 1.0:
+            small = y
+            pushpull = getattr(self.model, "prefill", "constant") == "pushpull"
+            if pushpull:
+                # the network corrects a pull-push fill at the working scale; its upscaled correction is
+                # added to the same fill computed at full resolution, which keeps hole edges sharp
+                small = y - push_pull_fill(s.pop("small"), s.pop("small_hole"))
+            del y
+            bands = (push_pull_rows(s["feed"], s["hmask"], band_rows=BAND_ROWS) if pushpull else
+                     ((r0, min(h, r0 + BAND_ROWS), None) for r0 in range(0, h, BAND_ROWS)))
+            for r0, r1, fill in bands:
+                band = bilinear_rows(small, (h, w), r0, r1)
+                self._composite(out, band if fill is None else band.add_(fill), hd, r0, r1)
+        else:
+            for r0 in range(0, h, BAND_ROWS):
+                r1 = min(h, r0 + BAND_ROWS)
+                self._composite(out, y[..., r0:r1, :].clone(), hd, r0, r1)
+        return out
+
+    def _composite(self, out: Tensor, fill: Tensor, hole: Tensor, r0: int, r1: int) -> None:
+        """Rows [r0, r1) of ``out`` take ``fill`` (model channels, clamped here) where ``hole``: known pixels
+        stay the input's, bit-exact."""
+        fill = from_model_channels(fill.clamp_(0, 1), out.shape[1], self.model_channels)
+        band = out[..., r0:r1, :]
+        band.copy_(torch.where(hole[..., r0:r1, :], fill, band))
 
     def demo(self, photo: Tensor, seed: int, opts: InpaintOptions, run: Any) -> list[tuple[str, Tensor]]:
         """Masked photo (holes white) / inpainted / original, on a seeded free-form mask."""

@@ -1,0 +1,95 @@
+"""How much memory restoring an image needs, and the cap that refuses what would not fit.
+
+The pipeline keeps one full-size float32 copy of an image (the decoded image, overwritten by its
+result in place on the command line's path); everything else works in row bands or tiles, so the
+working memory grows with the tile and the image width, not the image area. `estimate` adds up
+those parts; `check` refuses a run whose estimate is above the cap, before any work, with a
+message that says what to change. The cap is ``RESTORE_MAX_MEMORY_GB`` when set, else this
+machine's physical RAM: above it the run would swap or be killed part-way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+__all__ = ["ENV", "MemoryLimitError", "Estimate", "cap_bytes", "check", "estimate"]
+
+#: environment variable that sets the cap, in GB (10**9 bytes)
+ENV = "RESTORE_MAX_MEMORY_GB"
+
+#: bytes the process holds besides the images: Python, torch, the model and one tile's activations
+#: (about 0.6 GB for the shipped photo models with 512-pixel tiles on CPU, measured by eval/speed.py)
+BASE_BYTES = 800 * 10**6
+
+
+class MemoryLimitError(ValueError):
+    """The image needs more memory than the cap allows."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes a run needs: the full-size image buffers and the tile/band working memory (plus `BASE_BYTES`)."""
+
+    image: int
+    working: int
+
+    @property
+    def total(self) -> int:
+        return self.image + self.working + BASE_BYTES
+
+
+def estimate(task: str, n: int, channels: int, height: int, width: int, tile: int, *, inplace: bool = True,
+             colour_output: bool = False, model_channels: int | None = None) -> Estimate:
+    """Memory of restoring an N x C x H x W float32 batch with ``task`` in ``tile``-pixel tiles.
+
+    ``inplace``: the result overwrites the input (the command line); else a full-size output exists
+    too (the Python API keeps the caller's tensor). A colour result of a gray input (colorize) is
+    one more full-size buffer; inpainting adds its hole mask (one byte a pixel, three for a gray
+    network on colour) and the pull-push fill's half-resolution pyramid (a third of the image).
+    """
+    pixels = n * height * width
+    out_channels = 3 if colour_output else channels
+    image = 4 * pixels * channels
+    if not inplace or out_channels != channels:
+        image += 4 * pixels * out_channels
+    if task == "inpaint":
+        image += pixels * (3 if model_channels == 1 and channels == 3 else 1)
+        image += 4 * pixels * channels // 3
+    rows = min(height, max(tile, 256)) if tile else height  # a tile row, or the bands of row-wise steps
+    # the tile row's accumulator and its finished rows waiting to be written, in the widest channels
+    working = 2 * 4 * n * rows * width * max(channels, out_channels, model_channels or 0)
+    return Estimate(image=image, working=working)
+
+
+def cap_bytes() -> int:
+    """The cap: ``RESTORE_MAX_MEMORY_GB`` (GB) when set, else the machine's physical RAM."""
+    value = os.environ.get(ENV)
+    if value:
+        try:
+            gb = float(value)
+        except ValueError:
+            raise MemoryLimitError(f"{ENV}={value!r}: expected a number of GB") from None
+        if not gb > 0:
+            raise MemoryLimitError(f"{ENV}={value!r}: must be > 0")
+        return int(gb * 1e9)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: no cap
+
+
+def check(task: str, need: Estimate, height: int, width: int, n: int = 1) -> None:
+    """Raise `MemoryLimitError` when ``need`` is above the cap, naming the size, the estimate and the remedies."""
+    cap = cap_bytes()
+    if need.total <= cap:
+        return
+    source = f"{ENV}={os.environ[ENV]}" if os.environ.get(ENV) else "this machine's RAM; set " + ENV + " to change it"
+    batch = f"{n} images of " if n > 1 else "a "
+    raise MemoryLimitError(
+        f"{task}: {batch}{width}x{height} image needs about {need.total / 1e9:.1f} GB "
+        f"(full-size buffers {need.image / 1e9:.1f} GB, tiles and bands {need.working / 1e9:.1f} GB, "
+        f"program and model {BASE_BYTES / 1e9:.1f} GB), above the limit of {cap / 1e9:.1f} GB ({source}). "
+        "A smaller --tile only shrinks the tiles-and-bands part, never the image itself: "
+        "crop or downscale the image, restore fewer images at once, or raise the limit on a machine with the memory"
+    )

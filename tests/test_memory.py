@@ -1,0 +1,218 @@
+"""Bounded memory for huge images (issue 19, item 4): no whole-image pad or full-size accumulator in the
+tiling, in-place restoring, streamed PNG writing, and the enforced limit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restore import io as rio
+from restore import memory, tiling
+from restore.models.inpaint import InpaintGenerator
+from restore.models.unet import UNet
+from restore.pipeline import Pipeline
+from restore.tiling import _starts, _window, aligned_size, reflect_pad, tiled, tiled_on_grid
+
+
+def _reference_tiled_on_grid(fn, image, tile, overlap, multiple):
+    """The previous implementation: pad the whole image, blend into a full-size accumulator."""
+    h, w = image.shape[-2:]
+    t = max(multiple, tile // multiple * multiple)
+    ov = min(overlap, t // 2)
+    top, left = ((-h) % multiple) // 2, ((-w) % multiple) // 2
+    hp, wp = aligned_size(h + top, t, ov, multiple), aligned_size(w + left, t, ov, multiple)
+    x = reflect_pad(image, top, hp - h - top, left, wp - w - left)
+    ys, xs = _starts(hp, t, ov), _starts(wp, t, ov)
+    th, tw = min(t, hp), min(t, wp)
+    wy, wx = torch.zeros(hp), torch.zeros(wp)
+    for i, y0 in enumerate(ys):
+        wy[y0 : y0 + th] += _window(ys, i, th)
+    for j, x0 in enumerate(xs):
+        wx[x0 : x0 + tw] += _window(xs, j, tw)
+    out = None
+    for i, y0 in enumerate(ys):
+        for j, x0 in enumerate(xs):
+            y = fn(x[..., y0 : y0 + th, x0 : x0 + tw])
+            if out is None:
+                out = torch.zeros(x.shape[0], y.shape[1], hp, wp)
+            out[..., y0 : y0 + th, x0 : x0 + tw].addcmul_(y, _window(ys, i, th)[:, None] * _window(xs, j, tw)[None, :])
+    out.div_(wy[:, None]).div_(wx[None, :])
+    return out[..., top : top + h, left : left + w]
+
+
+def _net(t: torch.Tensor) -> torch.Tensor:
+    """Position-dependent and nonlinear, with a 3x3 receptive field: tile borders show if mis-blended."""
+    k = torch.ones(t.shape[1], 1, 3, 3) / 9
+    blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(t, (1, 1, 1, 1), mode="replicate"), k, groups=t.shape[1])
+    return torch.tanh(3 * blurred + t)
+
+
+@pytest.mark.parametrize("shape,tile,overlap,multiple", [
+    ((1, 3, 37, 301), 64, 8, 1), ((2, 1, 129, 70), 32, 8, 8), ((1, 3, 300, 200), 64, 16, 16),
+    ((1, 3, 5, 700), 64, 16, 16), ((1, 2, 1, 333), 32, 8, 8), ((1, 3, 600, 17), 128, 32, 16)])
+def test_tiled_on_grid_equals_the_whole_image_pad_implementation(shape, tile, overlap, multiple):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(3))
+    expected = _reference_tiled_on_grid(_net, x, tile, overlap, multiple)
+    assert torch.equal(tiled_on_grid(_net, x, tile, overlap, multiple), expected)
+    into = x.clone()  # the input itself as the output: rows are written only once no tile reads them
+    assert tiled_on_grid(_net, into, tile, overlap, multiple, out=into).data_ptr() == into.data_ptr()
+    assert torch.equal(into, expected)
+
+
+def test_a_tile_step_off_the_stride_grid_widens_the_overlap_instead_of_hanging():
+    """aligned_size found no size for tiles stepping 44 px on a stride of 16 and looped for ever."""
+    x = torch.rand(1, 3, 1000, 300, generator=torch.Generator().manual_seed(8))
+    seen: list[tuple[int, int]] = []
+    out = tiled_on_grid(lambda t: seen.append(tuple(t.shape[-2:])) or t * 1.0, x, tile=64, overlap=20, multiple=16)
+    torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
+    assert len(seen) > 1 and max(max(s) for s in seen) <= 64
+
+
+def test_no_whole_image_pad_and_no_full_size_accumulator(monkeypatch):
+    x = torch.rand(1, 3, 700, 900)
+    padded: list[tuple[int, ...]] = []
+    real_pad = tiling.reflect_pad
+    monkeypatch.setattr(tiling, "reflect_pad", lambda t, *a: padded.append(tuple(t.shape)) or real_pad(t, *a))
+    allocated: list[tuple[int, ...]] = []
+    real_zeros, real_empty = torch.zeros, torch.empty
+
+    def counting(real):
+        def alloc(*size, **kw):
+            shape = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size)
+            allocated.append(shape)
+            return real(*size, **kw)
+        return alloc
+
+    monkeypatch.setattr(tiling.torch, "zeros", counting(real_zeros))
+    monkeypatch.setattr(tiling.torch, "empty", counting(real_empty))
+    out = tiled_on_grid(_net, x, tile=128, overlap=16, multiple=16, out=x)
+    assert out is x
+    # only the 1-D row/column index maps and single tiles (padded to the stride) are ever padded
+    assert all(s[-1] == 1 or s[-2] * s[-1] <= 128 * 128 for s in padded), padded
+    big = [s for s in allocated if len(s) == 4 and s[-2] * s[-1] > 128 * 960]
+    assert not big, big  # no accumulator or output larger than one row of tiles (the padded width is 912 here)
+
+
+def test_in_place_tiling_uses_no_second_image(tmp_path):
+    """A fresh process restoring a 3000x4000 image in place: RSS grows by a small part of the image."""
+    script = textwrap.dedent(
+        """
+        import json, resource, torch
+        from restore.tiling import tiled_on_grid
+        torch.set_num_threads(1)
+        img = torch.rand(1, 3, 3000, 4000, generator=torch.Generator().manual_seed(0))
+        small = img[..., :600, :600].clone()
+        tiled_on_grid(lambda x: x * 0.5, small, 512, 32, 16, out=small)  # warm up allocator/kernels
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        tiled_on_grid(lambda x: x * 0.5, img, 512, 32, 16, out=img)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"growth_kb": after - before, "image_kb": img.numel() * 4 // 1024}))
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    # two tile rows (0.35 of this image: the accumulator and the next row's) and a few tiles; before: two images
+    assert info["growth_kb"] < 0.6 * info["image_kb"], info
+
+
+def _tiny_unet(channels: int) -> UNet:
+    torch.manual_seed(0)
+    m = UNet(channels, channels, base_channels=4, depth=2, convs_per_level=0, norm="none")
+    torch.nn.init.normal_(m._last_conv().weight, std=0.05)
+    return m.eval()
+
+
+@pytest.mark.parametrize("image_channels,model_channels", [(3, 3), (1, 3), (3, 1), (1, 1)])
+def test_denoise_in_place_equals_a_copy(image_channels, model_channels):
+    pipe = Pipeline(_tiny_unet(model_channels), {"name": "t"}, task="denoise")
+    x = torch.rand(1, image_channels, 90, 130, generator=torch.Generator().manual_seed(1))
+    kept = x.clone()
+    copy = pipe.run(x, tile=32, tile_overlap=8).image
+    assert torch.equal(x, kept)  # without inplace the caller's tensor is left alone
+    same = pipe.run(x, tile=32, tile_overlap=8, inplace=True).image
+    assert same.data_ptr() == x.data_ptr()  # the result is the input itself
+    torch.testing.assert_close(same, copy, atol=1e-6, rtol=0)
+
+
+def test_colorize_in_place_equals_a_copy():
+    from restore.tasks.colorize import ColorizeTask
+
+    torch.manual_seed(5)
+    task = ColorizeTask({"crop_size": 32, "load_size": [32, 48], "work_size": 24, "max_work_side": 64,
+                         "val_images": 1, "generator": {"base_channels": 4, "depth": 2},
+                         "discriminator": {"base_channels": 4, "n_layers": 2}})
+    model = task.build_models()["G"].eval()
+    pipe = Pipeline(model, {**task.model_card(), "name": "t"}, task="colorize")
+    x = torch.rand(1, 3, 150, 110, generator=torch.Generator().manual_seed(2))  # upscaled a/b: banded
+    copy = pipe.run(x).image
+    same = pipe.run(x, inplace=True).image
+    assert same.data_ptr() == x.data_ptr() and torch.equal(same, copy)
+
+
+def test_inpaint_in_place_equals_a_copy():
+    g = torch.Generator().manual_seed(2)
+    torch.manual_seed(0)
+    inpainter = InpaintGenerator(in_channels=4, base_channels=8, dilations=(2,), prefill="pushpull").eval()
+    with torch.no_grad():
+        inpainter.refine.out.bias.fill_(0.05)
+    pipe = Pipeline(inpainter, {"name": "t"}, task="inpaint")
+    x = torch.rand(1, 3, 300, 170, generator=g)
+    mask = (torch.rand(1, 1, 300, 170, generator=g) > 0.8).float()
+    copy = pipe.run(x, mask, work_size=40, tile=0).image
+    same = pipe.run(x, mask, work_size=40, tile=0, inplace=True).image
+    assert same.data_ptr() == x.data_ptr() and torch.equal(same, copy)
+
+
+def test_png_is_streamed_with_the_same_pixels(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(rio, "WRITE_BAND_ROWS", 7)  # many bands, the last one short
+    g = torch.Generator().manual_seed(4)
+    for channels, depth, alpha in ((3, 8, None), (1, 8, None), (3, 16, None), (1, 16, "a"), (3, 8, "a")):
+        image = torch.rand(channels, 50, 33, generator=g)
+        a = None
+        if alpha:
+            a = np.random.default_rng(0).integers(0, 2**depth, (50, 33)).astype(np.uint8 if depth == 8 else np.uint16)
+        path = tmp_path / f"x{channels}{depth}{alpha}.png"
+        rio.write_image(path, image, alpha=a, bit_depth=depth)
+        back = rio.read_image(path)
+        assert back.bit_depth == depth
+        expected = rio.quantize(image, depth)
+        got = np.round(back.image.permute(1, 2, 0).numpy() * (2**depth - 1)).astype(expected.dtype)
+        np.testing.assert_array_equal(got, expected)
+        if a is not None:
+            np.testing.assert_array_equal(back.alpha, a)
+        with Image.open(path) as im:  # a decoder other than ours agrees (8-bit)
+            if depth == 8 and alpha is None:
+                np.testing.assert_array_equal(np.asarray(im).reshape(expected.shape), expected)
+
+
+def test_the_limit_refuses_with_a_clear_error(monkeypatch):
+    pipe = Pipeline(_tiny_unet(3), {"name": "t"}, task="denoise")
+    x = torch.rand(1, 3, 64, 80)
+    monkeypatch.setenv(memory.ENV, "0.5")  # below the program and model's own share
+    with pytest.raises(memory.MemoryLimitError) as err:
+        pipe.run(x)
+    text = str(err.value)
+    assert "80x64" in text and "GB" in text and memory.ENV in text and "--tile" in text and "never the image" in text
+    monkeypatch.setenv(memory.ENV, "64")
+    pipe.run(x)  # fits
+    monkeypatch.setenv(memory.ENV, "lots")
+    with pytest.raises(memory.MemoryLimitError, match="number of GB"):
+        pipe.run(x)
+
+
+def test_the_estimate_grows_with_the_image_not_beyond_it():
+    big = memory.estimate("denoise", 1, 3, 12000, 12000, 512)
+    assert big.image == 12000 * 12000 * 3 * 4  # in place: the decoded image only
+    assert big.working < 0.1 * big.image  # a tile row
+    assert memory.estimate("denoise", 1, 3, 12000, 12000, 512, inplace=False).image == 2 * big.image
+    gray = memory.estimate("colorize", 1, 1, 1000, 1000, 512, colour_output=True)
+    assert gray.image == 1000 * 1000 * 4 * (1 + 3)
