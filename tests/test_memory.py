@@ -216,3 +216,16 @@ def test_the_estimate_grows_with_the_image_not_beyond_it():
     assert memory.estimate("denoise", 1, 3, 12000, 12000, 512, inplace=False).image == 2 * big.image
     gray = memory.estimate("colorize", 1, 1, 1000, 1000, 512, colour_output=True)
     assert gray.image == 1000 * 1000 * 4 * (1 + 3)
+
+
+def test_gamut_bisection_in_chunks_equals_one_pass(monkeypatch):
+    """Out-of-gamut pixels are bisected a chunk at a time as the bands come (memory): the same values."""
+    from restore.tasks import colorize as C
+
+    g = torch.Generator().manual_seed(9)
+    L = torch.rand(2, 1, 60, 64, generator=g) * 100
+    ab = (torch.rand(2, 2, 60, 64, generator=g) * 2 - 1) * 120  # mostly out of gamut
+    whole = C.lab_to_rgb_keep_l(L, ab)
+    monkeypatch.setattr(C, "BAND_PIXELS", 64 * 5)  # bands of 5 rows
+    monkeypatch.setattr(C, "BISECT_PIXELS", 128)  # a chunk ends inside most bands
+    assert torch.equal(C.lab_to_rgb_keep_l(L, ab), whole)

@@ -176,6 +176,9 @@ def _bands(height: int, width: int) -> list[tuple[int, int]]:
     return [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
 
 
+#: `lab_to_rgb_keep_l`: out-of-gamut pixels bisected at a time (a multiple of 64; see `_keep_l_into`)
+BISECT_PIXELS = 1 << 18
+
 #: `lab_to_rgb_keep_l`: bisection steps on the chroma factor, and how far outside [0, 1] counts as out of gamut
 KEEP_L_ITERATIONS = 16
 KEEP_L_TOL = 1e-4
@@ -217,13 +220,35 @@ def _keep_l_into(out: Tensor, L: Tensor, ab: Tensor, iterations: int, tol: float
     ``out`` may be the tensor that L and ab are views of (the colorize restorer
     converts its LAB image in place, saving a full-size copy): each band is
     read, into fresh tensors, before its rows are overwritten. The
-    out-of-gamut pixels of all bands are gathered in whole-image order and
-    bisected together, so every value is computed as by one whole-image pass.
+    out-of-gamut pixels are queued in whole-image order and bisected in
+    chunks of `BISECT_PIXELS` (a multiple of 64, so vectorised kernels split
+    them where they split one whole-image vector), each as soon as the queue
+    holds one: every value is computed as by one whole-image pass, and memory
+    stays a chunk's even when most pixels are out of gamut.
     """
     n, _, h, w = L.shape
-    picked: list[tuple[int, int, int, Tensor]] = []  # (image, first row, last row + 1, flat indices in the band)
+    picked: list[tuple[int, int, int, Tensor]] = []  # queued: (image, first row, last row + 1, flat indices in the band)
     flat_L: list[Tensor] = []
     flat_ab: list[Tensor] = []
+
+    def bisect_queued(final: bool) -> None:
+        nonlocal picked, flat_L, flat_ab
+        queued = sum(len(idx) for *_, idx in picked)
+        take = queued if final else queued // BISECT_PIXELS * BISECT_PIXELS
+        if take == 0:
+            return
+        all_L, all_ab = torch.cat(flat_L, dim=1), torch.cat(flat_ab, dim=1)
+        fixed = _bisect_chroma(all_L[:, :take], all_ab[:, :take], iterations, tol)  # 3 x take
+        start, rest = 0, []
+        for i, r0, r1, idx in picked:
+            k = min(len(idx), take - start)
+            if k > 0:
+                out[i, :, r0:r1].view(3, -1)[:, idx[:k]] = fixed[:, start : start + k]
+                start += k
+            if k < len(idx):
+                rest.append((i, r0, r1, idx[k:]))
+        picked, flat_L, flat_ab = rest, [all_L[:, take:]], [all_ab[:, take:]]
+
     for i in range(n):
         for r0, r1 in _bands(h, w):
             band_L = L[i : i + 1, :, r0:r1].float().clamp(0.0, 100.0)
@@ -237,12 +262,8 @@ def _keep_l_into(out: Tensor, L: Tensor, ab: Tensor, iterations: int, tol: float
                 flat_ab.append(band_ab.reshape(2, -1)[:, idx])
             out[i : i + 1, :, r0:r1] = rgb
             del band_L, band_ab, rgb, bad
-    if picked:
-        fixed = _bisect_chroma(torch.cat(flat_L, dim=1), torch.cat(flat_ab, dim=1), iterations, tol)  # 3 x K
-        start = 0
-        for i, r0, r1, idx in picked:
-            out[i, :, r0:r1].view(3, -1)[:, idx] = fixed[:, start : start + len(idx)]
-            start += len(idx)
+            bisect_queued(final=False)
+    bisect_queued(final=True)
     out.clamp_(0.0, 1.0)
 
 
