@@ -18,9 +18,10 @@ __all__ = ["ENV", "MemoryLimitError", "Estimate", "cap_bytes", "check", "estimat
 #: environment variable that sets the cap, in GB (10**9 bytes)
 ENV = "RESTORE_MAX_MEMORY_GB"
 
-#: bytes the process holds besides the images: Python, torch, the model and one tile's activations
-#: (about 0.6 GB for the shipped photo models with 512-pixel tiles on CPU, measured by eval/speed.py)
-BASE_BYTES = 800 * 10**6
+#: bytes the process holds besides the images: Python, torch, the model, one tile's activations and
+#: what the allocator keeps (the shipped denoiser's peak at 6000x4000 on CPU less its decoded image:
+#: 1.3 GB, `python eval/speed.py --sections huge`)
+BASE_BYTES = 1300 * 10**6
 
 
 class MemoryLimitError(ValueError):
