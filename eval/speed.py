@@ -21,11 +21,13 @@ each time (issue 4 item 4, issue 6):
 * **tiled**: peak RSS of the denoiser restoring a 4096x4096 image with the
   command's default tile, in a fresh subprocess.
 * **huge** (``--huge``, or ``huge`` in ``--sections``): a 6000x4000 photo
+  (``--huge-size``: one size or a comma list, e.g. 6000x4000,12000x12000)
   written to a PNG and restored end to end by ``restore TASK FILE OUT`` (read,
   restore, write) for each of denoise, colorize and inpaint among ``--tasks``
   (inpaint with a seeded free-form mask covering 25-30% of the photo); peak
   RSS of the process tree (``wait4`` high-water mark and sampled ``/proc``
-  sums; issue 6 requires < 3 GB of the denoiser).
+  sums; issue 6 requires < 3 GB of the denoiser, issue 19 < 3 GB of each task
+  at 12000x12000).
 * **train**: images/s of one ``restore.engine.Trainer.train_step`` per task on
   in-memory tensors (data loading excluded), fp32 vs bf16 (+ channels_last on
   the GPU).
@@ -45,6 +47,7 @@ Examples::
     python eval/speed.py --device cuda --batch-sizes 1,8,32      # GPU: fp32/bf16 x eager/compile
     nice python eval/speed.py --sections baselines,restore --tasks denoise --sizes 768x512 --huge
     nice python eval/speed.py --sections huge --tasks denoise,colorize,inpaint --threads 1   # peak RAM only
+    nice python eval/speed.py --sections huge --huge-size 6000x4000,12000x12000 --threads 1 --timeout 3000
     python eval/speed.py --quick --out /tmp/speed                # tiny settings (tests)
 """
 
@@ -1019,7 +1022,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiled-size", default=None, help="large image of the tiled run (default 4096)")
     p.add_argument("--tiled-tile", type=int, default=None, help="tile of the tiled run (default: the command's)")
     p.add_argument("--huge", action="store_true", help="also time `restore denoise` on a 6000x4000 PNG end to end")
-    p.add_argument("--huge-size", default=None, help="size of the --huge photo (default 6000x4000)")
+    p.add_argument("--huge-size", default=None, help="size(s) of the --huge photo: WxH or a comma list "
+                                                     "(default 6000x4000)")
     p.add_argument("--train-batch", type=int, default=None, help="training batch size (default 4 on CPU, 16 on CUDA)")
     p.add_argument("--train-size", type=int, default=None, help="training patch side (default: the recipe's)")
     p.add_argument("--train-repeats", type=int, default=None, help="timed training steps (default 5)")
@@ -1048,7 +1052,7 @@ def _settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "baseline_size": parse_size(pick("baseline_size", "768x512")),
         "baseline_repeats": pick("baseline_repeats", 3),
         "tiled_size": parse_size(pick("tiled_size", "4096")),
-        "huge_size": parse_size(pick("huge_size", "6000x4000")),
+        "huge_size": [parse_size(t) for t in _csv_list(pick("huge_size", "6000x4000"), "--huge-size")],
         "train_batch": pick("train_batch", 16 if device.type == "cuda" else 4),
         "train_size": pick("train_size", None),
         "train_repeats": pick("train_repeats", 5),
@@ -1186,10 +1190,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         _progress(row, i, total)
 
     if args.huge or "huge" in s["sections"]:
-        for task in (t for t in HUGE_TASKS if t in names):
+        for size, task in ((z, t) for z in s["huge_size"] for t in HUGE_TASKS if t in names):
             if task in modules:
-                print(f"huge: restore {task} on a {size_text(s['huge_size'])} PNG ...", file=sys.stderr, flush=True)
-                rows.append(time_huge(task, s["huge_size"], device, weights.get(task), args.timeout))
+                print(f"huge: restore {task} on a {size_text(size)} PNG ...", file=sys.stderr, flush=True)
+                rows.append(time_huge(task, size, device, weights.get(task), args.timeout))
             else:
                 rows.append(_row("huge", task, status=f"skipped: the {task} task does not import"))
             _progress(rows[-1])

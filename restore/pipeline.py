@@ -286,7 +286,8 @@ class Pipeline:
         inplace = inplace or len(images) > 1
         mask = None
         if masks is not None and any(m is not None for m in masks):
-            mask = torch.stack([m if m.dim() == 3 else m[None] for m in masks])  # type: ignore[union-attr]
+            batch_masks = [m if m.dim() == 3 else m[None] for m in masks]  # type: ignore[union-attr]
+            mask = batch_masks[0][None] if len(batch_masks) == 1 else torch.stack(batch_masks)  # one: a view
         restored = self.run(batch, mask, options, inplace=inplace, **values)
         results = []
         for i, im in enumerate(images):

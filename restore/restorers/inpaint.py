@@ -65,15 +65,18 @@ def downscale_known(x: Tensor, hole: Tensor, size: tuple[int, int]) -> tuple[Ten
     Area averaging is separable: each band of `BAND_ROWS` rows is narrowed first, then the narrow
     image is shortened, so no full-size product exists (equal to one 2-D pass up to rounding).
     """
-    nums, dens = [], []
-    for r0 in range(0, x.shape[-2], BAND_ROWS):
-        known = (~hole[..., r0 : r0 + BAND_ROWS, :]).to(x.dtype)
-        narrow = (known.shape[-2], size[1])
-        nums.append(F.interpolate(x[..., r0 : r0 + BAND_ROWS, :] * known, size=narrow, mode="area"))
-        dens.append(F.interpolate(known, size=narrow, mode="area"))
+    n, c, h, _ = x.shape
+    # preallocated: small results kept between the bands' temporaries would fragment the heap
+    nums = x.new_empty(n, c, h, size[1])
+    dens = x.new_empty(hole.shape[0], 1, h, size[1])
+    for r0 in range(0, h, BAND_ROWS):
+        r1 = min(h, r0 + BAND_ROWS)
+        known = (~hole[..., r0:r1, :]).to(x.dtype)
+        nums[..., r0:r1, :] = F.interpolate(x[..., r0:r1, :] * known, size=(r1 - r0, size[1]), mode="area")
+        dens[..., r0:r1, :] = F.interpolate(known, size=(r1 - r0, size[1]), mode="area")
         del known
-    num = F.interpolate(torch.cat(nums, dim=-2), size=size, mode="area")
-    den = F.interpolate(torch.cat(dens, dim=-2), size=size, mode="area")
+    num = F.interpolate(nums, size=size, mode="area")
+    den = F.interpolate(dens, size=size, mode="area")
     del nums, dens
     small_hole = den < 1.0 - 1e-4
     small = torch.where(small_hole, torch.zeros_like(num), num / den.clamp_min(1e-6))
@@ -93,7 +96,7 @@ class InpaintRestorer(Restorer):
     def prepare(self, x: Tensor, mask: Tensor | None, opts: InpaintOptions) -> Work:
         assert mask is not None
         n, c, h, w = x.shape
-        counts = mask.flatten(1).sum(1)
+        counts = torch.count_nonzero(mask.flatten(1), dim=1)  # sum() would make an int64 copy of the mask
         full = [i for i in range(n) if int(counts[i]) == h * w]
         if full:
             raise InpaintInputError(FULL_MASK_HELP + (f" (batch item(s) {full})" if n > 1 else ""))
