@@ -46,8 +46,9 @@ def estimate(task: str, n: int, channels: int, height: int, width: int, tile: in
 
     ``inplace``: the result overwrites the input (the command line); else a full-size output exists
     too (the Python API keeps the caller's tensor). A colour result of a gray input (colorize) is
-    one more full-size buffer; inpainting adds its hole mask (one byte a pixel, three for a gray
-    network on colour) and the pull-push fill's half-resolution pyramid (a third of the image).
+    one more full-size buffer; inpainting adds its hole mask (as read, float32, and as bool: five
+    bytes a pixel, seven for a gray network on colour) and the pull-push fill's half-resolution
+    level with its relaxation temporaries (about the image again: not yet banded).
     """
     pixels = n * height * width
     out_channels = 3 if colour_output else channels
@@ -55,8 +56,8 @@ def estimate(task: str, n: int, channels: int, height: int, width: int, tile: in
     if not inplace or out_channels != channels:
         image += 4 * pixels * out_channels
     if task == "inpaint":
-        image += pixels * (3 if model_channels == 1 and channels == 3 else 1)
-        image += 4 * pixels * channels // 3
+        image += pixels * (7 if model_channels == 1 and channels == 3 else 5)
+        image += 4 * pixels * channels
     rows = min(height, max(tile, 256)) if tile else height  # a tile row, or the bands of row-wise steps
     # the tile row's accumulator and its finished rows waiting to be written, in the widest channels
     working = 2 * 4 * n * rows * width * max(channels, out_channels, model_channels or 0)
