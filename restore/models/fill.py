@@ -108,7 +108,7 @@ def push_pull_rows(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
         yield 0, 1, torch.where(hole.expand_as(x), torch.full_like(x, empty_value), x)
         return
     rows = max(2, int(band_rows) // 2 * 2)  # even, so every band pools whole 2x2 windows
-    half = _half_level(x, hole, smooth_iters, empty_value, rows)
+    half = _half_level(x, hole, smooth_iters, empty_value, rows, banded=True)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         a, b = max(0, r0 - smooth_iters), min(h, r1 + smooth_iters)
@@ -119,9 +119,10 @@ def push_pull_rows(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
         del est, up
 
 
-def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, rows: int) -> Tensor:
+def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, rows: int,
+                banded: bool = False) -> Tensor:
     """The push's estimate at half resolution: pull to one pixel (the first halving ``rows`` rows at a time),
-    push back up relaxing every level."""
+    push back up relaxing every level; ``banded``: the half level's push too (`_relax_in_bands`)."""
     n, c, h, w = x.shape
     sums = x.new_empty(n, c, (h + 1) // 2, (w + 1) // 2)
     weights = x.new_empty(n, 1, (h + 1) // 2, (w + 1) // 2)
@@ -137,11 +138,39 @@ def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, 
         levels.append((sums, weights))
     sums, weights = levels[-1]
     est = torch.where(weights > 0, sums / weights.clamp_min(1e-12), torch.full_like(sums, empty_value))
-    for sums, weights in reversed(levels[:-1]):
+    for k in range(len(levels) - 2, -1, -1):
+        sums, weights = levels[k]
+        if k == 0 and banded:
+            return _relax_in_bands(est, sums, weights, smooth_iters, max(1, rows // 2))
         up = F.interpolate(est, size=sums.shape[-2:], mode="bilinear", align_corners=False)
         free = weights <= 0
         est = _relax(torch.where(free, up, sums / weights.clamp_min(1e-12)), free, smooth_iters)
     return est
+
+
+def _relax_in_bands(coarse: Tensor, sums: Tensor, weights: Tensor, iters: int, rows: int) -> Tensor:
+    """One push level in row bands, written over ``sums`` (returned): the estimate from ``coarse`` (upscaled band
+    by band) where ``weights`` is 0, else ``sums / weights``, relaxed ``iters`` steps with ``iters`` rows of halo.
+
+    Its temporaries are a band's instead of several copies of the level (gigabytes at 100 megapixels). The
+    rows of ``sums`` a band's halo reads after the band above overwrote them are kept from before."""
+    h, w = sums.shape[-2:]
+    kept: Tensor | None = None  # the original rows [a, r0) of the next band's halo
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        a, b = max(0, r0 - iters), min(h, r1 + iters)
+        band = sums[..., a:b, :].clone()
+        if kept is not None:
+            band[..., : r0 - a, :] = kept
+        band_w = weights[..., a:b, :]
+        free = band_w <= 0
+        est = _relax(torch.where(free, bilinear_rows(coarse, (h, w), a, b), band / band_w.clamp_min(1e-12)),
+                     free, iters)
+        s0 = max(0, r1 - iters)
+        kept = band[..., s0 - a : r1 - a, :]
+        sums[..., r0:r1, :] = est[..., r0 - a : r1 - a, :]
+        del est, free
+    return sums
 
 
 def _relax(est: Tensor, free: Tensor, iters: int) -> Tensor:
