@@ -294,7 +294,7 @@ def test_eval_gives_a_conditioned_model_the_true_or_estimated_sigma(tmp_path: Pa
     m = _randomised(FFDNet(width=8, depth=3))
     W.save(tmp_path / "c", m, {"task": "denoise", "corruption": "gaussian:sigma=0-60", "noise_conditioned": True})
     seen = []
-    monkeypatch.setattr("restore.noise.estimate_sigma", lambda x: seen.append("est") or torch.tensor([0.05]))
+    monkeypatch.setattr(ED, "estimate_sigma", lambda x: seen.append("est") or torch.tensor([0.05]))
     method = ED._conditioned_method(str(tmp_path / "c.safetensors"), level, "cpu", "none")
     x = torch.rand(3, 12, 16)
     out = method.fn(x, {"sigma": 25.0})
