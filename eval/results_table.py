@@ -70,18 +70,29 @@ def photo_table(cards: dict[str, dict[str, Any]], names: Iterable[str], *, hole:
     return _table(header, rows)
 
 
+def _fraction(r: dict[str, Any]) -> float | None:
+    """Mean colourfulness over the ground truth's (the issue's "colourfulness >= 0.6 x the truth's")."""
+    c, gt = r.get("colorfulness"), r.get("colorfulness_gt")
+    return c / gt if isinstance(c, (int, float)) and isinstance(gt, (int, float)) and gt else None
+
+
 def colorize_table(cards: dict[str, dict[str, Any]], names: Iterable[str]) -> str:
-    rows = []
+    rows, gray = [], None
     for name in names:
         m = ((cards.get(name) or {}).get("metrics") or {}).get("photos-eval")
         if not isinstance(m, dict):
             continue
-        model, gray = m.get("model") or {}, m.get("grayscale_baseline") or {}
-        for label, r in ((f"`{name}`", model), ("gray input", gray)):
-            rows.append([label, _f(r.get("psnr")), _f(r.get("ssim"), 3), _f(r.get("ab_mae")), _f(r.get("colorfulness_ratio"))])
+        gray = gray or m.get("grayscale_baseline")
+        r = m.get("model") or {}
+        rows.append([f"`{name}`", _f(r.get("psnr")), _f(r.get("ssim"), 3), _f(r.get("ab_mae")),
+                     _f(_fraction(r)), _f(r.get("sq_dist"))])
     if not rows:
         return "_(no evaluation recorded in the cards)_"
-    return _table(["colorizer (held-out photos)", "PSNR", "SSIM", "a/b MAE", "colourfulness / truth"], rows)
+    if gray:  # the same 19 photos made gray: one baseline row
+        rows.append(["gray input", _f(gray.get("psnr")), _f(gray.get("ssim"), 3), _f(gray.get("ab_mae")),
+                     _f(_fraction(gray)), _f(gray.get("sq_dist"))])
+    return _table(["colorizer (held-out photos)", "PSNR", "SSIM", "a/b MAE", "colourfulness / truth",
+                   "SqueezeNet distance"], rows)
 
 
 def vae_table(cards: dict[str, dict[str, Any]], names: Iterable[str]) -> str:
@@ -133,7 +144,7 @@ def blocks(cards: dict[str, dict[str, Any]]) -> dict[str, str]:
     return {
         "readme-denoise": photo_table(cards, [n for n in ("denoise-gaussian", "denoise-saltpepper", "denoise-speckle")
                                               if n in cards], baselines=README_BASELINES),
-        "readme-colorize": colorize_table(cards, ["colorize"]),
+        "readme-colorize": colorize_table(cards, ["colorize-squeezenet", "colorize"]),
         "readme-inpaint": photo_table(cards, ["inpaint"], hole=True, baselines=README_BASELINES),
         "readme-vae": vae_table(cards, [n for n in ("vae-fashion",) if n in cards]),
         "denoise-gaussian": photo_table(cards, gaussian),

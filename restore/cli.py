@@ -34,7 +34,7 @@ from restore.pipeline import Pipeline, Restorer, match_channels, restorer_class
 __all__ = ["DEFAULT_WEIGHTS", "TASK_COMMANDS", "TaskUnavailable", "build_parser", "file_seed", "main"]
 
 #: Restoring subcommands and the shipped weights each uses when ``--weights`` is not given.
-DEFAULT_WEIGHTS: dict[str, str] = {"denoise": "denoise-gaussian", "colorize": "colorize", "inpaint": "inpaint"}
+DEFAULT_WEIGHTS: dict[str, str] = {"denoise": "denoise-gaussian", "colorize": "colorize-squeezenet", "inpaint": "inpaint"}
 TASK_COMMANDS: tuple[str, ...] = tuple(DEFAULT_WEIGHTS)
 
 #: Corruptions shown by ``restore demo`` when no weights ship yet (one per restoring task).

@@ -391,7 +391,7 @@ def test_restore_colorize_command_on_files(tiny_model, tmp_path, monkeypatch, ca
     G, card = tiny_model
     wdir = tmp_path / "weights"
     monkeypatch.setenv("RESTORE_WEIGHTS_DIR", str(wdir))
-    W.save(wdir / "colorize", G, {k: v for k, v in card.items() if k != "name"})
+    W.save(wdir / cli.DEFAULT_WEIGHTS["colorize"], G, {k: v for k, v in card.items() if k != "name"})
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     rng = np.random.default_rng(9)
@@ -400,7 +400,7 @@ def test_restore_colorize_command_on_files(tiny_model, tmp_path, monkeypatch, ca
     Image.fromarray(rng.integers(0, 256, (16, 19, 4), dtype=np.uint8), "RGBA").save(inp / "rgba.png")
     cv2.imwrite(str(inp / "gray16.png"), rng.integers(0, 65536, (15, 13), dtype=np.uint16))
     cv2.imwrite(str(inp / "rgb16.png"), rng.integers(0, 65536, (17, 23, 3), dtype=np.uint16))
-    rc = cli.main(["colorize", str(inp), str(out), "--device", "cpu"])  # DEFAULT_WEIGHTS = "colorize"
+    rc = cli.main(["colorize", str(inp), str(out), "--device", "cpu"])  # the default weights: colorize-squeezenet
     assert rc == 0, capsys.readouterr().err
     for name, channels, dtype in [("gray8", 3, np.uint8), ("rgb8", 3, np.uint8), ("rgba", 4, np.uint8),
                                   ("gray16", 3, np.uint16), ("rgb16", 3, np.uint16)]:

@@ -11,6 +11,7 @@ from PIL import Image
 from restore.app.common import SAMPLE_SIDE, SAMPLES, AppContext, UserError, read_upload, sample_photo, save_png, \
     to_array
 from restore.app.ui import comparison, image_input, page_header, result_image, sample_buttons, shows_errors
+from restore.cli import DEFAULT_WEIGHTS
 from restore.pipeline import match_channels
 
 __all__ = ["build", "colorize"]
@@ -56,7 +57,8 @@ def build(ctx: AppContext) -> None:
         with gr.Column():
             image = image_input("Photo (gray or colour)", elem_id="colorize-input")
             samples = sample_buttons("colorize", SAMPLES)
-            weights = gr.Dropdown(names, value=names[0], label="Weights", elem_id="colorize-weights")
+            default = DEFAULT_WEIGHTS["colorize"] if DEFAULT_WEIGHTS["colorize"] in names else names[0]
+            weights = gr.Dropdown(names, value=default, label="Weights", elem_id="colorize-weights")
             saturation = gr.Slider(0, 2, value=1.0, step=0.05, label="Saturation",
                                    info="multiplies the predicted colours (0 = gray, 1 = as predicted)")
             run = gr.Button("Colorize", variant="primary", elem_id="colorize-run")

@@ -15,6 +15,7 @@ from restore import corrupt
 from restore.app.common import SAMPLE_SIDE, SAMPLES, AppContext, UserError, psnr_db, read_upload, sample_photo, \
     save_png, takes_option, to_array
 from restore.app.ui import comparison, image_input, page_header, sample_buttons, shows_errors
+from restore.cli import DEFAULT_WEIGHTS
 from restore.data import MNIST_5K, IdxError, default_idx_root, load_idx_split
 
 __all__ = ["build", "denoise", "denoise_weights", "make_sample"]
@@ -128,7 +129,7 @@ def build(ctx: AppContext) -> None:
             noisy = image_input("Noisy image", elem_id="denoise-noisy")
             clean = image_input("Clean image (optional, for the PSNR)", elem_id="denoise-clean")
             samples = sample_buttons("denoise", (*SAMPLES, "garment"))
-            default = "denoise-gaussian" if "denoise-gaussian" in names else names[0]
+            default = DEFAULT_WEIGHTS["denoise"] if DEFAULT_WEIGHTS["denoise"] in names else names[0]
             weights = gr.Dropdown(names, value=default, label="Weights", elem_id="denoise-weights")
             first = controls(ctx, default)
             ensemble = gr.Radio(list(first["ensemble"]) or ["none"], value="none", label="Self-ensemble",
