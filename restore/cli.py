@@ -213,7 +213,7 @@ def cmd_task(args: argparse.Namespace) -> int:
         item: dict[str, Any] = {"loaded": loaded, "mask": None}
         if masks is not None:
             mask_file = _find_mask(masks, _rel(src, inp))
-            mask = io.read_mask(mask_file)
+            mask = io.read_mask(mask_file) > 0.5  # bool: a quarter of the float mask's memory while restoring
             if tuple(mask.shape[-2:]) != tuple(loaded.image.shape[-2:]):
                 raise ValueError(
                     f"mask {mask_file} is {mask.shape[-1]}x{mask.shape[-2]}, image is "

@@ -256,6 +256,8 @@ class Pipeline:
         if mask.shape[0] != x.shape[0] or mask.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"{self.task}: the mask is {mask.shape[-1]}x{mask.shape[-2]} (batch {mask.shape[0]}), "
                              f"the image {x.shape[-1]}x{x.shape[-2]} (batch {x.shape[0]}); they must match")
+        if mask.dtype == torch.bool:
+            return mask  # as given: no copy of a full-size mask
         return mask > 0.5 if mask.is_floating_point() else mask != 0
 
     @staticmethod
