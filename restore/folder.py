@@ -19,6 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from tqdm import tqdm
+
+from restore.io import IMAGE_EXTENSIONS, on_commit, scan_images, stale_temporaries
+from restore.signals import signal_name
+from restore.tiling import TILE_PROGRESS
+
 __all__ = ["OUTPUTS_RECORD", "BatchJob", "InputProtected", "Summary", "UsageError", "is_inside", "plan_outputs",
            "process_folder"]
 
@@ -130,7 +136,6 @@ def _plan(
     exclude: Sequence[str | os.PathLike[str]],
 ) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
     """`plan_outputs`, plus the entries of IN that look like images but cannot be read (with reasons)."""
-    from restore.io import IMAGE_EXTENSIONS, scan_images
 
     inp, out = Path(inp), Path(out)
     if not inp.exists():
@@ -300,10 +305,6 @@ def process_folder(
     SIGHUP, which `restore.signals` turns into KeyboardInterrupt) the summary
     says how many were not done, then the interrupt propagates.
     """
-    from tqdm import tqdm
-
-    from restore.io import on_commit, stale_temporaries
-    from restore.signals import signal_name
 
     pairs, problems = _plan(inp, out, suffix=suffix, exclude=exclude)
     summary = Summary()
@@ -346,7 +347,11 @@ def process_folder(
         dst.parent.mkdir(parents=True, exist_ok=True)
         writes(dst)
 
+    def tile_done(done: int, total: int) -> None:  # a large image: its tiles in the bar's text
+        bar.set_postfix_str(f"tile {done}/{total}" if done < total else "", refresh=True)
+
     interrupted: KeyboardInterrupt | None = None
+    progress = TILE_PROGRESS.set(tile_done if not bar.disable else None)
     try:
         with on_commit(writes):
             if isinstance(job, BatchJob):
@@ -364,6 +369,7 @@ def process_folder(
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP (restore.signals): say what was done, then stop
         interrupted = e
     finally:
+        TILE_PROGRESS.reset(progress)
         bar.close()
         writes.close()
     if interrupted is not None:

@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ENSEMBLES", "aligned_size", "bilinear_rows", "reflect_pad", "self_ensemble", "tiled", "tiled_on_grid"]
+#: Called as ``(tiles done, tiles of the image)`` after each tile of `tiled`, when set: the command
+#: line's progress bar counts the tiles of a large image with it. A context variable, so each thread
+#: (one model per thread) reports to its own caller.
+TILE_PROGRESS: ContextVar[Callable[[int, int], None] | None] = ContextVar("restore_tile_progress", default=None)
+
+__all__ = ["ENSEMBLES", "TILE_PROGRESS", "aligned_size", "bilinear_rows", "reflect_pad", "self_ensemble", "tiled",
+           "tiled_on_grid"]
 
 
 # --------------------------------------------------------------------------- tiling
@@ -219,6 +226,9 @@ def _blend(
                                          f"{(n, y.shape[1], height, width)}")
                 weight = win_y[i][:, None] * win_x[j][None, :]
                 acc[..., x0 : x0 + tw].addcmul_(y, weight)
+                report = TILE_PROGRESS.get()
+                if report is not None:
+                    report(i * len(xs) + j + 1, len(ys) * len(xs))
             assert acc is not None and out is not None
             # virtual rows [y0, done) are final: no later tile row reaches them
             done = ys[i + 1] if i + 1 < len(ys) else y0 + th

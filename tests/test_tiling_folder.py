@@ -358,3 +358,19 @@ def test_batch_job_groups_by_key_and_isolates_failures(tmp_path):
 def test_summary_line():
     s = Summary(done=3, skipped=1, failed=[(Path("x"), "r")])
     assert s.line("denoise") == "denoise: 3 done, 1 skipped (output exists), 1 failed" and not s.ok
+
+
+def test_tile_progress_reports_each_tile_to_its_context() -> None:
+    """The CLI's bar counts the tiles of a large image through restore.tiling.TILE_PROGRESS."""
+    from restore.tiling import TILE_PROGRESS
+
+    calls: list[tuple[int, int]] = []
+    token = TILE_PROGRESS.set(lambda done, total: calls.append((done, total)))
+    try:
+        tiled(lambda t: t * 2, torch.rand(1, 3, 70, 90), tile=32, overlap=8)
+    finally:
+        TILE_PROGRESS.reset(token)
+    total = calls[-1][1]
+    assert total > 1 and calls == [(k, total) for k in range(1, total + 1)]
+    tiled(lambda t: t, torch.rand(1, 1, 40, 40), tile=16, overlap=4)  # reset: no one listens any more
+    assert len(calls) == total
