@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from restore import backends
 from restore import weights as W
 from restore.io import pil_to_array, quantize
 from restore.options import Options, OptionError
@@ -48,8 +49,6 @@ def load(name_or_path: str | Path, device: str | torch.device = "auto", backend:
     ``backend="onnxruntime"`` runs the model exported to ONNX (CPU; also an ``.onnx`` file from
     ``restore export``) through the same pipeline (`restore.backends`).
     """
-    from restore import backends
-
     if backend == "onnxruntime" and device == "auto":
         device = "cpu"
     model, card = backends.load(name_or_path, backend, resolve_device(device))
@@ -141,7 +140,7 @@ class Model:
         if scale != 1.0:
             x = x.div_(scale)
         m = _mask_tensor(mask, x.shape[-2:], 1) if mask is not None else None
-        out = self.pipeline.run(x[None], m, opts).image[0]
+        out = self.pipeline.run(x[None], m, opts, inplace=True).image[0]  # x is this call's own copy
         if array.dtype in (np.uint8, np.uint16):
             result = quantize(out, 8 if array.dtype == np.uint8 else 16)
         else:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from restore import corrupt, io, signals
+from restore import backends, corrupt, io, signals
 from restore import weights as W
 from restore.api import resolve_device
 from restore.folder import BatchJob, UsageError, is_inside, plan_outputs, process_folder
@@ -106,8 +106,6 @@ def _restorer_for(command: str, weights: str | None) -> type[Restorer]:
 
 
 def _pipeline(command: str, weights: str | None, device: torch.device, backend: str = "torch") -> Pipeline:
-    from restore import backends  # [deployment, issue 23] --backend
-
     name = weights or DEFAULT_WEIGHTS.get(command)
     if not name:
         raise W.WeightsError(f"{command!r} has no default weights; pass --weights NAME|FILE")
@@ -300,7 +298,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """[deployment, issue 23] `restore.export.export`; its report (max |torch - export|) on stdout."""
+    """`restore.export.export`; its report (max |torch - export|) on stdout."""
     from restore import export
 
     try:
@@ -469,7 +467,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
         p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         p.add_argument("--batch-size", type=int, default=0, help="images of equal size per batch (default: 4 on cuda, 1 on cpu)")
         p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-        p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",  # [deployment, issue 23]
+        p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                        help="torch (eager), or onnxruntime (CPU; the model exported to ONNX on the fly, or "
                             "--weights FILE.onnx from `restore export`; needs the onnx extra)")
         if name == "inpaint":
@@ -499,7 +497,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
     p.add_argument("weights", metavar="NAME|FILE", help="shipped weights name or .safetensors/.json path")
     p.add_argument("output", metavar="OUT", help="file to write (e.g. denoise.onnx)")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    p.set_defaults(func=cmd_export)  # [deployment, issue 23]
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="restore bundled sample photos with every shipped model")
     p.add_argument("output", metavar="OUT", nargs="?", default="demo_out")

@@ -189,13 +189,16 @@ class Pipeline:
         """Checked options of this task: ``options`` (or the defaults) with ``values`` replaced."""
         if options is not None and not isinstance(options, self.options_type):
             raise OptionError(f"{self.task}: expected {self.options_type.__name__}, got {type(options).__name__}")
-        opts = options.replace(**values) if options is not None else self.options_type.create(**values)
+        if options is not None:  # checked when it was built (frozen): rebuilt only to change values
+            return options.replace(**values) if values else options
+        return self.options_type.create(**values)
+
+    def _warn_about_pose(self, opts: Options) -> None:
         if getattr(opts, "ensemble", "none") != "none" and self.card.get("dataset") in CANONICAL_POSE_DATASETS:
             # there the ensemble averages in worse estimates (denoise-fmnist: -0.2 dB with flip, -1.5 dB with x8)
             warnings.warn(f"ensemble {opts.ensemble}: {self.card.get('name') or 'this model'} was trained on "
                           f"{self.card['dataset']}, whose images share one pose; mirrored/rotated copies are outside "
                           "what it learnt and usually lower the accuracy", stacklevel=3)
-        return opts
 
     def run(self, x: Tensor, mask: Tensor | None = None, options: Options | None = None, *, inplace: bool = False,
             **values: Any) -> Restored:
@@ -206,6 +209,7 @@ class Pipeline:
         not copied. Without it ``x`` is left as it was.
         """
         opts = self.options(options, **values)
+        self._warn_about_pose(opts)
         if not isinstance(x, Tensor) or x.dim() != 4:
             raise ValueError(f"{self.task}: expected an NCHW image tensor, got {getattr(x, 'shape', type(x).__name__)}")
         n, c, h, w = x.shape
@@ -292,13 +296,10 @@ class Pipeline:
             mask = batch_masks[0][None] if len(batch_masks) == 1 else torch.stack(batch_masks)  # one: a view
         restored = self.run(batch, mask, options, inplace=inplace, **values)
         results = []
-        for i, im in enumerate(images):
-            image = restored.image[i]
-            icc = None
-            if not self.restorer.colour_output:
-                image = match_channels(image, im.image.shape[0])
-                icc = im.icc_profile
-            out = LoadedImage(image=image, alpha=im.alpha, bit_depth=im.bit_depth, path=im.path, icc_profile=icc)
+        for i, im in enumerate(images):  # `run` gave each image its own channel count (colorize: RGB)
+            icc = None if self.restorer.colour_output else im.icc_profile
+            out = LoadedImage(image=restored.image[i], alpha=im.alpha, bit_depth=im.bit_depth, path=im.path,
+                              icc_profile=icc)
             results.append((out, {k: v[i] for k, v in restored.extras.items()}))
         return results
 

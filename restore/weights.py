@@ -54,7 +54,7 @@ _SAVE_KEYS = ("task", "corruption")
 #: Documented card keys that ``save`` records as null when the caller does not know them.
 _OPTIONAL_KEYS = ("data", "steps", "hardware", "metrics_command")
 
-# [deployment, issue 23] where shipped weights are looked for, in order (see `search_path`)
+# Where shipped weights are looked for, in order (see `search_path`)
 #: A built wheel's copy of ``weights/`` (setup.py puts it there; absent in a source tree).
 _PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "_weights"
 #: The repository's ``weights/`` folder (a source tree or an editable install).
