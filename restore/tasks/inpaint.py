@@ -15,9 +15,10 @@ Training side (`InpaintTask`, driven by `restore.engine.Trainer`):
   L1 on the coarse and on the refined full-frame predictions, hole and valid
   regions weighted separately and each normalised by its own area
   (`restore.losses.l1_loss`); adversarial (hinge by default); perceptual and
-  style (Gram) losses on VGG16 features (Liu et al. 2018), computed once for
-  both, switched off with a logged warning when the ImageNet VGG16 weights
-  are not on disk (nothing is downloaded); total variation inside the
+  style (Gram) losses (Liu et al. 2018) on ImageNet features, computed once
+  for both: ``task.backbone`` squeezenet (shipped in weights/backbones) or
+  vgg16 (switched off with a logged warning when its weights are not on
+  disk; nothing is downloaded); total variation inside the
   dilated hole.
 * Masks are drawn on the fly in `prepare_batch` from ``mask:freeform`` /
   ``mask:box`` spec strings with a coverage range (`restore.corrupt`), with the
@@ -44,9 +45,22 @@ from torch.utils.data import Dataset
 from restore.corrupt import CorruptionSpecError, RandomStreams, parse_spec
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
-from restore.losses import AdversarialLoss, PerceptualLoss, StyleLoss, VGGFeatures, VGGWeightsMissing, l1_loss, tv_loss
+from restore.losses import (
+    BACKBONES,
+    SQUEEZE_PERCEPTUAL_LAYERS,
+    SQUEEZE_STYLE_LAYERS,
+    AdversarialLoss,
+    PerceptualLoss,
+    SqueezeFeatures,
+    StyleLoss,
+    VGGFeatures,
+    VGGWeightsMissing,
+    l1_loss,
+    tv_loss,
+)
 from restore.models.blocks import ModelConfigError
 from restore.models.inpaint import InpaintGenerator, SNPatchGAN
+from restore.models.squeezenet import SqueezeNetWeightsMissing
 from restore.tasks.common import (
     crop_load_size,
     discriminator_terms,
@@ -128,8 +142,10 @@ class InpaintTask(Task):
                 "lambda_style": 120.0,
                 "lambda_tv": 0.1,
                 "tv_dilation": 1,
-                "vgg_weights": None,             # path to vgg16-397923af.pth (else $RESTORE_VGG16_WEIGHTS / hub cache)
-                "vgg_pretrained": True,          # False: random VGG (tests only)
+                "backbone": "squeezenet",        # feature network of the perceptual / style terms: squeezenet
+                                                 # (ships in weights/backbones) | vgg16 (when its weights are on disk)
+                "vgg_weights": None,             # backbone weights file (else the backbone's env var / default place)
+                "vgg_pretrained": True,          # False: random backbone (tests only)
                 "work_size": DEFAULT_WORK_SIZE,  # recorded in the card: shorter side used when restoring
             },
             "steps": 300_000,
@@ -207,6 +223,8 @@ class InpaintTask(Task):
             raise InpaintConfigError("task.lambda_hole / task.lambda_valid: at least one L1 weight must be > 0")
         if not is_int(o["tv_dilation"]) or o["tv_dilation"] < 0:
             raise bad("tv_dilation", "must be an integer >= 0")
+        if o["backbone"] not in BACKBONES:
+            raise bad("backbone", f"must be one of {', '.join(BACKBONES)}")
         if o["gan_mode"] not in ("hinge", "vanilla", "lsgan"):
             raise bad("gan_mode", "must be hinge, vanilla or lsgan")
         masks, probs = o["masks"], o["mask_probs"]
@@ -233,15 +251,20 @@ class InpaintTask(Task):
         return out
 
     def _build_vgg(self, perc: bool, style: bool) -> bool:
-        """Build one shared VGG16 for both feature losses; False (with a warning) when its weights are absent."""
-        layers = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+        """One shared backbone for both feature losses; False (with a warning) when its weights are absent."""
+        o = self.options
         try:
-            self.vgg = VGGFeatures(layers, weights_path=self.options["vgg_weights"],
-                                   pretrained=bool(self.options["vgg_pretrained"]))
-        except VGGWeightsMissing as e:
+            if o["backbone"] == "squeezenet":
+                # the layers of both losses, each loss with its own measured layer weights
+                self.vgg = SqueezeFeatures({**SQUEEZE_PERCEPTUAL_LAYERS, **SQUEEZE_STYLE_LAYERS},
+                                           weights_path=o["vgg_weights"], pretrained=bool(o["vgg_pretrained"]))
+            else:
+                self.vgg = VGGFeatures(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), weights_path=o["vgg_weights"],
+                                       pretrained=bool(o["vgg_pretrained"]))
+        except (VGGWeightsMissing, SqueezeNetWeightsMissing) as e:
             self._vgg_note = f"perceptual/style terms requested but switched off: {e}"
             log.warning("inpaint: perceptual and style terms switched off (lambda_perc=%g, lambda_style=%g "
-                        "ignored): %s", self.options["lambda_perc"], self.options["lambda_style"], e)
+                        "ignored): %s", o["lambda_perc"], o["lambda_style"], e)
             return False
         self.perceptual = PerceptualLoss(features=self.vgg) if perc else None
         self.style = StyleLoss(features=self.vgg) if style else None
@@ -389,6 +412,7 @@ class InpaintTask(Task):
                 "lambda_perc": o["lambda_perc"] if self.perc_enabled else 0.0,
                 "lambda_style": o["lambda_style"] if self.style_enabled else 0.0,
                 "lambda_tv": o["lambda_tv"],
+                "backbone": o["backbone"] if (self.perc_enabled or self.style_enabled) else None,
                 "discriminator": dict(o["discriminator"]) if self.use_gan else None,
             },
             "options": {k: v for k, v in o.items() if k not in ("generator", "discriminator")},
