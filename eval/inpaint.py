@@ -19,8 +19,10 @@ model output bit-identical to the input (a violation makes the exit status 1).
 ``meanfill`` (holes filled with the mean colour of the known pixels) is the
 trivial floor a model must clear to be worth shipping; ``pushpull`` (the
 pull-push membrane fill a ``prefill: pushpull`` generator starts from) shows
-what such a network adds to its classical start. The grid shows masked
-input, Telea, the model and the target.
+what such a network adds to its classical start: with a model, the issue-22
+check (``prefill`` in ``targets.json``) asks for +0.5 dB hole PSNR over it on
+large holes, or equal PSNR and a clearly lower SqueezeNet distance inside the
+holes. The grid shows masked input, Telea, pull-push, the model and the target.
 """
 
 from __future__ import annotations
@@ -44,8 +46,18 @@ COVERAGE: dict[str, str] = {"small": "0.1-0.2", "large": "0.3-0.45"}
 #: Issue-8 targets: model PSNR inside the holes minus Telea's, per band (dB).
 TARGETS: dict[str, float] = {"small": 0.0, "large": 1.0}
 
-#: Columns of grid.png when a model is scored (the issue's figure); other methods stay in the tables.
-GRID_COLUMNS: tuple[str, ...] = ("input", "telea", "target")
+#: Columns of grid.png when a model is scored: the classical peer, the pull-push prefill the network starts
+#: from, the network, the target (other methods stay in the tables).
+GRID_COLUMNS: tuple[str, ...] = ("input", "telea", "pushpull", "target")
+
+#: Issue-22 target against the pull-push prefill, large holes: the network adds >= this much hole PSNR ...
+PREFILL_GAIN_DB = 0.5
+#: ... or, at equal hole PSNR (not more than this far below the prefill's) ...
+EQUAL_PSNR_DB = 0.1
+#: ... a clearly lower SqueezeNet distance inside the holes: mean at most this fraction of the prefill's,
+#: and lower on at least `PREFILL_WIN_SHARE` of the images (paired).
+CLEARLY_LOWER = 0.9
+PREFILL_WIN_SHARE = 0.75
 
 
 def mean_fill(x: torch.Tensor, info: dict) -> torch.Tensor:
@@ -92,6 +104,51 @@ def check_targets(rows: list[dict], model: str, groups: dict[str, str], baseline
             "all_pass": bool(scored) and all(scored) and known_ok}
 
 
+def check_prefill(rows: list[dict], model: str, groups: dict[str, str], prefill: str = "pushpull") -> dict:
+    """What the network adds over the classical fill it starts from (issue 22), per band; judged on large holes.
+
+    Passes when the hole PSNR gain is >= `PREFILL_GAIN_DB`, or when the hole PSNR is equal (within
+    `EQUAL_PSNR_DB`) and the SqueezeNet distance inside the holes is clearly lower (`CLEARLY_LOWER`,
+    `PREFILL_WIN_SHARE`): texture a smooth fill lacks, without paying for it in PSNR.
+    """
+    bands: dict[str, dict] = {}
+    for band, group in groups.items():
+        mine = {r["image"]: r for r in rows if r["group"] == group and r["method"] == model}
+        base = {r["image"]: r for r in rows if r["group"] == group and r["method"] == prefill}
+        images = sorted(set(mine) & set(base))
+        if not images:
+            raise runner.EvalError(f"prefill check: need {band} rows for {model!r} and {prefill!r}")
+
+        def mean(rs: dict, key: str) -> float:
+            return sum(float(rs[i][key]) for i in images) / len(images)
+
+        gain = mean(mine, "psnr_hole") - mean(base, "psnr_hole")
+        ratio = mean(mine, "sq_dist_hole") / max(mean(base, "sq_dist_hole"), 1e-12)
+        wins = sum(float(mine[i]["sq_dist_hole"]) < float(base[i]["sq_dist_hole"]) for i in images) / len(images)
+        by_psnr = gain >= PREFILL_GAIN_DB
+        by_texture = gain >= -EQUAL_PSNR_DB and ratio <= CLEARLY_LOWER and wins >= PREFILL_WIN_SHARE
+        bands[band] = {"images": len(images), "over_prefill_db": round(gain, 4),
+                       "sq_dist_hole_ratio": round(ratio, 4), "sq_dist_hole_wins": round(wins, 4),
+                       "pass": bool(by_psnr or by_texture)}
+    judged = bands.get("large")
+    return {"model": model, "prefill": prefill, "bands": bands,
+            "target": (f"large holes: psnr_hole >= {prefill} + {PREFILL_GAIN_DB:g} dB, or psnr_hole >= {prefill} - "
+                       f"{EQUAL_PSNR_DB:g} dB with hole SqueezeNet distance <= {CLEARLY_LOWER:g} x {prefill}'s "
+                       f"and lower on >= {PREFILL_WIN_SHARE:.0%} of images"),
+            "pass": None if judged is None else judged["pass"]}
+
+
+def prefill_notes(result: dict) -> list[str]:
+    notes = []
+    for band, e in result["bands"].items():
+        notes.append(f"issue-22 check, {band} holes, `{result['model']}` over the `{result['prefill']}` prefill: "
+                     f"{e['over_prefill_db']:+.2f} dB hole PSNR; hole SqueezeNet distance {e['sq_dist_hole_ratio']:.3f} "
+                     f"x the prefill's, lower on {e['sq_dist_hole_wins']:.0%} of images")
+    if result["pass"] is not None:
+        notes.append(f"issue-22 target ({result['target']}): {'met' if result['pass'] else 'NOT met'}")
+    return notes
+
+
 def target_notes(result: dict) -> list[str]:
     yes = {True: "met", False: "NOT met"}
     notes = []
@@ -111,6 +168,7 @@ def hole_metrics(out: torch.Tensor, s: sets.Sample) -> dict:
     """PSNR/SSIM inside the holes, the largest change to known pixels, the mask coverage, SqueezeNet feature distance."""
     return {
         "sq_dist": report.feature_distance(out, s.target),
+        "sq_dist_hole": report.feature_distance(out, s.target, s.mask),
         "psnr_hole": report.masked_psnr(out, s.target, s.mask),
         "ssim_hole": report.masked_ssim(out, s.target, s.mask),
         "known_max_diff": report.known_max_diff(out, s.input, s.mask),
@@ -137,15 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def card_entries(rows: list[dict], model: str, specs: dict[str, str], groups: dict[str, str],
-                 args: argparse.Namespace, out: Path, targets: dict | None) -> dict[str, dict]:
+                 args: argparse.Namespace, out: Path, targets: dict | None,
+                 prefill: dict | None = None) -> dict[str, dict]:
     """The card's ``metrics`` entries: one per scored band (``<set>/<spec>``), plus the target check.
 
     Beside the issue-8 targets, each band records what the network adds over
     the pull-push fill it may start from (``over_pushpull_db``), so a card
     cannot present a classical fill's figures as learned ones.
     """
-    keys = ("psnr", "ssim", "psnr_hole", "ssim_hole")
-    by = {(s["group"], s["method"]): s for s in report.summarize(rows, list(keys))}
+    keys = [k for k in ("psnr", "ssim", "psnr_hole", "ssim_hole", "sq_dist", "sq_dist_hole") if any(k in r for r in rows)]
+    by = {(s["group"], s["method"]): s for s in report.summarize(rows, keys)}
     command, commit = args.command, report.git_commit()
     entries: dict[str, dict] = {}
     for band, spec in specs.items():
@@ -165,6 +224,8 @@ def card_entries(rows: list[dict], model: str, specs: dict[str, str], groups: di
                                                   if pp else None)}
         entries["issue8_targets"] = {"bands": summary, "known_pixels_identical": targets["known_pixels_identical"],
                                      "all_pass": targets["all_pass"]}
+    if prefill is not None:
+        entries["issue22_prefill"] = {"bands": prefill["bands"], "target": prefill["target"], "pass": prefill["pass"]}
     return entries
 
 
@@ -210,13 +271,14 @@ def main(argv: list[str] | None = None) -> int:
              "PSNR/SSIM hole: over hole pixels only (SSIM map with the 5-px border excluded); "
              "known px max diff: largest change to known pixels in 8-bit levels (0 = untouched)",
              f"OpenCV inpaint radius {B.INPAINT_RADIUS}",
-             "SqueezeNet feature dist.: restore.metrics.perceptual_distance over the whole image (LPIPS's "
-             "lin=False form on ImageNet SqueezeNet 1.1; uncalibrated, not LPIPS; lower = closer)"]
+             "SqueezeNet feature dist.: restore.metrics.perceptual_distance over the whole image, and inside the "
+             "holes only (sq_dist_hole) (LPIPS's lin=False form on ImageNet SqueezeNet 1.1; uncalibrated, not "
+             "LPIPS; lower = closer)"]
     if not lp.available:
         notes.append(f"LPIPS not reported: {lp.reason}")
     model_names = [m.name for m in methods if m.kind == "model"]
     status = 0
-    result = None
+    result = prefill = None
     if model_names:
         known = {m: max((r["known_max_diff"] for r in rows if r["method"] == m), default=0.0) for m in model_names}
         changed = [m for m, d in known.items() if d != 0]
@@ -230,13 +292,17 @@ def main(argv: list[str] | None = None) -> int:
                 status = 1
             notes += target_notes(result)
             out.mkdir(parents=True, exist_ok=True)
+            if "pushpull" in {m.name for m in methods}:
+                prefill = check_prefill(rows, model_names[0], {b: g for b, g in groups.items() if b in COVERAGE})
+                notes += prefill_notes(prefill)
+                result["prefill"] = prefill
             (out / "targets.json").write_text(json.dumps(result, indent=2) + "\n")
         # the issue's figure: masked input / Telea / model / target
         keep = set(GRID_COLUMNS) | set(model_names)
         grid = [(name, [c for c in cols if c[0] in keep]) for name, cols in grid]
     report.write_metrics_csv(out / "metrics.csv", rows)
     report.write_summary_md(out / "summary.md", rows, title=f"Inpainting: {args.set}",
-                            metrics=["psnr", "ssim", "lpips", "sq_dist", "psnr_hole", "ssim_hole", "known_max_diff",
+                            metrics=["psnr", "ssim", "lpips", "sq_dist", "sq_dist_hole", "psnr_hole", "ssim_hole", "known_max_diff",
                                      "coverage"],
                             labels={m.name: m.label for m in methods}, notes=notes, command=args.command)
     if grid:
@@ -244,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     print((out / "summary.md").read_text())
     if args.update_card and status == 0:
         try:
-            runner.record_in_card(args.weights, card_entries(rows, model_names[0], specs, groups, args, out, result),
-                                  args.command)
+            entries = card_entries(rows, model_names[0], specs, groups, args, out, result, prefill)
+            runner.record_in_card(args.weights, entries, args.command)
         except runner.USER_ERRORS as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -194,9 +194,11 @@ def detail_ratio(out: torch.Tensor, target: torch.Tensor) -> float:
     return energy(out) / t if t > 0 else float("nan")
 
 
-def feature_distance(out: torch.Tensor, target: torch.Tensor) -> float:
-    """`restore.metrics.perceptual_distance` (SqueezeNet features, LPIPS's lin=False form; not LPIPS) of one image."""
-    return float(perceptual_distance(_batch(out).float(), _batch(target).float())[0])
+def feature_distance(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """`restore.metrics.perceptual_distance` (SqueezeNet features, LPIPS's lin=False form; not LPIPS) of one image,
+    averaged over ``mask`` (HxW, 1HW or N1HW; e.g. an inpainting hole) when given."""
+    m = None if mask is None else mask.float().reshape(1, 1, *mask.shape[-2:])
+    return float(perceptual_distance(_batch(out).float(), _batch(target).float(), m)[0])
 
 
 class LpipsScorer:

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from restore.losses import SqueezeFeatures
@@ -344,26 +345,37 @@ class SqueezeDistance(nn.Module):
         """Always eval (frozen)."""
         return super().train(False)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``mask`` (N1HW, 1 = where to compare) restricts the average to a region, e.g. an inpainted hole:
+        at each layer it is area-resized to the feature grid and weights the positions (an empty mask gives 0)."""
         x, y = _check_pair(x, y, "SqueezeDistance")
         if x.shape[1] not in (1, 3):
             raise ValueError(f"SqueezeDistance: expected 1 or 3 channels, got {x.shape[1]}")
+        if mask is not None and (mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != x.shape[0]
+                                 or mask.shape[-2:] != x.shape[-2:]):
+            raise ValueError(f"SqueezeDistance: mask must be N x 1 x H x W matching {tuple(x.shape)}, "
+                             f"got {tuple(mask.shape)}")
         fx, fy = self.features(x.float()), self.features(y.float())
         total = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
         for name in PERCEPTUAL_LAYERS:
             a = fx[name] / (fx[name].norm(dim=1, keepdim=True) + 1e-10)
             b = fy[name] / (fy[name].norm(dim=1, keepdim=True) + 1e-10)
-            total = total + (a - b).pow(2).sum(dim=1).mean(dim=(1, 2))
+            d = (a - b).pow(2).sum(dim=1, keepdim=True)
+            if mask is None:
+                total = total + d.mean(dim=(1, 2, 3))
+            else:
+                w = F.interpolate(mask.float(), size=d.shape[-2:], mode="area")
+                total = total + (d * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1e-12)
         return total
 
 
 _DISTANCE: dict[str, SqueezeDistance] = {}
 
 
-def perceptual_distance(x: Tensor, y: Tensor) -> Tensor:
+def perceptual_distance(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
     """`SqueezeDistance` per image, ``(N,)``, with one shared frozen model per device (not LPIPS)."""
     key = str(x.device)
     if key not in _DISTANCE:
         _DISTANCE[key] = SqueezeDistance().to(x.device)
     with torch.no_grad():
-        return _DISTANCE[key](x, y)
+        return _DISTANCE[key](x, y, mask)

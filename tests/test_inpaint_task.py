@@ -479,3 +479,32 @@ def test_eval_targets_and_mean_fill_floor(tmp_path: Path):
     assert written["metrics"]["issue8_targets"]["all_pass"]
     with pytest.raises(runner.EvalError, match="not found"):
         runner.record_in_card(str(tmp_path / "nope.json"), entries, args.command)
+
+
+def test_eval_prefill_check_needs_gain_or_texture_at_equal_psnr():
+    """Issue 22: over the pull-push prefill, +0.5 dB hole PSNR, or equal PSNR and a clearly lower hole distance."""
+    from eval import inpaint as ev
+
+    def rows(gain_db, dist_ratio, wins=3):
+        out = []
+        for k in range(4):
+            out.append({"group": "L", "image": f"i{k}", "method": "pushpull", "psnr_hole": 20.0, "sq_dist_hole": 1.0})
+            # the model is higher than the prefill (1.05) on the last 4 - wins images, lower on the others,
+            # with the given mean ratio
+            d = (4 * dist_ratio - (4 - wins) * 1.05) / wins if k < wins else 1.05
+            out.append({"group": "L", "image": f"i{k}", "method": "m", "psnr_hole": 20.0 + gain_db, "sq_dist_hole": d})
+        return out
+
+    check = lambda r: ev.check_prefill(r, "m", {"large": "L"})  # noqa: E731
+    assert check(rows(0.5, 1.0))["pass"]                    # PSNR gain alone
+    assert not check(rows(0.4, 1.0))["pass"]                # too little PSNR, no texture gain
+    assert check(rows(-0.05, 0.85))["pass"]                 # equal PSNR, clearly lower distance on 3/4
+    assert not check(rows(-0.3, 0.7))["pass"]               # texture bought with PSNR
+    assert not check(rows(0.0, 0.95))["pass"]               # not clearly lower
+    assert not check(rows(0.0, 0.85, wins=2))["pass"]       # lower on half the images only
+    res = check(rows(0.2, 0.8))
+    assert res["bands"]["large"]["over_prefill_db"] == pytest.approx(0.2)
+    assert res["bands"]["large"]["sq_dist_hole_ratio"] == pytest.approx(0.8)
+    assert any("met" in n for n in ev.prefill_notes(res))
+    with pytest.raises(ev.runner.EvalError):
+        ev.check_prefill(rows(0, 1), "other", {"large": "L"})

@@ -72,6 +72,24 @@ def test_feature_distance_identity_symmetry_and_order():
     assert float(perceptual_distance(x, 1 - x)) <= 4 * len(PERCEPTUAL_LAYERS)
 
 
+def test_feature_distance_inside_a_mask():
+    """The masked form (an inpainted hole's distance) sees a change inside the region and ignores one far outside."""
+    x = _chelsea()
+    h, w = x.shape[-2:]
+    left = torch.zeros(1, 1, h, w)
+    left[..., : w // 3] = 1.0
+    changed_right = x.clone()
+    changed_right[..., 2 * w // 3:] = (changed_right[..., 2 * w // 3:] + 0.2).clamp(0, 1)
+    whole = torch.ones(1, 1, h, w)
+    assert math.isclose(float(perceptual_distance(changed_right, x, whole)),
+                        float(perceptual_distance(changed_right, x)), rel_tol=1e-5)
+    inside = float(perceptual_distance(changed_right, x, 1 - left))
+    outside = float(perceptual_distance(changed_right, x, left))
+    assert outside < 0.05 * inside
+    with pytest.raises(ValueError, match="mask"):
+        perceptual_distance(x, x, torch.ones(1, 1, 8, 8))
+
+
 def test_feature_distance_is_not_called_lpips():
     assert "not LPIPS" in (SqueezeDistance.__doc__ or "")
     with pytest.raises(ValueError, match="1 or 3 channels"):
