@@ -207,11 +207,12 @@ def cmd_task(args: argparse.Namespace) -> int:
     pipeline = _pipeline(command, args.weights, device, args.backend)
 
     def load(src: Path) -> dict[str, Any]:
-        loaded = io.read_image(src)
+        # inpaint: the samples as stored, restored in place (a quarter of the float32 image's memory)
+        loaded = io.read_image(src, integers=pipeline.keeps_integers)
         item: dict[str, Any] = {"loaded": loaded, "mask": None}
         if masks is not None:
             mask_file = _find_mask(masks, _rel(src, inp))
-            mask = io.read_mask(mask_file) > 0.5  # bool: a quarter of the float mask's memory while restoring
+            mask = io.read_mask(mask_file, torch.bool)  # bool: a quarter of the float mask's memory
             if tuple(mask.shape[-2:]) != tuple(loaded.image.shape[-2:]):
                 raise ValueError(
                     f"mask {mask_file} is {mask.shape[-1]}x{mask.shape[-2]}, image is "

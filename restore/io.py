@@ -336,8 +336,12 @@ def pil_to_array(path: Path, img: Image.Image) -> tuple[np.ndarray, np.ndarray |
     return array, None
 
 
-def read_image(path: str | os.PathLike) -> LoadedImage:
+def read_image(path: str | os.PathLike, *, integers: bool = False) -> LoadedImage:
     """Decode an image file completely, or raise :class:`ImageReadError`.
+
+    ``integers=True`` keeps the samples as the file stores them, a CHW uint8 or uint16 tensor (a
+    quarter or half of the float32 image's memory), for a restorer that writes into them in place
+    (`restore.pipeline.Restorer.integer_inplace`: inpainting changes only its hole pixels).
 
     Returns gray images as C=1 and everything else as RGB (C=3); palette images
     become RGB, or RGB + alpha when the palette has transparency. 16-bit files
@@ -443,10 +447,13 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     if colour.ndim == 2:
         colour = colour[:, :, None]
     scale = 65535.0 if bit_depth == 16 else 255.0
-    # astype copies into a fresh, writable, contiguous float32 array (exact for
-    # every uint8/uint16 value; torch's own uint16 support is limited).
-    chw = colour.transpose(2, 0, 1).astype(np.float32, order="C")
-    image = torch.from_numpy(chw).div_(scale)
+    if integers:  # a fresh, writable, contiguous copy of the samples as stored
+        image = torch.from_numpy(colour.transpose(2, 0, 1).copy(order="C"))
+    else:
+        # astype copies into a fresh, writable, contiguous float32 array (exact for
+        # every uint8/uint16 value; torch's own uint16 support is limited).
+        chw = colour.transpose(2, 0, 1).astype(np.float32, order="C")
+        image = torch.from_numpy(chw).div_(scale)
     if icc_profile is not None and not _icc_matches(icc_profile, image.shape[0]):
         icc_profile = None  # e.g. a CMYK profile: the samples were converted without it
     return LoadedImage(image=image, alpha=alpha, bit_depth=bit_depth, path=path, icc_profile=icc_profile)
@@ -483,13 +490,16 @@ def _lossy_kind(path: Path) -> str | None:
     return None
 
 
-def _warn_if_ringing(path: Path, image: torch.Tensor, holes: torch.Tensor) -> None:
+def _warn_if_ringing(path: Path, loaded: LoadedImage, holes: torch.Tensor) -> None:
     """LossyMaskWarning, with the command that thresholds the mask, when a lossy mask's holes are often faint."""
     kind = _lossy_kind(path)
     if kind is None:
         return
     marked = int(holes.sum())
-    faint = int((holes[0] & (image.amax(dim=0) < 0.5)).sum())
+    # under 50%: below (top + 1) / 2 as stored (v / top < 0.5 for integer v); 0.5 for a float image
+    image = loaded.image if loaded.image.dtype != torch.uint16 else loaded.image.to(torch.int32)  # no uint16 amax
+    half = 0.5 if image.is_floating_point() else (2 ** loaded.bit_depth) // 2
+    faint = int((holes[0] & (image.amax(dim=0) < half)).sum())
     if faint < 10 or faint < RINGING_SHARE * marked:
         return
     png = path.with_suffix(".png")
@@ -504,8 +514,9 @@ def _warn_if_ringing(path: Path, image: torch.Tensor, holes: torch.Tensor) -> No
         f"(a pixel is a hole when its brightest channel is at least 128) and pass the PNG: {fix}"), stacklevel=3)
 
 
-def read_mask(path: str | os.PathLike) -> torch.Tensor:
-    """Read an inpainting mask as a 1HW float tensor, 1 = hole.
+def read_mask(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Read an inpainting mask as a 1HW float tensor, 1 = hole (``dtype=torch.bool``: True = hole, a
+    quarter of the float mask's memory).
 
     On disk a mask is an image of the same size where any nonzero pixel (in any
     colour channel) marks a hole. A fully opaque alpha channel changes nothing.
@@ -518,18 +529,18 @@ def read_mask(path: str | os.PathLike) -> torch.Tensor:
     (compression ringing) gets a :class:`LossyMaskWarning` saying how to
     threshold it; the mask is returned as read.
     """
-    loaded = read_image(path)
-    painted = (loaded.image > 0).any(dim=0, keepdim=True)
+    loaded = read_image(path, integers=True)  # the samples as stored: no float32 copy of a huge mask
+    painted = (loaded.image != 0).any(dim=0, keepdim=True)  # != : torch compares uint16 for equality only
     alpha = loaded.alpha
     if alpha is None or bool((alpha == np.iinfo(alpha.dtype).max).all()):
-        _warn_if_ringing(Path(path), loaded.image, painted)
-        return painted.to(torch.float32)
+        _warn_if_ringing(Path(path), loaded, painted)
+        return painted.to(dtype)
     visible = torch.from_numpy(alpha > 0)[None]
     colours = loaded.image[:, visible[0]]  # C x (pixels with alpha > 0)
     if colours.shape[1] == 0 or bool((colours == colours[:, :1]).all()):
-        return visible.to(torch.float32)
-    _warn_if_ringing(Path(path), loaded.image, visible & painted)
-    return (visible & painted).to(torch.float32)
+        return visible.to(dtype)
+    _warn_if_ringing(Path(path), loaded, visible & painted)
+    return (visible & painted).to(dtype)
 
 
 # --------------------------------------------------------------------------- writing
@@ -687,6 +698,11 @@ def quantize(image: torch.Tensor, bit_depth: int) -> np.ndarray:
 
 def _quantize_band(image: torch.Tensor, bit_depth: int) -> np.ndarray:
     top = 255 if bit_depth == 8 else 65535
+    if not image.is_floating_point():  # samples as stored (read_image(integers=True)): kept, or rescaled
+        stored = 255 if image.dtype == torch.uint8 else 65535
+        if stored == top:
+            return image.detach().cpu().permute(1, 2, 0).numpy().copy()
+        image = image.detach().to("cpu", torch.float32).div_(stored)
     # float32 is enough: x * 65535 carries an error below 0.004, far from the
     # 0.5 that would change the rounding of k / 65535. clamp() copies, so the
     # in-place ops never touch the caller's tensor.
@@ -816,8 +832,9 @@ def write_image(
 ) -> None:
     """Write a CHW or 1CHW float image in [0, 1] atomically; format from the suffix.
 
-    Values are clamped and rounded. ``alpha`` (HxW uint8/uint16, e.g. from
-    :func:`read_image`) is written unchanged when its dtype matches
+    Values are clamped and rounded. A uint8 or uint16 image (`read_image` with ``integers=True``)
+    holds the samples themselves: written unchanged at its own depth, rescaled at the other.
+    ``alpha`` (HxW uint8/uint16, e.g. from :func:`read_image`) is written unchanged when its dtype matches
     ``bit_depth`` and scaled exactly otherwise. 16-bit output is PNG or TIFF;
     JPEG (``quality``, 4:4:4 chroma) and BMP have no alpha; WebP is written
     lossless and has no grayscale (gray is stored as RGB). 16-bit images with
@@ -844,11 +861,11 @@ def write_image(
         image = image[0]
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"{path}: image must be CHW or 1CHW with 1 or 3 channels, got shape {tuple(image.shape)}")
-    if not image.is_floating_point():
-        raise ValueError(f"{path}: image must be a float tensor in [0, 1], got {image.dtype}")
+    if not image.is_floating_point() and image.dtype not in (torch.uint8, torch.uint16):
+        raise ValueError(f"{path}: image must be a float tensor in [0, 1] (or uint8/uint16 samples), got {image.dtype}")
     if image.shape[1] == 0 or image.shape[2] == 0:
         raise ValueError(f"{path}: image is empty, shape {tuple(image.shape)}")
-    if not all(bool(torch.isfinite(image[:, r0 : r0 + WRITE_BAND_ROWS]).all())
+    if image.is_floating_point() and not all(bool(torch.isfinite(image[:, r0 : r0 + WRITE_BAND_ROWS]).all())
                for r0 in range(0, image.shape[1], WRITE_BAND_ROWS)):  # in bands: isfinite copies
         raise ValueError(f"{path}: image contains NaN or infinite values")
     if not 1 <= int(quality) <= 100:

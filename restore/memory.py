@@ -1,7 +1,8 @@
 """How much memory restoring an image needs, and the cap that refuses what would not fit.
 
 The pipeline keeps one full-size float32 copy of an image (the decoded image, overwritten by its
-result in place on the command line's path); everything else works in row bands or tiles, so the
+result in place on the command line's path; for inpaint there, the image's uint8/uint16 samples as
+decoded, only hole pixels rewritten); everything else works in row bands or tiles, so the
 working memory grows with the tile and the image width, not the image area. `estimate` adds up
 those parts; `check` refuses a run whose estimate is above the cap, before any work, with a
 message that says what to change. The cap is ``RESTORE_MAX_MEMORY_GB`` when set, else this
@@ -41,23 +42,30 @@ class Estimate:
 
 
 def estimate(task: str, n: int, channels: int, height: int, width: int, tile: int, *, inplace: bool = True,
-             colour_output: bool = False, model_channels: int | None = None) -> Estimate:
-    """Memory of restoring an N x C x H x W float32 batch with ``task`` in ``tile``-pixel tiles.
+             colour_output: bool = False, model_channels: int | None = None, sample_bytes: int = 4) -> Estimate:
+    """Memory of restoring an N x C x H x W batch with ``task`` in ``tile``-pixel tiles.
 
-    ``inplace``: the result overwrites the input (the command line); else a full-size output exists
-    too (the Python API keeps the caller's tensor). A colour result of a gray input (colorize) is
-    one more full-size buffer; inpainting adds its hole mask (as read, float32, and as bool: five
-    bytes a pixel, seven for a gray network on colour) and the pull-push fill's half-resolution
-    level with its relaxation temporaries (about the image again: not yet banded).
+    ``sample_bytes``: 4 for a float32 image, 1 or 2 for uint8/uint16 samples restored in place
+    (`restore.pipeline.Restorer.integer_inplace`: inpaint on the command line). ``inplace``: the
+    result overwrites the input (the command line); else a full-size float32 output exists too (the
+    Python API keeps the caller's tensor). A colour result of a gray input (colorize) is one more
+    full-size buffer; inpainting adds its hole mask (bool, and its samples as decoded: two bytes a
+    pixel, three more for a gray network on colour, which fills each channel with its own copy) and
+    the pull-push fill's pyramid: the half-resolution level of the fed channels plus a weight
+    plane, in float32, and the coarser levels (a third more); its full-resolution steps are banded.
     """
+    if sample_bytes not in (1, 2, 4):
+        raise ValueError(f"sample_bytes must be 1, 2 or 4, got {sample_bytes!r}")
     pixels = n * height * width
     out_channels = 3 if colour_output else channels
-    image = 4 * pixels * channels
+    image = sample_bytes * pixels * channels
     if not inplace or out_channels != channels:
         image += 4 * pixels * out_channels
     if task == "inpaint":
-        image += pixels * (7 if model_channels == 1 and channels == 3 else 5)
-        image += 4 * pixels * channels
+        gray_on_colour = model_channels == 1 and channels == 3
+        image += pixels * (5 if gray_on_colour else 2)
+        planes = 3 * 2 if gray_on_colour else (model_channels or channels) + 1
+        image += pixels * planes * 4 // 3  # 4 bytes x a quarter of the pixels x (1 + 1/3)
     rows = min(height, max(tile, 256)) if tile else height  # a tile row, or the bands of row-wise steps
     # the tile row's accumulator and its finished rows waiting to be written, in the widest channels
     working = 2 * 4 * n * rows * width * max(channels, out_channels, model_channels or 0)

@@ -56,6 +56,8 @@ class Work:
     #: Set by `Pipeline.run`: the hooks may write their result into the input ``x`` (the pipeline owns it,
     #: or the caller said ``inplace=True``), saving a full-size copy of the image.
     inplace: bool = False
+    #: Set by `Pipeline.run`: ``x`` holds integer samples (uint8/uint16; only for an `integer_inplace` restorer).
+    integers: bool = False
 
 
 @dataclass
@@ -77,6 +79,11 @@ class Restorer:
     needs_mask: ClassVar[bool] = False
     #: True when the output is RGB whatever the input (colorize); else it keeps the input's channels.
     colour_output: ClassVar[bool] = False
+    #: True when the restorer can write its result into an integer (uint8/uint16, values as a file stores
+    #: them) input in place, converting to float only the rows it computes: inpainting changes only hole
+    #: pixels, so a huge photo stays a quarter of its float32 size (`Pipeline.run` with ``integers=True``).
+    #: Such hooks get ``x`` as stored (`Work.integers`) and quantize what they write as `restore.io` does.
+    integer_inplace: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, card: Mapping[str, Any], device: torch.device) -> None:
         self.model, self.card, self.device = model, card, device
@@ -85,7 +92,8 @@ class Restorer:
         self.multiple = int(getattr(model, "multiple", 1))
 
     def prepare(self, x: Tensor, mask: Tensor | None, opts: Any) -> Work:
-        """``x``: NCHW float in [0, 1] (C = 1 or 3, on the CPU); ``mask``: bool N1HW or None."""
+        """``x``: NCHW float in [0, 1] (C = 1 or 3, on the CPU), or its uint8/uint16 samples for an
+        `integer_inplace` restorer run with ``integers=True``; ``mask``: bool N1HW or None."""
         return Work(x)
 
     def forward(self, t: Tensor, opts: Any) -> Tensor:
@@ -200,13 +208,22 @@ class Pipeline:
                           f"{self.card['dataset']}, whose images share one pose; mirrored/rotated copies are outside "
                           "what it learnt and usually lower the accuracy", stacklevel=3)
 
+    @property
+    def keeps_integers(self) -> bool:
+        """True when this task restores uint8/uint16 images in place (`Restorer.integer_inplace`): the
+        command line then reads files as stored (`restore.io.read_image` with ``integers=True``)."""
+        return self.restorer.integer_inplace
+
     def run(self, x: Tensor, mask: Tensor | None = None, options: Options | None = None, *, inplace: bool = False,
-            **values: Any) -> Restored:
+            integers: bool = False, **values: Any) -> Restored:
         """Restore NCHW ``x`` (float in [0, 1], C = 1 or 3, any device); ``mask`` N1HW, nonzero = hole.
 
         ``inplace=True`` lets the pipeline overwrite ``x`` (when it is a contiguous float32 CPU tensor)
         with the result, which then is ``x`` itself wherever the output has its shape: a huge image is
-        not copied. Without it ``x`` is left as it was.
+        not copied. Without it ``x`` is left as it was. uint8/uint16 ``x`` is scaled to [0, 1] (a float
+        copy), except with ``inplace`` and ``integers`` for a task that `keeps_integers` (inpaint): then
+        the result is ``x`` itself, its samples rounded as `restore.io.write_image` rounds (a quarter of
+        the float image's memory; known pixels untouched).
         """
         opts = self.options(options, **values)
         self._warn_about_pose(opts)
@@ -217,17 +234,23 @@ class Pipeline:
             raise ValueError(f"{self.task}: images must have 1 (gray) or 3 (RGB) channels, got {c}")
         if n == 0 or h == 0 or w == 0:
             raise ValueError(f"{self.task}: empty image batch of shape {tuple(x.shape)}")
+        if not x.is_floating_point() and x.dtype not in (torch.uint8, torch.uint16):
+            raise ValueError(f"{self.task}: expected a float, uint8 or uint16 image, got {x.dtype}")
+        keep = (integers and inplace and self.keeps_integers and not x.is_floating_point()
+                and x.device.type == "cpu" and x.is_contiguous() and self.restorer.device.type == "cpu")
         # a converted copy is the pipeline's own, free to overwrite
-        own = x.dtype != torch.float32 or (inplace and x.device.type == "cpu" and x.is_contiguous())
-        x = x.float() if x.is_floating_point() else x.float().div_(255.0 if x.dtype == torch.uint8 else 65535.0)
-        if not _all_finite(x):
-            raise ValueError(f"{self.task}: the image contains NaN or infinite values")
+        own = keep or x.dtype != torch.float32 or (inplace and x.device.type == "cpu" and x.is_contiguous())
+        if not keep:
+            x = x.float() if x.is_floating_point() else x.float().div_(255.0 if x.dtype == torch.uint8 else 65535.0)
+            if not _all_finite(x):
+                raise ValueError(f"{self.task}: the image contains NaN or infinite values")
         hole = self._check_mask(mask, x)
         # refused before any work when it cannot fit (memory.MemoryLimitError, a ValueError)
-        memory.check(self.task, self.memory_estimate(x.shape, opts, inplace=own), h, w, n)
+        memory.check(self.task, self.memory_estimate(x.shape, opts, inplace=own, sample_bytes=x.element_size()),
+                     h, w, n)
         with torch.no_grad():
             work = self.restorer.prepare(x, hole, opts)
-            work.inplace = own
+            work.inplace, work.integers = own, keep
             y = self.restorer.network(work, opts) if work.net_input is not None else None
             out = self.restorer.finish(y, x, work, opts)
         extras: dict[str, Tensor] = {}
@@ -235,15 +258,16 @@ class Pipeline:
             out, extras = out
         who = type(self.restorer).__name__
         channels = 3 if self.restorer.colour_output else c
-        image = self._checked(out, (n, channels, h, w), who)
+        image = self._checked(out, (n, channels, h, w), who, x.dtype if keep else None)
         return Restored(image, {k: self._checked(v, (n, None, h, w), f"{who} [{k}]") for k, v in extras.items()})
 
     def memory_estimate(self, shape: Sequence[int], options: Options | None = None, *,
-                        inplace: bool = True) -> memory.Estimate:
-        """Memory restoring an N x C x H x W batch needs (`restore.memory.estimate`) with these options."""
+                        inplace: bool = True, sample_bytes: int = 4) -> memory.Estimate:
+        """Memory restoring an N x C x H x W batch needs (`restore.memory.estimate`) with these options;
+        ``sample_bytes`` 1 or 2: an integer image restored in place (`keeps_integers`)."""
         n, c, h, w = shape
         tile = int(getattr(options or self.options_type.create(), "tile", 0) or 0)
-        return memory.estimate(self.task, n, c, h, w, tile, inplace=inplace,
+        return memory.estimate(self.task, n, c, h, w, tile, inplace=inplace, sample_bytes=sample_bytes,
                                colour_output=self.restorer.colour_output,
                                model_channels=getattr(self.restorer, "model_channels", None))
 
@@ -265,11 +289,17 @@ class Pipeline:
         return mask > 0.5 if mask.is_floating_point() else mask != 0
 
     @staticmethod
-    def _checked(out: Any, shape: tuple[int | None, ...], who: str) -> Tensor:
+    def _checked(out: Any, shape: tuple[int | None, ...], who: str, integer: torch.dtype | None = None) -> Tensor:
+        """``out`` on the CPU as float32 clamped to [0, 1], or (``integer``) as that integer dtype, unchanged."""
         if not isinstance(out, Tensor) or out.dim() != 4:
             raise RuntimeError(f"{who} returned {type(out).__name__} {getattr(out, 'shape', '')}, expected NCHW")
         if any(want is not None and got != want for got, want in zip(out.shape, shape)):
             raise RuntimeError(f"{who} returned shape {tuple(out.shape)}, expected {shape}")
+        if integer is not None:
+            if out.dtype != integer:
+                raise RuntimeError(f"{who} returned {out.dtype} for a {integer} image restored in place")
+            out = out.detach().cpu()
+            return out if out.is_contiguous() else out.contiguous()
         if not _all_finite(out):
             raise RuntimeError(f"{who} produced NaN or infinite values")
         out = out.detach().to("cpu", torch.float32)
@@ -284,6 +314,7 @@ class Pipeline:
         output is RGB (an input's gray profile would mislabel it). With ``inplace`` (the default: the
         folder driver decodes each file for this call only) a lone image's tensor is overwritten with
         its result, so a huge photo exists once in memory; ``inplace=False`` leaves it as it was.
+        Images read as stored (uint8/uint16, `keeps_integers`) come back so, restored in place.
         """
         if not images:
             return []
@@ -294,7 +325,7 @@ class Pipeline:
         if masks is not None and any(m is not None for m in masks):
             batch_masks = [m if m.dim() == 3 else m[None] for m in masks]  # type: ignore[union-attr]
             mask = batch_masks[0][None] if len(batch_masks) == 1 else torch.stack(batch_masks)  # one: a view
-        restored = self.run(batch, mask, options, inplace=inplace, **values)
+        restored = self.run(batch, mask, options, inplace=inplace, integers=True, **values)
         results = []
         for i, im in enumerate(images):  # `run` gave each image its own channel count (colorize: RGB)
             icc = None if self.restorer.colour_output else im.icc_profile

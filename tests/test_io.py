@@ -458,7 +458,7 @@ def test_write_rounds_clamps_and_accepts_batch_of_one(tmp_path: Path) -> None:
     [
         (torch.rand(2, 4, 4), ValueError, "1 or 3 channels"),
         (torch.rand(2, 3, 4, 4), ValueError, "CHW or 1CHW"),
-        (torch.zeros(3, 4, 4, dtype=torch.uint8), ValueError, "float"),
+        (torch.zeros(3, 4, 4, dtype=torch.int32), ValueError, "float"),
         (torch.full((1, 2, 2), float("nan")), ValueError, "NaN"),
         (np.zeros((3, 4, 4), np.float32), TypeError, "torch.Tensor"),
     ],

@@ -229,3 +229,86 @@ def test_gamut_bisection_in_chunks_equals_one_pass(monkeypatch):
     monkeypatch.setattr(C, "BAND_PIXELS", 64 * 5)  # bands of 5 rows
     monkeypatch.setattr(C, "BISECT_PIXELS", 128)  # a chunk ends inside most bands
     assert torch.equal(C.lab_to_rgb_keep_l(L, ab), whole)
+
+
+def _inpainter(model_channels: int = 3) -> InpaintGenerator:
+    torch.manual_seed(0)
+    m = InpaintGenerator(in_channels=model_channels + 1, base_channels=8, dilations=(2,), prefill="pushpull").eval()
+    with torch.no_grad():  # a visible correction of the fill
+        m.refine.out.bias.fill_(0.05)
+    return m
+
+
+@pytest.mark.parametrize("channels,depth,model_channels,work", [
+    (3, 8, 3, 24), (1, 8, 3, 24), (3, 8, 1, 24), (3, 8, 3, 0), (3, 16, 3, 24), (1, 16, 3, 0)])
+def test_inpaint_of_stored_samples_writes_the_same_file(tmp_path, monkeypatch, channels, depth, model_channels, work):
+    """The command line inpaints the uint8/uint16 samples as read, in place: the file written is byte for byte
+    the one the float32 path writes (tiny bands everywhere, the last ones short), the known samples untouched."""
+    from restore.restorers import inpaint as inpaint_restorer
+
+    monkeypatch.setattr(inpaint_restorer, "BAND_ROWS", 6)
+    monkeypatch.setattr(rio, "WRITE_BAND_ROWS", 7)
+    rng = np.random.default_rng(channels * depth + work)
+    top = 2**depth - 1
+    samples = rng.integers(0, top + 1, (61, 83, channels)).astype(np.uint8 if depth == 8 else np.uint16)
+    src = tmp_path / "in.png"
+    rio.write_image(src, torch.from_numpy(samples.transpose(2, 0, 1).astype(np.float32) / top), bit_depth=depth)
+    hole = torch.from_numpy(rng.random((61, 83)) > 0.7)[None]
+    pipe = Pipeline(_inpainter(model_channels), {"name": "t"}, task="inpaint")
+    assert pipe.keeps_integers
+
+    old = rio.read_image(src)  # the float32 path: restore, then quantize when writing
+    rio.write_image(tmp_path / "old.png", pipe.run(old.image[None], hole[None], work_size=work, tile=0).image[0],
+                    bit_depth=depth)
+    stored = rio.read_image(src, integers=True)
+    assert stored.image.dtype == (torch.uint8 if depth == 8 else torch.uint16)
+    (new, _), = pipe.run_images([stored], [hole], pipe.options(work_size=work, tile=0))
+    assert new.image.dtype == stored.image.dtype and new.image.data_ptr() == stored.image.data_ptr()  # in place
+    rio.write_image(tmp_path / "new.png", new.image, bit_depth=new.bit_depth)
+    assert (tmp_path / "new.png").read_bytes() == (tmp_path / "old.png").read_bytes()
+    known = ~hole.expand(channels, -1, -1).numpy().transpose(1, 2, 0)
+    np.testing.assert_array_equal(new.image.numpy().transpose(1, 2, 0)[known], samples[known])
+    assert not np.array_equal(new.image.numpy().transpose(1, 2, 0)[~known], samples[~known])  # holes filled
+
+
+def test_only_a_task_that_keeps_integers_restores_them_in_place():
+    """Denoise converts uint8 to its own float copy as before; inpaint keeps it only when asked (the API's run)."""
+    x = torch.randint(0, 256, (1, 3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    hole = torch.zeros(1, 1, 40, 50, dtype=torch.bool)
+    hole[..., 10:20, 5:30] = True
+    denoise = Pipeline(_tiny_unet(3), {"name": "t"}, task="denoise")
+    assert not denoise.keeps_integers
+    assert denoise.run(x.clone(), inplace=True, integers=True).image.dtype == torch.float32
+    pipe = Pipeline(_inpainter(), {"name": "t"}, task="inpaint")
+    as_float = pipe.run(x, hole, work_size=16, tile=0, inplace=True).image  # not asked: float32, x untouched
+    assert as_float.dtype == torch.float32
+    kept = x.clone()
+    out = pipe.run(kept, hole, work_size=16, tile=0, inplace=True, integers=True).image
+    assert out.dtype == torch.uint8 and out.data_ptr() == kept.data_ptr()
+    assert torch.equal(out, as_float.mul(255).round().to(torch.uint8))
+    empty = pipe.run(x.clone(), torch.zeros_like(hole), inplace=True, integers=True).image  # nothing to fill
+    assert torch.equal(empty, x)
+    with pytest.raises(ValueError, match="float, uint8 or uint16"):
+        pipe.run(x.to(torch.int32), hole)
+
+
+def test_read_mask_as_bool_and_integer_samples_match_the_float_read(tmp_path):
+    rng = np.random.default_rng(3)
+    for name, array in (("m8.png", (rng.random((20, 30)) > 0.5).astype(np.uint8) * 255),
+                        ("m16.png", (rng.random((20, 30)) > 0.5).astype(np.uint16) * 65535)):
+        Image.fromarray(array).save(tmp_path / name)
+        as_float = rio.read_mask(tmp_path / name)
+        as_bool = rio.read_mask(tmp_path / name, torch.bool)
+        assert as_bool.dtype == torch.bool and torch.equal(as_bool, as_float > 0.5)
+        stored = rio.read_image(tmp_path / name, integers=True)
+        assert torch.equal(stored.image.to(torch.int32), torch.from_numpy(array.astype(np.int32))[None])
+
+
+def test_the_inpaint_estimate_counts_the_stored_samples():
+    """12000x12000 RGB inpaint on the command line (uint8 in place) fits the issue's 3 GB; as float32 it did not."""
+    stored = memory.estimate("inpaint", 1, 3, 12000, 12000, 512, sample_bytes=1)
+    as_float = memory.estimate("inpaint", 1, 3, 12000, 12000, 512)
+    assert as_float.image - stored.image == 12000 * 12000 * 3 * 3
+    assert stored.total < 3e9 < as_float.total
+    with pytest.raises(ValueError, match="sample_bytes"):
+        memory.estimate("inpaint", 1, 3, 10, 10, 0, sample_bytes=3)

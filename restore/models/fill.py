@@ -24,7 +24,17 @@ from torch import Tensor
 
 from restore.tiling import bilinear_rows
 
-__all__ = ["fill_impulses", "impulse_mask", "push_pull_fill", "push_pull_rows"]
+__all__ = ["fill_impulses", "float_rows", "impulse_mask", "push_pull_fill", "push_pull_rows"]
+
+
+def float_rows(x: Tensor, r0: int, r1: int) -> Tensor:
+    """Rows ``[r0, r1)`` of NCHW ``x`` as float: as they are, or uint8/uint16 samples scaled to [0, 1]
+    exactly as `restore.io.read_image` scales them, so an image kept as stored (a quarter of its float32
+    size) is converted only a band at a time."""
+    band = x[..., r0:r1, :]
+    if band.is_floating_point():
+        return band
+    return band.float().div_(255.0 if band.dtype == torch.uint8 else 65535.0)
 
 
 def impulse_mask(x: Tensor, tol: float = 0.5 / 255.0) -> Tensor:
@@ -78,10 +88,11 @@ def push_pull_fill(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
     hole = hole.bool()
     h, w = x.shape[-2:]
     if band_rows is not None or (h == 1 and w == 1):
-        out = add_to if add_to is not None else torch.zeros_like(x)
+        out = add_to if add_to is not None else torch.zeros_like(x, dtype=_float_type(x))
         for r0, r1, est in push_pull_rows(x, hole, smooth_iters, empty_value, band_rows=band_rows or 2):
             out[..., r0:r1, :].add_(est)
         return out
+    x = float_rows(x, 0, h)
     rows = h + h % 2  # even, so every band pools whole 2x2 windows (one band: the image, rounded up to even)
     half = _half_level(x, hole, smooth_iters, empty_value, rows)
     if half.device.type == "cpu":
@@ -100,12 +111,14 @@ def push_pull_rows(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
 
     Only the half-resolution estimate and a band (with its halo) are held, so the caller can use
     each band (add, composite) before the next is made. ``x``'s hole pixels are never read, so the
-    caller may write the fill into them as the bands come.
+    caller may write the fill into them as the bands come. ``x`` may hold uint8/uint16 samples
+    (`float_rows`: converted a band at a time); the fill is float.
     """
     hole = hole.bool()
     h, w = x.shape[-2:]
     if h == 1 and w == 1:  # a 1x1 image: known or empty
-        yield 0, 1, torch.where(hole.expand_as(x), torch.full_like(x, empty_value), x)
+        xf = float_rows(x, 0, 1)
+        yield 0, 1, torch.where(hole.expand_as(xf), torch.full_like(xf, empty_value), xf)
         return
     rows = max(2, int(band_rows) // 2 * 2)  # even, so every band pools whole 2x2 windows
     half = _half_level(x, hole, smooth_iters, empty_value, rows, banded=True)
@@ -114,7 +127,7 @@ def push_pull_rows(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
         a, b = max(0, r0 - smooth_iters), min(h, r1 + smooth_iters)
         band_hole = hole[..., a:b, :]
         up = bilinear_rows(half, (h, w), a, b)
-        est = _relax(torch.where(band_hole, up, x[..., a:b, :]), band_hole, smooth_iters)
+        est = _relax(torch.where(band_hole, up, float_rows(x, a, b)), band_hole, smooth_iters)
         yield r0, r1, est[..., r0 - a : r1 - a, :]
         del est, up
 
@@ -124,11 +137,12 @@ def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, 
     """The push's estimate at half resolution: pull to one pixel (the first halving ``rows`` rows at a time),
     push back up relaxing every level; ``banded``: the half level's push too (`_relax_in_bands`)."""
     n, c, h, w = x.shape
-    sums = x.new_empty(n, c, (h + 1) // 2, (w + 1) // 2)
-    weights = x.new_empty(n, 1, (h + 1) // 2, (w + 1) // 2)
+    dtype = _float_type(x)
+    sums = x.new_empty(n, c, (h + 1) // 2, (w + 1) // 2, dtype=dtype)
+    weights = x.new_empty(n, 1, (h + 1) // 2, (w + 1) // 2, dtype=dtype)
     for r0 in range(0, h, rows):
-        valid = (~hole[..., r0 : r0 + rows, :]).to(x.dtype)
-        sums[..., r0 // 2 : (r0 + rows) // 2, :] = F.avg_pool2d(x[..., r0 : r0 + rows, :] * valid, 2, ceil_mode=True)
+        valid = (~hole[..., r0 : r0 + rows, :]).to(dtype)
+        sums[..., r0 // 2 : (r0 + rows) // 2, :] = F.avg_pool2d(float_rows(x, r0, r0 + rows) * valid, 2, ceil_mode=True)
         weights[..., r0 // 2 : (r0 + rows) // 2, :] = F.avg_pool2d(valid, 2, ceil_mode=True)
         del valid
     levels = [(sums, weights)]
@@ -146,6 +160,10 @@ def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, 
         free = weights <= 0
         est = _relax(torch.where(free, up, sums / weights.clamp_min(1e-12)), free, smooth_iters)
     return est
+
+
+def _float_type(x: Tensor) -> torch.dtype:
+    return x.dtype if x.is_floating_point() else torch.float32
 
 
 def _relax_in_bands(coarse: Tensor, sums: Tensor, weights: Tensor, iters: int, rows: int) -> Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from restore.corrupt import freeform_mask, make_generator
-from restore.models.fill import push_pull_fill, push_pull_rows
+from restore.models.fill import float_rows, push_pull_fill, push_pull_rows
 from restore.options import PhotoOptions, option
 from restore.pipeline import Restorer, Work
 from restore.tasks.common import from_model_channels, to_model_channels
@@ -64,15 +64,17 @@ def downscale_known(x: Tensor, hole: Tensor, size: tuple[int, int]) -> tuple[Ten
 
     Area averaging is separable: each band of `BAND_ROWS` rows is narrowed first, then the narrow
     image is shortened, so no full-size product exists (equal to one 2-D pass up to rounding).
+    ``x`` may hold uint8/uint16 samples (converted a band at a time, `float_rows`).
     """
     n, c, h, _ = x.shape
+    dtype = x.dtype if x.is_floating_point() else torch.float32
     # preallocated: small results kept between the bands' temporaries would fragment the heap
-    nums = x.new_empty(n, c, h, size[1])
-    dens = x.new_empty(hole.shape[0], 1, h, size[1])
+    nums = x.new_empty(n, c, h, size[1], dtype=dtype)
+    dens = x.new_empty(hole.shape[0], 1, h, size[1], dtype=dtype)
     for r0 in range(0, h, BAND_ROWS):
         r1 = min(h, r0 + BAND_ROWS)
-        known = (~hole[..., r0:r1, :]).to(x.dtype)
-        nums[..., r0:r1, :] = F.interpolate(x[..., r0:r1, :] * known, size=(r1 - r0, size[1]), mode="area")
+        known = (~hole[..., r0:r1, :]).to(dtype)
+        nums[..., r0:r1, :] = F.interpolate(float_rows(x, r0, r1) * known, size=(r1 - r0, size[1]), mode="area")
         dens[..., r0:r1, :] = F.interpolate(known, size=(r1 - r0, size[1]), mode="area")
         del known
     num = F.interpolate(nums, size=size, mode="area")
@@ -88,6 +90,8 @@ class InpaintRestorer(Restorer):
     options_type = InpaintOptions
     commands = ("inpaint",)
     needs_mask = True
+    # only hole pixels change, computed in float row bands: a uint8/uint16 image is written in place
+    integer_inplace = True
 
     def __init__(self, model: Any, card: Any, device: Any) -> None:
         super().__init__(model, card, device)
@@ -111,8 +115,8 @@ class InpaintRestorer(Restorer):
         if scale < 1.0:
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             small, small_hole = downscale_known(feed, hmask, size)
-        else:
-            small, small_hole = feed, hmask
+        else:  # full resolution: the network sees the whole image (a float copy of integer samples)
+            small, small_hole = float_rows(feed, 0, h), hmask
         packed = torch.cat([small, small_hole.to(small.dtype)], dim=1)  # image and hole mirror/rotate together
         state = {"xd": xd, "hole": hd, "feed": feed, "hmask": hmask, "scale": scale}
         if scale < 1.0:
@@ -156,8 +160,11 @@ class InpaintRestorer(Restorer):
 
     def _composite(self, out: Tensor, fill: Tensor, hole: Tensor, r0: int, r1: int) -> None:
         """Rows [r0, r1) of ``out`` take ``fill`` (model channels, clamped here) where ``hole``: known pixels
-        stay the input's, bit-exact."""
+        stay the input's, bit-exact. Integer ``out`` (samples as stored) gets the fill rounded as
+        `restore.io.write_image` rounds a float image, so the file written is the same either way."""
         fill = from_model_channels(fill.clamp_(0, 1), out.shape[1], self.model_channels)
+        if not out.is_floating_point():
+            fill = fill.mul(255.0 if out.dtype == torch.uint8 else 65535.0).round_().to(out.dtype)
         band = out[..., r0:r1, :]
         band.copy_(torch.where(hole[..., r0:r1, :], fill, band))
 
