@@ -12,6 +12,9 @@ floor scores 0). With ``--weights``, the model is also checked against the
 issue-7 targets (``targets.json`` and a line per target in ``summary.md``):
 PSNR not below the grayscale baseline, a/b MAE at least 10% below the
 baseline's, and mean colorfulness at least 60% of the ground truth's mean.
+``worst.png`` shows the model's five worst images (gray input / output /
+truth per row): those where its PSNR falls furthest below the gray input's,
+so a reader sees where colorizing hurts, not only the first few photos.
 """
 
 from __future__ import annotations
@@ -87,6 +90,49 @@ def target_notes(result: dict) -> list[str]:
     ]
 
 
+#: rows of worst.png
+WORST_IMAGES = 5
+
+
+def worst_images(rows: list[dict], model: str, baseline: str = "grayscale", k: int = WORST_IMAGES) -> list[dict]:
+    """The ``k`` images where ``model``'s PSNR minus the ``baseline``'s is lowest (worst first).
+
+    Each entry: image, model and baseline PSNR, their difference, and both a/b MAEs. Ranking by the PSNR
+    gain over gray picks the photos where colorizing did most harm relative to not colorizing at all.
+    """
+    by: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by.setdefault(r["image"], {})[r["method"]] = r
+    ranked = []
+    for image, methods in by.items():
+        if model in methods and baseline in methods:
+            m, b = methods[model], methods[baseline]
+            ranked.append({"image": image, "psnr": m["psnr"], "psnr_gray": b["psnr"], "gain_db": m["psnr"] - b["psnr"],
+                           "ab_mae": m["ab_mae"], "ab_mae_gray": b["ab_mae"]})
+    if not ranked:
+        raise runner.EvalError(f"worst images: no image has rows for both {model!r} and {baseline!r}")
+    return sorted(ranked, key=lambda e: e["gain_db"])[:k]
+
+
+def worst_grid(args: argparse.Namespace, method: runner.Method, worst: list[dict]) -> list:
+    """Grid rows (gray input / output / truth) of the ``worst`` images, the model run again on each.
+
+    Keeping every output of the evaluation in memory to pick the worst later would hold the whole set;
+    running the model again on five photos costs seconds.
+    """
+    wanted = {e["image"]: e for e in worst}
+    found: dict[str, tuple] = {}
+    _, samples = runner.photo_samples(args, args.spec)
+    for s in samples:
+        if s.name in wanted:
+            out = sets.quantize8(method.fn(s.input, dict(s.info)).float())
+            e = wanted[s.name]
+            label = (f"{s.name}: PSNR {e['psnr']:.2f} dB (gray {e['psnr_gray']:.2f}), "
+                     f"a/b MAE {e['ab_mae']:.1f} (gray {e['ab_mae_gray']:.1f})")
+            found[s.name] = (label, [("gray input", s.input.clamp(0, 1)), (method.name, out), ("truth", s.target)])
+    return [found[e["image"]] for e in worst if e["image"] in found]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = runner.script_parser(__doc__, "colorize", "photos-eval", "gray")
     p.add_argument("--update-card", action="store_true",
@@ -150,11 +196,21 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"LPIPS not reported: {lp.reason}")
     model_names = [m.name for m in methods if m.kind == "model"]
     result = None
+    worst_rows: list = []
     if model_names and "grayscale" in {m.name for m in methods}:
         result = check_targets(rows, model_names[0])
         notes += target_notes(result)
         out.mkdir(parents=True, exist_ok=True)
         (out / "targets.json").write_text(json.dumps(result, indent=2) + "\n")
+        worst = worst_images(rows, model_names[0])
+        try:
+            worst_rows = worst_grid(args, next(m for m in methods if m.kind == "model"), worst)
+        except runner.USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        notes.append(f"worst.png: the {len(worst)} images where `{model_names[0]}`'s PSNR is furthest below the "
+                     "gray input's (gray input / output / truth): "
+                     + ", ".join(f"{e['image']} ({e['gain_db']:+.2f} dB)" for e in worst))
     report.write_metrics_csv(out / "metrics.csv", rows)
     report.write_summary_md(out / "summary.md", rows, title=f"Colorization: {args.set}",
                             metrics=["psnr", "ssim", "lpips", "sq_dist", "ab_mae", "colorfulness", "colorfulness_gt",
@@ -162,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                             labels={m.name: m.label for m in methods}, notes=notes, command=args.command)
     if grid:
         report.save_grid(out / "grid.png", grid)
+    if worst_rows:
+        report.save_grid(out / "worst.png", worst_rows)
     print((out / "summary.md").read_text())
     if args.update_card:
         try:

@@ -24,10 +24,21 @@ colorizer of this package has: ``model(l_norm)`` with ``l_norm = L/50 - 1``
 (N1HW, any H/W) returns ``ab/110`` (N2HW, same size, tanh range). The backbone
 weights are part of the state dict (the file is self-contained); the
 constructor builds them empty and `load_backbone` fills them for training.
+
+Two heads (issue 22 asks whether a confidence-aware output beats plain
+regression): ``head="regression"`` predicts a/b directly (trained with L1);
+``head="bins"`` is Zhang et al. 2016's: logits over the Q a/b cells of a
+10-unit grid that hold an sRGB colour (`gamut_bins`), trained with
+cross-entropy against soft-encoded targets, and decoded by the *annealed
+mean* (softmax of logits / T, T = 0.38, then the mean bin): between the mean
+(T = 1, greyish where colours are ambiguous) and the mode (T -> 0, saturated
+but blotchy). Both return the same a/b, so restoring needs no change.
+`bins_from_regression` starts a bins head from a trained regression head.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,12 +47,65 @@ from torch import Tensor
 from restore.models.blocks import ConvNormAct, ModelInputError, crop_padding, pad_to_multiple
 from restore.models.squeezenet import SqueezeNet, layer_channels, load_squeezenet, preprocess
 
-__all__ = ["SqueezeColorizer", "gray_of_lightness"]
+__all__ = ["HEADS", "SqueezeColorizer", "annealed_mean", "bins_from_regression", "gamut_bins", "gray_of_lightness"]
 
 #: Smallest side the backbone accepts (smaller inputs are padded, then cropped back).
 MIN_SIDE = 32
 #: Backbone features fused into the decoder, coarse to fine, and their strides.
 _TAPS = (("fire9", 16), ("fire5", 8), ("fire3", 4), ("conv1", 2))
+#: output heads: a/b directly, or Zhang et al.'s distribution over a/b bins
+HEADS = ("regression", "bins")
+#: the bins head's grid: cell side and extent (CIELAB units; Zhang et al. 2016 use 10 and +-110)
+BIN_STEP = 10.0
+BIN_LIMIT = 110.0
+#: a/b the network's outputs are divided by (the package's ``AB_SCALE``; kept here so the model stands alone)
+_AB_SCALE = 110.0
+#: Zhang et al.'s annealed-mean temperature
+ANNEAL_T = 0.38
+
+
+def gamut_bins(step: float = BIN_STEP, limit: float = BIN_LIMIT) -> Tensor:
+    """Centres (Q x 2, CIELAB a/b units) of the grid cells whose centre is an sRGB colour at some L.
+
+    Zhang et al. kept the 313 cells of a 10-unit grid that ImageNet's pixels
+    occupy; without ImageNet's pixels, this keeps the cells whose centre lies
+    in the sRGB gamut (D65) for at least one lightness in 0.5 .. 99.5 - the
+    colours an output can show. Computed in float64 with numpy (the same
+    values on every device, also when a model is built on the meta device).
+    """
+    if step <= 0 or limit < step:
+        raise ValueError(f"gamut_bins: need 0 < step <= limit, got step={step}, limit={limit}")
+    centres = np.arange(-np.floor(limit / step), np.floor(limit / step) + 1) * step
+    a, b = np.meshgrid(centres, centres, indexing="ij")
+    L = np.arange(0.5, 100.0, 0.5)[:, None, None]
+    fy = (L + 16.0) / 116.0
+    fx, fz = fy + a[None] / 500.0, fy - b[None] / 200.0
+
+    def finv(f: np.ndarray) -> np.ndarray:
+        return np.where(f > 6.0 / 29.0, f**3, 3.0 * (6.0 / 29.0) ** 2 * (f - 4.0 / 29.0))
+
+    x, y, z = 0.95047 * finv(fx), finv(fy) * np.ones_like(fx), 1.08883 * finv(fz)
+    rgb = np.stack([3.2404542 * x - 1.5371385 * y - 0.4985314 * z,
+                    -0.9692660 * x + 1.8760108 * y + 0.0415560 * z,
+                    0.0556434 * x - 0.2040259 * y + 1.0572252 * z])  # linear sRGB: 3 x L x A x B
+    inside = ((rgb >= 0.0) & (rgb <= 1.0)).all(axis=0).any(axis=0)
+    return torch.tensor(np.stack([a[inside], b[inside]], axis=1), dtype=torch.float32)
+
+
+def annealed_mean(logits: Tensor, bins: Tensor, temperature: float = ANNEAL_T) -> Tensor:
+    """Zhang et al.'s decoding: NQHW logits over Q bins (Q x 2) -> N2HW, the mean bin under softmax(logits / T).
+
+    T = 1 is the distribution's mean (desaturated where it is multimodal), T -> 0
+    its mode; Zhang et al. chose T = 0.38. Differentiable (training feeds it to
+    the adversarial and perceptual losses).
+    """
+    if logits.dim() != 4 or bins.dim() != 2 or bins.shape[1] != 2 or logits.shape[1] != bins.shape[0]:
+        raise ModelInputError(f"annealed_mean: expected NQHW logits and Q x 2 bins, got {tuple(logits.shape)} "
+                              f"and {tuple(bins.shape)}")
+    if not temperature > 0:
+        raise ModelInputError(f"annealed_mean: temperature must be > 0, got {temperature}")
+    p = torch.softmax(logits.float() / temperature, dim=1)
+    return torch.einsum("nqhw,qc->nchw", p, bins.float().to(p.device))
 
 
 def gray_of_lightness(l_norm: Tensor) -> Tensor:
@@ -60,16 +124,28 @@ class _Block(nn.Sequential):
 
 
 class SqueezeColorizer(nn.Module):
-    """L -> a/b with a frozen SqueezeNet 1.1 encoder; ``widths`` are the decoder's channels at /16, /8, /4, /2."""
+    """L -> a/b with a frozen SqueezeNet 1.1 encoder; ``widths`` are the decoder's channels at /16, /8, /4, /2.
+
+    ``head``: "regression" (a/b, tanh) or "bins" (logits over `gamut_bins`, decoded by the annealed mean
+    at ``anneal_t``; the bins are a buffer, in units of a/b / 110).
+    """
 
     multiple = 16
 
-    def __init__(self, widths: tuple[int, ...] | list[int] = (96, 64, 48, 32), global_fusion: bool = True) -> None:
+    def __init__(self, widths: tuple[int, ...] | list[int] = (96, 64, 48, 32), global_fusion: bool = True,
+                 head: str = "regression", anneal_t: float = ANNEAL_T) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) != 4 or min(widths) < 1:
             raise ValueError(f"SqueezeColorizer: widths must be 4 positive channel counts (/16 .. /2), got {widths}")
+        if head not in HEADS:
+            raise ValueError(f"SqueezeColorizer: head must be one of {', '.join(HEADS)}, got {head!r}")
+        if isinstance(anneal_t, bool) or not isinstance(anneal_t, (int, float)) or not anneal_t > 0:
+            raise ValueError(f"SqueezeColorizer: anneal_t must be a number > 0, got {anneal_t!r}")
+        self.head, self.anneal_t = head, float(anneal_t)
         self.config = {"widths": list(widths), "global_fusion": bool(global_fusion)}
+        if head != "regression":  # a regression model's config stays what cards written before heads recorded
+            self.config.update(head=head, anneal_t=self.anneal_t)
         self.backbone = SqueezeNet(upto="fire9")
         self.backbone.requires_grad_(False)
         self.proj = nn.ModuleDict({name: nn.Conv2d(layer_channels(name), w, 1)
@@ -82,7 +158,14 @@ class SqueezeColorizer(nn.Module):
         self.stem = nn.Sequential(ConvNormAct(1, 16, 3, stride=2, padding=1, act="leaky"),
                                   ConvNormAct(16, 16, 3, act="leaky"))
         self.final = ConvNormAct(widths[3] + 16, widths[3], 3, norm="group", act="leaky")
-        self.out = nn.Conv2d(widths[3], 2, 3, padding=1)
+        if head == "bins":
+            self.register_buffer("ab_bins", gamut_bins() / _AB_SCALE)
+        self.out = nn.Conv2d(widths[3], self.n_outputs, 3, padding=1)
+
+    @property
+    def n_outputs(self) -> int:
+        """Channels of the last convolution: 2 (a/b) or the number of bins."""
+        return 2 if self.head == "regression" else int(self.ab_bins.shape[0])
 
     def load_backbone(self, path: str | None = None) -> "SqueezeColorizer":
         """Fill the frozen encoder with the converted ImageNet weights (training; a card's file has them)."""
@@ -95,7 +178,11 @@ class SqueezeColorizer(nn.Module):
         self.backbone.eval()  # no dropout/BN in it, but keep the frozen part's mode fixed
         return self
 
-    def forward(self, l_norm: Tensor) -> Tensor:
+    def forward(self, l_norm: Tensor, return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """a/b / 110 (N2HW); with ``return_logits`` (bins head) also the bin logits at half resolution
+        (NQ(H/2)(W/2), the padding cropped to the nearest half pixel) that the cross-entropy is taken on."""
+        if return_logits and self.head != "bins":
+            raise ModelInputError("SqueezeColorizer: return_logits needs head='bins'")
         if l_norm.dim() != 4 or l_norm.shape[1] != 1:
             raise ModelInputError(f"SqueezeColorizer: expected normalised L as N1HW, got {tuple(l_norm.shape)}")
         x, pad = pad_to_multiple(l_norm, self.multiple)
@@ -118,5 +205,39 @@ class SqueezeColorizer(nn.Module):
             d = F.interpolate(d, scale_factor=2, mode="bilinear", align_corners=False)
             d = block(torch.cat([d, taps[name]], dim=1))
         d = self.final(torch.cat([d, self.stem(x)], dim=1))
-        ab = F.interpolate(self.out(d), scale_factor=2, mode="bilinear", align_corners=False)
-        return crop_padding(torch.tanh(ab), pad)
+        y = self.out(d)
+        if self.head == "regression":
+            return crop_padding(torch.tanh(F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)), pad)
+        ab = F.interpolate(annealed_mean(y, self.ab_bins, self.anneal_t).to(y.dtype), scale_factor=2,
+                           mode="bilinear", align_corners=False)
+        ab = crop_padding(ab, pad)
+        if return_logits:
+            return ab, crop_padding(y, tuple(p // 2 for p in pad))  # type: ignore[arg-type]
+        return ab
+
+
+@torch.no_grad()
+def bins_from_regression(model: SqueezeColorizer, anneal_t: float = ANNEAL_T) -> SqueezeColorizer:
+    """A bins-head colorizer that starts where a trained regression colorizer is.
+
+    Every layer but the last is copied. The last gives bin q the logit
+    ``(c_q . y - |c_q|^2 / 2) / s^2``, ``y`` being the regression head's
+    pre-tanh a/b and ``c_q`` the bin centre: softmax(logits / T) is then a
+    Gaussian over the bins centred on ``y`` with a standard deviation of one
+    bin (``s^2 T`` = step^2), so the annealed mean starts at about the
+    regression output (exactly, away from the gamut's edge and where tanh is
+    near linear) and training changes the decoding, not the starting point.
+    """
+    if not isinstance(model, SqueezeColorizer) or model.head != "regression":
+        raise ValueError("bins_from_regression: expected a SqueezeColorizer with head='regression'")
+    cfg = model.config
+    new = SqueezeColorizer(cfg["widths"], cfg["global_fusion"], head="bins", anneal_t=anneal_t)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("out.")}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"out.weight", "out.bias", "ab_bins"}:
+        raise ValueError(f"bins_from_regression: state mismatch (missing {missing}, unexpected {unexpected})")
+    bins = new.ab_bins.double()
+    s2 = (BIN_STEP / _AB_SCALE) ** 2 / new.anneal_t
+    new.out.weight.copy_(torch.einsum("qc,cihw->qihw", bins, model.out.weight.double()) / s2)
+    new.out.bias.copy_((bins @ model.out.bias.double() - 0.5 * (bins**2).sum(1)) / s2)
+    return new.to(model.out.weight.device).train(model.training)

@@ -31,7 +31,7 @@ from restore import io as rio
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
 from restore.losses import AdversarialLoss, PerceptualLoss, l1_loss
-from restore.models.colorizer import SqueezeColorizer
+from restore.models.colorizer import SqueezeColorizer, gamut_bins
 from restore.models.patchgan import PatchGAN
 from restore.models.unet import UNet
 from restore.tasks.common import (
@@ -52,6 +52,7 @@ __all__ = [
     "ColorizeTask",
     "PhotoCrops",
     "rgb_to_lab",
+    "soft_encode",
     "lab_to_rgb",
     "normalize_l",
     "denormalize_l",
@@ -281,6 +282,47 @@ def _bisect_chroma(flat_L: Tensor, flat_ab: Tensor, iterations: int, tol: float)
     return lab_to_rgb(lab, clip=False)[0, :, :, 0]
 
 
+# ============================================================================ bins head (Zhang et al. 2016)
+#: soft encoding of a target a/b over the bins: its nearest ``SOFT_NEIGHBOURS`` bin centres, Gaussian
+#: weights of standard deviation ``SOFT_SIGMA`` CIELAB units (Zhang et al.'s 5 and 5)
+SOFT_NEIGHBOURS = 5
+SOFT_SIGMA = 5.0
+
+
+def soft_encode(ab_norm: Tensor, bins: Tensor, neighbours: int = SOFT_NEIGHBOURS,
+                sigma: float = SOFT_SIGMA / AB_SCALE) -> Tensor:
+    """Normalised a/b (N2HW) -> target distributions over the Q bins (NQHW, each pixel summing to 1).
+
+    Zhang et al.'s soft encoding: a hard one-hot target would ignore that
+    neighbouring bins are nearly the same colour; each pixel's weight goes to
+    its ``neighbours`` nearest bin centres (``bins``, Q x 2, normalised units)
+    with Gaussian weights of std ``sigma``.
+    """
+    if ab_norm.dim() != 4 or ab_norm.shape[1] != 2 or bins.dim() != 2 or bins.shape[1] != 2:
+        raise ColorizeError(f"soft_encode: expected N2HW a/b and Q x 2 bins, got {tuple(ab_norm.shape)} and "
+                            f"{tuple(bins.shape)}")
+    k = min(int(neighbours), bins.shape[0])
+    if k < 1 or not sigma > 0:
+        raise ColorizeError(f"soft_encode: need neighbours >= 1 and sigma > 0, got {neighbours}, {sigma}")
+    ab = ab_norm.float()
+    c = bins.float().to(ab.device)
+    d2 = (ab[:, :1] - c[:, 0, None, None]) ** 2 + (ab[:, 1:] - c[:, 1, None, None]) ** 2  # NQHW
+    near, idx = d2.topk(k, dim=1, largest=False)
+    w = torch.softmax(-near / (2.0 * sigma**2), dim=1)  # Gaussian weights, normalised
+    return torch.zeros_like(d2).scatter_(1, idx, w)
+
+
+def bins_cross_entropy(logits: Tensor, ab_norm: Tensor, bins: Tensor) -> Tensor:
+    """Mean over pixels of the cross-entropy between the bin logits (NQhw) and the soft-encoded target a/b.
+
+    The target is area-downscaled to the logits' size first (the bins head predicts at half resolution).
+    """
+    if ab_norm.shape[-2:] != logits.shape[-2:]:
+        ab_norm = torch.nn.functional.interpolate(ab_norm.float(), size=logits.shape[-2:], mode="area")
+    target = soft_encode(ab_norm, bins)
+    return -(target * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
 # ============================================================================ data
 def _resize_short(arr: np.ndarray, short: int) -> np.ndarray:
     """Resize HxWxC so the shorter side is ``short`` (area when shrinking, cubic when enlarging)."""
@@ -425,7 +467,8 @@ GENERATOR_DEFAULTS: dict[str, Any] = {
     "init": "normal",
 }
 #: `restore.models.colorizer.SqueezeColorizer` (task.arch "squeeze-colorizer"): frozen ImageNet encoder, trainable decoder
-SQUEEZE_GENERATOR_DEFAULTS: dict[str, Any] = {"widths": [96, 64, 48, 32], "global_fusion": True}
+SQUEEZE_GENERATOR_DEFAULTS: dict[str, Any] = {"widths": [96, 64, 48, 32], "global_fusion": True,
+                                              "head": "regression"}
 #: generator architectures of task.arch
 GENERATOR_ARCHS = ("unet", "squeeze-colorizer")
 #: pix2pix 70x70 PatchGAN judging the (L, ab) pair
@@ -462,6 +505,7 @@ class ColorizeTask(Task):
                 "label_smoothing": 0.9,    # D's real target (None/null = off, or [low, high])
                 "arch": "unet",            # generator: unet (from scratch) | squeeze-colorizer (frozen ImageNet encoder)
                 "lambda_perceptual": 0.0,  # SqueezeNet perceptual loss on the colorized RGB (restore.losses)
+                "lambda_ce": 1.0,          # generator.head "bins": weight of the soft-encoded cross-entropy
                 "generator": {},           # overrides of GENERATOR_DEFAULTS (unet) / SQUEEZE_GENERATOR_DEFAULTS
                 "discriminator": {},       # PatchGAN overrides of DISCRIMINATOR_DEFAULTS
             },
@@ -489,7 +533,7 @@ class ColorizeTask(Task):
             raise ColorizeConfigError(f"task.max_work_side: {opts['max_work_side']} is below work_size {opts['work_size']}")
         if opts["arch"] not in GENERATOR_ARCHS:
             raise ColorizeConfigError(f"task.arch: must be one of {', '.join(GENERATOR_ARCHS)}, got {opts['arch']!r}")
-        for key in ("lambda_l1", "lambda_adv", "lambda_perceptual"):
+        for key in ("lambda_l1", "lambda_adv", "lambda_perceptual", "lambda_ce"):
             if not isinstance(opts[key], (int, float)) or isinstance(opts[key], bool) or opts[key] < 0:
                 raise ColorizeConfigError(f"task.{key}: must be a number >= 0, got {opts[key]!r}")
         if opts["arch"] == "squeeze-colorizer":
@@ -506,7 +550,11 @@ class ColorizeTask(Task):
             DISCRIMINATOR_DEFAULTS, opts["discriminator"], name="discriminator", error=ColorizeConfigError,
             cls=PatchGAN, fixed=("in_channels",),
         )
+        self.bins_head = opts["arch"] == "squeeze-colorizer" and opts["generator"].get("head") == "bins"
         super().__init__(opts)
+        if self.bins_head:
+            self.loss_names_G = (*self.loss_names_G, "ce")
+            self.ab_bins = gamut_bins() / AB_SCALE  # the model's buffer: the same function of the same grid
         sm = opts["label_smoothing"]
         sm = tuple(sm) if isinstance(sm, list) else sm
         try:
@@ -516,7 +564,7 @@ class ColorizeTask(Task):
         self.perceptual: nn.Module | None = None
         if opts["lambda_perceptual"] > 0:
             self.perceptual = PerceptualLoss(backbone="squeezenet")
-            self.loss_names_G = (*type(self).loss_names_G, "perceptual")
+            self.loss_names_G = (*self.loss_names_G, "perceptual")
 
     # ---- construction -------------------------------------------------------------
     def build_models(self) -> dict[str, nn.Module]:
@@ -549,6 +597,9 @@ class ColorizeTask(Task):
         return batch
 
     def forward(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
+        if self.bins_head and ctx.training:
+            ab, logits = G(batch["L"], return_logits=True)
+            return {"output": ab, "logits": logits}
         return {"output": G(batch["L"])}
 
     def pair(self, L: Tensor, ab: Tensor) -> Tensor:
@@ -568,6 +619,10 @@ class ColorizeTask(Task):
         else:
             adv = ab.sum() * 0.0
         terms = {"adv": self.options["lambda_adv"] * adv, "l1": self.options["lambda_l1"] * l1}
+        if self.bins_head:
+            if "logits" not in out:
+                raise ColorizeError("bins head: the generator's bin logits are missing (forward in training mode)")
+            terms["ce"] = self.options["lambda_ce"] * bins_cross_entropy(out["logits"], batch["ab"], self.ab_bins)
         if self.perceptual is not None:
             # what ImageNet features see of the colours: the RGB of the input's L with the predicted a/b
             rgb = model_to_rgb(batch["L"].float(), ab.float())
