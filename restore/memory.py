@@ -51,8 +51,9 @@ def estimate(task: str, n: int, channels: int, height: int, width: int, tile: in
     Python API keeps the caller's tensor). A colour result of a gray input (colorize) is one more
     full-size buffer; inpainting adds its hole mask (bool, and its samples as decoded: two bytes a
     pixel, three more for a gray network on colour, which fills each channel with its own copy) and
-    the pull-push fill's pyramid: the half-resolution level of the fed channels plus a weight
-    plane, in float32, and the coarser levels (a third more); its full-resolution steps are banded.
+    the pull-push fill's pyramid from quarter resolution down (the fed channels plus a weight plane
+    in float32, the coarser levels a third more) with the quarter level's push temporaries (about
+    four times that level); its half- and full-resolution steps are banded.
     """
     if sample_bytes not in (1, 2, 4):
         raise ValueError(f"sample_bytes must be 1, 2 or 4, got {sample_bytes!r}")
@@ -65,7 +66,8 @@ def estimate(task: str, n: int, channels: int, height: int, width: int, tile: in
         gray_on_colour = model_channels == 1 and channels == 3
         image += pixels * (5 if gray_on_colour else 2)
         planes = 3 * 2 if gray_on_colour else (model_channels or channels) + 1
-        image += pixels * planes * 4 // 3  # 4 bytes x a quarter of the pixels x (1 + 1/3)
+        quarter = 4 * pixels * planes // 16  # float32 at a sixteenth of the pixels
+        image += quarter * 4 // 3 + 4 * quarter
     rows = min(height, max(tile, 256)) if tile else height  # a tile row, or the bands of row-wise steps
     # the tile row's accumulator and its finished rows waiting to be written, in the widest channels
     working = 2 * 4 * n * rows * width * max(channels, out_channels, model_channels or 0)

@@ -312,3 +312,31 @@ def test_the_inpaint_estimate_counts_the_stored_samples():
     assert stored.total < 3e9 < as_float.total
     with pytest.raises(ValueError, match="sample_bytes"):
         memory.estimate("inpaint", 1, 3, 10, 10, 0, sample_bytes=3)
+
+
+def test_half_level_rows_pooled_again_equal_the_whole_level():
+    """push_pull_rows holds no half-resolution level: each band's rows are pooled again from the image and
+    relaxed with a halo, which gives the whole level's values bit for bit (its upscale too)."""
+    from restore.models import fill
+    from restore.tiling import bilinear_rows
+
+    g = torch.Generator().manual_seed(6)
+    for shape in ((1, 3, 61, 83), (2, 1, 40, 9), (1, 3, 6, 130)):
+        x = torch.rand(shape, generator=g)
+        hole = torch.rand(shape[0], 1, *shape[2:], generator=g) > 0.6
+        h, w = shape[-2:]
+        hole[..., h // 10 : h - h // 10, w // 8 : w - w // 8] = True  # a wide hole: a short halo would show
+        hh, hw = (h + 1) // 2, (w + 1) // 2
+        quarter = fill._quarter_level(x, hole, 16, 0.5, 8)
+        sums, weights = fill._pool_rows(x, hole, 0, h)
+        free = weights <= 0
+        whole = fill._relax(torch.where(free, bilinear_rows(quarter, (hh, hw), 0, hh), sums / weights.clamp_min(1e-12)),
+                            free, 16)
+        # the one-pass fill's half level (its upscale's weights are computed another way: up to rounding)
+        torch.testing.assert_close(fill._half_level(x, hole, 16, 0.5, 4), whole, atol=1e-6, rtol=0)
+        for lo, hi in ((0, hh), (0, 3), (2, 7), (hh - 4, hh), (hh // 2, hh // 2 + 1)):
+            assert torch.equal(fill._half_rows(x, hole, quarter, lo, hi, 16), whole[..., lo:hi, :]), (shape, lo, hi)
+        for a, b in ((0, h), (3, 20), (h - 5, h)):
+            lo, hi = fill._source_rows(hh, h, a, b)
+            part = fill._bilinear_part(whole[..., lo:hi, :], lo, hh, (h, w), a, b)
+            assert torch.equal(part, bilinear_rows(whole, (h, w), a, b))

@@ -109,10 +109,13 @@ def push_pull_rows(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
                    band_rows: int = 256) -> Iterator[tuple[int, int, Tensor]]:
     """`push_pull_fill`'s rows ``[r0, r1)``, ``band_rows`` at a time: yields ``(r0, r1, fill of those rows)``.
 
-    Only the half-resolution estimate and a band (with its halo) are held, so the caller can use
-    each band (add, composite) before the next is made. ``x``'s hole pixels are never read, so the
-    caller may write the fill into them as the bands come. ``x`` may hold uint8/uint16 samples
-    (`float_rows`: converted a band at a time); the fill is float.
+    Only the quarter-resolution estimate and a band (with its halo) are held, so the caller can use
+    each band (add, composite) before the next is made: the half-resolution level a band needs is
+    pooled again from its rows of ``x`` and relaxed with a halo (a sixth of a 12000x12000 image
+    less held; the half level's relaxation is repeated over the halos, a few percent more work).
+    ``x``'s hole pixels are never read, so the caller may write the fill into them as the bands
+    come. ``x`` may hold uint8/uint16 samples (`float_rows`: converted a band at a time); the fill
+    is float.
     """
     hole = hole.bool()
     h, w = x.shape[-2:]
@@ -121,30 +124,105 @@ def push_pull_rows(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
         yield 0, 1, torch.where(hole.expand_as(xf), torch.full_like(xf, empty_value), xf)
         return
     rows = max(2, int(band_rows) // 2 * 2)  # even, so every band pools whole 2x2 windows
-    half = _half_level(x, hole, smooth_iters, empty_value, rows, banded=True)
+    hh, hw = (h + 1) // 2, (w + 1) // 2
+    if hh == 1 and hw == 1:  # the half level is the pyramid's top: one pixel, not relaxed
+        half: Tensor | None = _half_level(x, hole, smooth_iters, empty_value, rows)
+        quarter = None
+    else:
+        half, quarter = None, _quarter_level(x, hole, smooth_iters, empty_value, rows)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         a, b = max(0, r0 - smooth_iters), min(h, r1 + smooth_iters)
         band_hole = hole[..., a:b, :]
-        up = bilinear_rows(half, (h, w), a, b)
+        lo, hi = _source_rows(hh, h, a, b)
+        part = half[..., lo:hi, :] if half is not None else _half_rows(x, hole, quarter, lo, hi, smooth_iters)
+        up = _bilinear_part(part, lo, hh, (h, w), a, b)
+        del part
         est = _relax(torch.where(band_hole, up, float_rows(x, a, b)), band_hole, smooth_iters)
         yield r0, r1, est[..., r0 - a : r1 - a, :]
         del est, up
 
 
-def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, rows: int,
-                banded: bool = False) -> Tensor:
+def _pool_rows(x: Tensor, hole: Tensor, r0: int, r1: int) -> tuple[Tensor, Tensor]:
+    """Half-resolution known-weighted sums and weights of rows ``[r0, r1)`` (``r0`` even): rows
+    ``[r0 // 2, ceil(r1 / 2))`` of the pull's first level, whatever band they are computed in."""
+    valid = (~hole[..., r0:r1, :]).to(_float_type(x))
+    sums = F.avg_pool2d(float_rows(x, r0, r1) * valid, 2, ceil_mode=True)
+    return sums, F.avg_pool2d(valid, 2, ceil_mode=True)
+
+
+def _quarter_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, rows: int) -> Tensor:
+    """The push's estimate at quarter resolution, the one `_half_level` pushes its half level from (the
+    half level is not held: pulled ``rows`` rows at a time and pooled again at once)."""
+    n, c, h, w = x.shape
+    dtype = _float_type(x)
+    rows = max(4, (rows + 3) // 4 * 4)  # a multiple of 4: whole 2x2 windows on both levels
+    qh, qw = (h + 3) // 4, (w + 3) // 4
+    sums = x.new_empty(n, c, qh, qw, dtype=dtype)
+    weights = x.new_empty(n, 1, qh, qw, dtype=dtype)
+    for r0 in range(0, h, rows):
+        half_sums, half_weights = _pool_rows(x, hole, r0, r0 + rows)
+        sums[..., r0 // 4 : (r0 + rows) // 4, :] = F.avg_pool2d(half_sums, 2, ceil_mode=True)
+        weights[..., r0 // 4 : (r0 + rows) // 4, :] = F.avg_pool2d(half_weights, 2, ceil_mode=True)
+        del half_sums, half_weights
+    return _push(sums, weights, smooth_iters, empty_value)
+
+
+def _half_rows(x: Tensor, hole: Tensor, quarter: Tensor, lo: int, hi: int, iters: int) -> Tensor:
+    """Rows ``[lo, hi)`` of the half-resolution estimate: pooled from ``x`` with ``iters`` rows of halo
+    and relaxed from ``quarter`` upscaled (the values of `_relax_in_bands` over the whole level)."""
+    h, w = x.shape[-2:]
+    hh, hw = (h + 1) // 2, (w + 1) // 2
+    a, b = max(0, lo - iters), min(hh, hi + iters)
+    sums, weights = _pool_rows(x, hole, 2 * a, min(h, 2 * b))
+    free = weights <= 0
+    est = _relax(torch.where(free, bilinear_rows(quarter, (hh, hw), a, b), sums / weights.clamp_min(1e-12)),
+                 free, iters)
+    return est[..., lo - a : hi - a, :]
+
+
+def _source_rows(small_height: int, height: int, r0: int, r1: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of a ``small_height``-row image that its bilinear upscale's rows ``[r0, r1)`` read
+    (`restore.tiling.bilinear_rows`' formula)."""
+    i0, i1 = _bilinear_index(small_height, height, r0, r1)[:2]
+    return int(i0.min()), int(i1.max()) + 1
+
+
+def _bilinear_index(small_height: int, height: int, r0: int, r1: int) -> tuple[Tensor, Tensor, Tensor]:
+    scale = torch.tensor(small_height / height, dtype=torch.float32)
+    src = ((torch.arange(r0, r1, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min_(0.0)
+    i0 = src.long().clamp_max_(small_height - 1)
+    i1 = torch.where(i0 < small_height - 1, i0 + 1, i0)
+    return i0, i1, (src - i0.float()).clamp_(0.0, 1.0)
+
+
+def _bilinear_part(part: Tensor, top: int, small_height: int, size: tuple[int, int], r0: int, r1: int) -> Tensor:
+    """`restore.tiling.bilinear_rows` of a ``small_height``-row image of which only ``part``, its rows from
+    ``top`` on (at least `_source_rows`), is given: the same values, bit for bit."""
+    i0, i1, l1 = _bilinear_index(small_height, size[0], r0, r1)
+    lo, hi = int(i0.min()), int(i1.max()) + 1
+    wide = F.interpolate(part[..., lo - top : hi - top, :], size=(hi - lo, size[1]), mode="bilinear",
+                         align_corners=False)
+    i0, i1, l1 = (i0 - lo).to(part.device), (i1 - lo).to(part.device), l1.to(part.device)[:, None]
+    return wide[..., i0, :] * (1.0 - l1) + wide[..., i1, :] * l1
+
+
+def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, rows: int) -> Tensor:
     """The push's estimate at half resolution: pull to one pixel (the first halving ``rows`` rows at a time),
-    push back up relaxing every level; ``banded``: the half level's push too (`_relax_in_bands`)."""
+    push back up relaxing every level."""
     n, c, h, w = x.shape
     dtype = _float_type(x)
     sums = x.new_empty(n, c, (h + 1) // 2, (w + 1) // 2, dtype=dtype)
     weights = x.new_empty(n, 1, (h + 1) // 2, (w + 1) // 2, dtype=dtype)
     for r0 in range(0, h, rows):
-        valid = (~hole[..., r0 : r0 + rows, :]).to(dtype)
-        sums[..., r0 // 2 : (r0 + rows) // 2, :] = F.avg_pool2d(float_rows(x, r0, r0 + rows) * valid, 2, ceil_mode=True)
-        weights[..., r0 // 2 : (r0 + rows) // 2, :] = F.avg_pool2d(valid, 2, ceil_mode=True)
-        del valid
+        sums[..., r0 // 2 : (r0 + rows) // 2, :], weights[..., r0 // 2 : (r0 + rows) // 2, :] = _pool_rows(
+            x, hole, r0, r0 + rows)
+    return _push(sums, weights, smooth_iters, empty_value)
+
+
+def _push(sums: Tensor, weights: Tensor, smooth_iters: int, empty_value: float) -> Tensor:
+    """Pull ``sums``/``weights`` (a pyramid level) down to one pixel, then push back up to their resolution,
+    relaxing every level."""
     levels = [(sums, weights)]
     while sums.shape[-2] > 1 or sums.shape[-1] > 1:
         sums = F.avg_pool2d(sums, 2, ceil_mode=True)
@@ -154,8 +232,6 @@ def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, 
     est = torch.where(weights > 0, sums / weights.clamp_min(1e-12), torch.full_like(sums, empty_value))
     for k in range(len(levels) - 2, -1, -1):
         sums, weights = levels[k]
-        if k == 0 and banded:
-            return _relax_in_bands(est, sums, weights, smooth_iters, max(1, rows // 2))
         up = F.interpolate(est, size=sums.shape[-2:], mode="bilinear", align_corners=False)
         free = weights <= 0
         est = _relax(torch.where(free, up, sums / weights.clamp_min(1e-12)), free, smooth_iters)
@@ -164,31 +240,6 @@ def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, 
 
 def _float_type(x: Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else torch.float32
-
-
-def _relax_in_bands(coarse: Tensor, sums: Tensor, weights: Tensor, iters: int, rows: int) -> Tensor:
-    """One push level in row bands, written over ``sums`` (returned): the estimate from ``coarse`` (upscaled band
-    by band) where ``weights`` is 0, else ``sums / weights``, relaxed ``iters`` steps with ``iters`` rows of halo.
-
-    Its temporaries are a band's instead of several copies of the level (gigabytes at 100 megapixels). The
-    rows of ``sums`` a band's halo reads after the band above overwrote them are kept from before."""
-    h, w = sums.shape[-2:]
-    kept: Tensor | None = None  # the original rows [a, r0) of the next band's halo
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        a, b = max(0, r0 - iters), min(h, r1 + iters)
-        band = sums[..., a:b, :].clone()
-        if kept is not None:
-            band[..., : r0 - a, :] = kept
-        band_w = weights[..., a:b, :]
-        free = band_w <= 0
-        est = _relax(torch.where(free, bilinear_rows(coarse, (h, w), a, b), band / band_w.clamp_min(1e-12)),
-                     free, iters)
-        s0 = max(0, r1 - iters)
-        kept = band[..., s0 - a : r1 - a, :]
-        sums[..., r0:r1, :] = est[..., r0 - a : r1 - a, :]
-        del est, free
-    return sums
 
 
 def _relax(est: Tensor, free: Tensor, iters: int) -> Tensor:
