@@ -210,9 +210,9 @@ class Pipeline:
 
     @property
     def keeps_integers(self) -> bool:
-        """True when this task restores uint8/uint16 images in place (`Restorer.integer_inplace`): the
-        command line then reads files as stored (`restore.io.read_image` with ``integers=True``)."""
-        return self.restorer.integer_inplace
+        """True when this task restores uint8/uint16 images in place (`Restorer.integer_inplace`, on the
+        CPU): the command line then reads files as stored (`restore.io.read_image` with ``integers=True``)."""
+        return self.restorer.integer_inplace and self.restorer.device.type == "cpu"
 
     def run(self, x: Tensor, mask: Tensor | None = None, options: Options | None = None, *, inplace: bool = False,
             integers: bool = False, **values: Any) -> Restored:
@@ -237,7 +237,7 @@ class Pipeline:
         if not x.is_floating_point() and x.dtype not in (torch.uint8, torch.uint16):
             raise ValueError(f"{self.task}: expected a float, uint8 or uint16 image, got {x.dtype}")
         keep = (integers and inplace and self.keeps_integers and not x.is_floating_point()
-                and x.device.type == "cpu" and x.is_contiguous() and self.restorer.device.type == "cpu")
+                and x.device.type == "cpu" and x.is_contiguous())
         # a converted copy is the pipeline's own, free to overwrite
         own = keep or x.dtype != torch.float32 or (inplace and x.device.type == "cpu" and x.is_contiguous())
         if not keep:
