@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from restore.graphs import to_temporary_onnx
 from restore.options import OptionError
 
 __all__ = ["BACKENDS", "ExportedModel", "load"]
@@ -113,8 +114,6 @@ class ExportedModel(nn.Module):
             import onnx  # noqa: F401 - the exporter's dependency, checked here for a clear message
         except ImportError as e:
             raise OptionError(f"the onnxruntime backend {_MISSING}") from e
-        from restore.export import to_temporary_onnx
-
         return cls.from_onnx(to_temporary_onnx(model, card), threads)
 
     def __repr__(self) -> str:

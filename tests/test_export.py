@@ -17,6 +17,7 @@ from PIL import Image
 
 import restore
 from restore import export as E
+from restore import graphs as G
 from restore.backends import ExportedModel
 from restore.cli import main
 
@@ -123,9 +124,9 @@ def test_noise_conditioned_denoiser_exports_with_its_sigma_input(tmp_path: Path)
     model = CondUNet(3, base_channels=4, depth=2, convs_per_level=0).eval()
     torch.nn.init.normal_(model.unet._last_conv().weight, std=0.05)
     card = {"task": "denoise", "name": "tiny-cond", "corruption": "gaussian:sigma=25"}
-    graph = E.graph_of(model, card)
+    graph = G.graph_of(model, card)
     assert graph.inputs == ("image", "sigma")
-    path = E.save_graph(graph, "onnx", tmp_path / "c.onnx", E.metadata(card, graph, model))
+    path = G.save_graph(graph, "onnx", tmp_path / "c.onnx", G.metadata(card, graph, model))
     exported = ExportedModel.from_file(path)
     assert exported.noise_conditioned and exported.multiple == model.multiple
     reference, ours = Pipeline(model, card), Pipeline(exported, card)
