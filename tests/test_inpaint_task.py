@@ -140,6 +140,30 @@ def test_shipped_squeezenet_backbone_is_the_default_and_sees_the_hole():
     assert float(wrong["perc"]) > 1e-2 and float(wrong["style"]) > 1e-3
 
 
+def test_residual_init_starts_near_the_fill_with_live_gradients():
+    """residual_init > 0: the untrained model stays near the pull-push fill, and every layer gets a gradient
+    (with zero output convs, the default, the layers before them get none)."""
+    from restore.models.fill import push_pull_fill
+
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 6:20] = 1.0
+    fill = push_pull_fill(x, mask > 0.5)
+    grads = {}
+    for init in (0.0, 0.1):
+        torch.manual_seed(0)
+        g = InpaintGenerator(in_channels=4, prefill="pushpull", residual_init=init, **TINY_G)
+        out = g(x, mask)
+        gap = float((out["refined"] - fill).abs().max())
+        assert (gap == 0.0) if init == 0 else (0 < gap < 0.05)
+        out["refined"].sub(x).abs().mean().backward()
+        grads[init] = float(g.refine.encoder[0].conv.weight.grad.abs().sum())
+        assert ("residual_init" in g.config) == (init > 0)
+    assert grads[0.0] == 0.0 and grads[0.1] > 0.0
+    with pytest.raises(InpaintConfigError, match="residual_init"):
+        tiny_task(generator={**TINY_G, "residual_init": 2.0}).build_models()
+
+
 def test_unknown_backbone_is_a_config_error():
     with pytest.raises(InpaintConfigError, match="backbone"):
         tiny_task(backbone="alexnet")
