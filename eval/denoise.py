@@ -8,6 +8,7 @@ Examples::
     python eval/denoise.py --weights denoise-gaussian --sigmas 15,25,50 --update-card
     python eval/denoise.py --weights denoise-gaussian,denoise-gaussian-l1 --spec gaussian:sigma=25
     python eval/denoise.py --weights denoise-fmnist --set fashion-mnist-test --spec gaussian:sigma=114.75
+    python eval/denoise.py --weights denoise-gaussian-cond-l1 --fit-strength --set photos-train --update-card
 
 Writes ``metrics.csv`` (per image and method), ``summary.md`` (mean PSNR / SSIM /
 LPIPS when its weights exist, seconds per image, command, commit) and
@@ -20,6 +21,15 @@ fashion-mnist-test`` scores all 10,000 test images with the protocol of
 ``eval/vae_metrics.py`` (the whole split corrupted once by
 ``restore.corrupt.apply(images, spec, seed)``, float inputs and outputs), so
 the figures compare directly with the denoising VAE's.
+
+``--fit-strength`` (a noise-conditioned model, TRAINING photos only) measures the
+strength gate of `restore.restorers.denoise.StrengthGate`: for each sigma of
+``--sigmas`` (default 1-60), the gain g of the network's change
+``f(x, sigma) - x`` that maximises the mean PSNR over the photos (inputs as
+the default protocol makes them, base seed 1234), made non-decreasing in sigma,
+with g(0) = 0 and at most 1 (the gate only lightens; where g is 1 the figures
+are the network's own). ``--update-card`` writes the table into the card's
+``denoise_strength``, where every restore (CLI, API, app, this script) reads it.
 """
 
 from __future__ import annotations
@@ -40,10 +50,11 @@ from eval import baselines as B  # noqa: E402
 from eval import report, runner, sets  # noqa: E402
 from restore import corrupt  # noqa: E402
 from restore import weights as W  # noqa: E402
+from restore.io import atomic_output  # noqa: E402
 from restore.metrics import psnr, ssim  # noqa: E402
 from restore.noise import estimate_sigma  # noqa: E402
 from restore.pipeline import Pipeline  # noqa: E402
-from restore.tiling import self_ensemble  # noqa: E402
+from restore.restorers.denoise import STRENGTH_KEY, StrengthGate  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what a noise-conditioned model is given: the true sigma (non-blind, as CBM3D and FFDNet; "
                         "default) or restore.noise.estimate_sigma's estimate of each image (blind, '--sigma auto'; "
                         "the method is named MODEL@auto and its card entry SET/SPEC/sigma=auto)")
+    p.add_argument("--fit-strength", action="store_true",
+                   help="measure a noise-conditioned model's strength gate g(sigma) on TRAINING photos (--set "
+                        "photos-train); with --update-card write it into the card (key denoise_strength)")
     return p
 
 
@@ -73,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.baselines_only and not args.weights:
         p.error("give --weights NAME|FILE[,NAME...], or --baselines-only to score the classical baselines alone")
     runner.check_update_card(p, args)
+    if args.fit_strength:
+        try:
+            return fit_strength(args)
+        except runner.USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     try:
         specs = _specs(args)
         weights = [w.strip() for w in args.weights.split(",") if w.strip()] if args.weights else []
@@ -104,28 +124,116 @@ def _model_method(args: argparse.Namespace, weights: str) -> runner.Method:
 
 
 def _conditioned_method(weights: str, level: str, device: str, ensemble: str) -> runner.Method:
-    """``model(x, sigma)`` on the whole photo, sigma = the true one (``info['sigma']``) or the estimate."""
+    """The whole photo through the restore pipeline (``tile=0``) with ``sigma`` = the true one
+    (``info['sigma']``) or ``auto``: the restorer's sigma, noise floor and strength gate, as every
+    restore gets them (one place: `restore.restorers.denoise.DenoiseRestorer.noise_levels`)."""
     try:
         model, card = W.load(weights, device=device)
-    except (W.WeightsError, FileNotFoundError) as e:
+        pipeline = Pipeline(model, card, device=device)
+        options = pipeline.options(tile=0, ensemble=ensemble)
+    except (W.WeightsError, FileNotFoundError, ValueError) as e:
         raise runner.EvalError(f"--weights {weights}: {e}") from e
-    model.eval()
 
-    @torch.no_grad()
     def run(x: torch.Tensor, info: dict) -> torch.Tensor:
-        x = x.to(device)[None]
         if level == "true":
             if info.get("sigma") is None:
                 raise runner.EvalError(f"{weights}: --noise-level true needs a Gaussian spec (the true sigma)")
-            sigma = torch.tensor([float(info["sigma"]) / 255.0], device=device)
+            opts = options.replace(sigma=repr(float(info["sigma"])))
         else:
-            sigma = estimate_sigma(x)
-        return self_ensemble(lambda u: model(u, sigma), x, ensemble)[0].clamp(0, 1).float().cpu()
+            opts = options.replace(sigma="auto")
+        return pipeline.run(x[None], options=opts).image[0]
 
     name = (card.get("name") or Path(weights).stem) + ("" if level == "true" else "@auto")
     name += "" if ensemble == "none" else f"+{ensemble}"
     given = "true sigma" if level == "true" else "estimated sigma"
     return runner.Method(name, f"{name} (model, {given})", run, kind="model")
+
+
+#: sigmas (0-255) the strength gate is measured at; g(0) = 0 by definition
+FIT_SIGMAS = (1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0)
+#: base seed of the training photos' noisy inputs (as eval/noise_estimate.py --fit: never the eval seed)
+FIT_SEED = 1234
+#: gains searched (the PSNR of each image is a closed form in g, so a fine grid costs nothing)
+FIT_GAINS = torch.linspace(0.0, 1.5, 301, dtype=torch.float64)
+
+
+def best_gain(stats: list[tuple[float, float, float, int]]) -> tuple[float, float, float, float]:
+    """The gain g maximising the mean PSNR of ``x + g * r`` over images with per-image sums
+    (||x - t||^2, <r, t - x>, ||r||^2, pixels); returns (g, mean PSNR of x, of g = 1, of g)."""
+    if not stats:
+        raise runner.EvalError("--fit-strength: no images")
+    a, b, c, n = (torch.tensor([s[i] for s in stats], dtype=torch.float64) for i in range(4))
+
+    def mean_psnr(g: torch.Tensor) -> torch.Tensor:  # g (G,) -> (G,)
+        mse = (a[None] - 2 * g[:, None] * b[None] + g[:, None] ** 2 * c[None]).clamp_min(1e-20) / n[None]
+        return (-10 * torch.log10(mse)).mean(dim=1)
+
+    scores = mean_psnr(FIT_GAINS)
+    k = int(scores.argmax())
+    ref = mean_psnr(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    return float(FIT_GAINS[k]), float(ref[0]), float(ref[1]), float(scores[k])
+
+
+def fit_strength(args: argparse.Namespace) -> int:
+    """Measure (and with --update-card record) the strength gate of one noise-conditioned model."""
+    if args.set not in sets.PHOTO_SETS or not args.set.startswith("photos-train"):
+        raise sets.SetError(f"--fit-strength calibrates on training photos only (--set photos-train or "
+                            f"photos-train-plus), not {args.set!r}: held-out photos must stay unseen")
+    names = [w.strip() for w in (args.weights or "").split(",") if w.strip()]
+    if len(names) != 1:
+        raise runner.EvalError("--fit-strength takes one --weights model")
+    try:
+        model, card = W.load(names[0], device=args.device)
+    except (W.WeightsError, FileNotFoundError) as e:
+        raise runner.EvalError(f"--weights {names[0]}: {e}") from e
+    if not getattr(model, "noise_conditioned", False):
+        raise runner.EvalError(f"--weights {names[0]}: not a noise-conditioned model (no sigma input to gate)")
+    model.eval()
+    sigmas = [float(spec.split("=", 1)[1]) for spec in _specs(args)] if args.sigmas else list(FIT_SIGMAS)
+    if any(v <= 0 for v in sigmas):
+        raise sets.SetError("--fit-strength: sigmas must be > 0 (g(0) = 0 by definition)")
+    photos = list(sets.iter_photos(args.set, limit=args.limit))
+    rows = []
+    for s in sorted(sigmas):
+        stats = []
+        for ph in photos:
+            sample = sets.degrade(ph.name, ph.image, f"gaussian:sigma={s:g}", FIT_SEED, cache=False,
+                                  set_name=args.set)
+            x, t = sample.input[None].to(args.device), ph.image[None].to(args.device)
+            with torch.no_grad():
+                r = model(x, torch.tensor([s / 255.0], device=args.device)).float() - x
+            e = (t - x).double()
+            stats.append((float((e * e).sum()), float((r.double() * e).sum()), float((r.double() ** 2).sum()),
+                          x.numel()))
+        g, p_in, p_one, p_best = best_gain(stats)
+        rows.append({"sigma": s, "best": g, "psnr_input": p_in, "psnr_g1": p_one, "psnr_best": p_best})
+        if not args.quiet:
+            print(f"sigma {s:g}: best g {g:.3f} (PSNR input {p_in:.2f}, g=1 {p_one:.2f}, best {p_best:.2f})",
+                  file=sys.stderr)
+    gains, top = [], 0.0
+    for row in rows:  # non-decreasing (a lower sigma never denoises more) and at most 1 (the network's own
+        top = min(1.0, max(top, row["best"]))  # output): past the first sigma whose best g reaches 1, g = 1
+        gains.append(round(top, 3))
+    table = {"sigma": [0.0] + [r["sigma"] for r in rows], "gain": [0.0] + gains,
+             "best_gain": [0.0] + [round(r["best"], 3) for r in rows],
+             "train_psnr": {"input": [round(r["psnr_input"], 3) for r in rows],
+                            "gain_1": [round(r["psnr_g1"], 3) for r in rows],
+                            "best": [round(r["psnr_best"], 3) for r in rows]},
+             "data": args.set, "images": len(photos), "seed": FIT_SEED,
+             "command": args.command, "commit": args.commit}
+    StrengthGate(tuple(table["sigma"]), tuple(table["gain"]))  # the table the restorer will accept
+    lines = ["| sigma | gain g | best g | train PSNR input | g = 1 | best g |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['sigma']:g} | {g:.3f} | {r['best']:.3f} | {r['psnr_input']:.2f} | {r['psnr_g1']:.2f} | "
+              f"{r['psnr_best']:.2f} |" for r, g in zip(rows, gains)]
+    print("\n".join(lines))
+    if args.update_card:
+        path = W.card_path(names[0])
+        card = json.loads(path.read_text(encoding="utf-8"))
+        card[STRENGTH_KEY] = table
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"updated {path}: {STRENGTH_KEY}", file=sys.stderr)
+    return 0
 
 
 def _specs(args: argparse.Namespace) -> list[str]:
@@ -271,6 +379,11 @@ def _update_cards(args: argparse.Namespace, spec: str, rows: list[dict], models:
         entry = {**figures(summary[m.name]), "images": images, "seed": args.seed,
                  "baselines": {name: figures(s) for name, s in summary.items() if name != m.name},
                  "report": str(out), "command": command, "commit": commit}
+        exact = [r["psnr"] for r in rows if r["method"] == m.name and math.isinf(float(r["psnr"]))]
+        if exact:  # outputs equal to the clean photo (a clean input returned unchanged): the mean is inf
+            finite = [float(r["psnr"]) for r in rows if r["method"] == m.name and math.isfinite(float(r["psnr"]))]
+            entry["images_exact"] = len(exact)
+            entry["psnr_others"] = round(sum(finite) / len(finite), 4) if finite else None
         old = (card.get("metrics") or {}).get(key)
         if isinstance(old, dict) and old.get("images") == images and old.get("seed") == args.seed:
             # same inputs (set, spec, seed, images): keep baselines scored by an earlier run, e.g. CBM3D

@@ -16,12 +16,16 @@ estimates (``estimates.csv``) to ``--out`` (default
 ``--fit`` measures the raw (uncalibrated) PCA estimate on the TRAINING photos
 (``photos-train``, never the held-out ones) over sigma 0-60 and prints the
 table ``restore/noise.py`` maps estimates through (clipping at 0 and 1 lowers
-the noise's std; a photo's own fine texture raises a clean photo's estimate).
+the noise's std; a photo's own fine texture raises a clean photo's estimate),
+then the noise floor: the largest calibrated estimate of a clean photo over ALL
+the training photos (``--limit`` bounds the table's photos only), which
+``restore.noise.NOISE_FLOOR`` records.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import sys
 import time
 from pathlib import Path
@@ -31,7 +35,7 @@ if __package__ in (None, ""):
 
 from eval import report, sets  # noqa: E402
 from eval.common import eval_parser  # noqa: E402
-from restore.noise import estimate_sigma  # noqa: E402
+from restore.noise import NOISE_FLOOR, estimate_sigma  # noqa: E402
 
 #: restore.noise's methods; pca-raw is the PCA estimate before the calibration table
 ESTIMATORS = ("pca", "pca-raw", "mad")
@@ -107,6 +111,13 @@ def _fit(limit: int | None) -> int:
         print(f"sigma {s:g}: mean raw estimate {pairs[-1][0]:.3f} over {len(photos)} photos", file=sys.stderr)
     print("_CALIBRATION: tuple[tuple[float, float], ...] = (  # (raw estimate, true sigma), 0-255 scale")
     print("    " + ", ".join(f"({e}, {s:g})" for e, s in pairs) + ",\n)")
+    clean = {ph.name: float(estimate_sigma(sets.degrade(ph.name, ph.image, "gaussian:sigma=0", 1234, cache=False,
+                                                        set_name="photos-train").input[None])[0]) * 255
+             for ph in sets.iter_photos("photos-train")}
+    worst = max(clean, key=clean.__getitem__)
+    print(f"clean training photos: calibrated estimates {min(clean.values()):.2f}-{clean[worst]:.2f} "
+          f"(largest: {worst}; {len(clean)} photos; with the table restore/noise.py has now)", file=sys.stderr)
+    print(f"NOISE_FLOOR = {math.ceil(clean[worst] * 100) / 100:.2f}  # restore/noise.py has {NOISE_FLOOR}")
     return 0
 
 

@@ -48,6 +48,8 @@ CARD_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "patch_size": ((int,), "training crop side"),
     "noise_conditioned": ((bool,), "the model takes the noise level as an input"),
     "sigma_range": ((list,), "noise levels (0-255) drawn in training"),
+    "denoise_strength": ((dict,), "strength gate of a noise-conditioned denoiser: gain g per sigma (0-255) of its "
+                                  "change, y = x + g(sigma)(f(x, sigma) - x), measured on training photos"),
     "preprocessing": ((dict,), "input preprocessing of a backbone"),
     # how it was trained
     "data": ((str, _NONE), "training data folder or name"),

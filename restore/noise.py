@@ -22,6 +22,12 @@ clean photo an estimate of 1-2. A denoiser trained with the true sigma of
 clipped noise wants the true sigma back, so the table inverts the mean
 relation (piecewise linear; ``calibrated=False`` returns the raw estimate).
 
+`NOISE_FLOOR` is the largest calibrated estimate of a CLEAN training photo
+(``python eval/noise_estimate.py --fit``): a texture-rich photo without noise
+still reads as 0.5 or so. The denoiser treats an estimate below it as "clean"
+(``--sigma auto`` then returns the photo unchanged); estimates at a true sigma
+of 1 already lie above it (0.87-1.20 on the same photos).
+
 Cost is bounded whatever the image size: images larger than ``max_pixels``
 are read through a regular grid of 128 x 128 crops spread over the image, and
 the patches are taken with the stride that keeps about ``max_patches`` of them.
@@ -35,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["METHODS", "estimate_sigma"]
+__all__ = ["METHODS", "NOISE_FLOOR", "estimate_sigma"]
 
 METHODS = ("pca", "mad")
 _CROP = 128
@@ -45,6 +51,9 @@ _CALIBRATION: tuple[tuple[float, float], ...] = (
     (0.334, 0), (1.09, 1), (2.03, 2), (2.986, 3), (4.919, 5), (7.313, 7.5), (9.714, 10), (14.44, 15),
     (19.058, 20), (23.635, 25), (28.09, 30), (36.686, 40), (44.797, 50), (52.163, 60),
 )
+#: Largest calibrated estimate (0-255) of the 15 clean (8-bit, noise-free) photos of ``photos-train``, from
+#: ``python eval/noise_estimate.py --fit``: an ``auto`` estimate below it means the photo is clean.
+NOISE_FLOOR = 0.54
 
 
 def _crops(x: Tensor, max_pixels: int) -> list[Tensor]:

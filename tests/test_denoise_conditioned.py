@@ -1,5 +1,6 @@
 """Noise-level-conditioned denoisers (issue 21): FFDNet-style and CondUNet models, the noise estimator,
-DenoiseTask training with the drawn sigma, and the FFDNet evaluation baseline. Tiny models only."""
+DenoiseTask training with the drawn sigma, the strength gate and noise floor of the restorer, and the FFDNet
+evaluation baseline. Tiny models only."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from restore.models.blocks import ModelConfigError, ModelInputError
 from restore.models.cond_unet import CondUNet, from_blind
 from restore.models.ffdnet import FFDNet
 from restore.models.unet import UNet
-from restore.noise import estimate_sigma
+from restore.noise import NOISE_FLOOR, estimate_sigma
+from restore.pipeline import Pipeline
+from restore.restorers.denoise import STRENGTH_KEY, StrengthError, StrengthGate
 from restore.tasks.denoise import DenoiseConfigError, DenoiseTask
 
 TINY_UNET = {"base_channels": 4, "depth": 2, "convs_per_level": 0, "norm": "none"}
@@ -289,16 +292,154 @@ def test_ffdnet_baseline_is_optional_and_handles_odd_sizes(monkeypatch: pytest.M
 @pytest.mark.parametrize("level", ["true", "auto"])
 def test_eval_gives_a_conditioned_model_the_true_or_estimated_sigma(tmp_path: Path, level: str,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval/denoise.py restores through the pipeline (the restorer's sigma and gate), whole photo, true or auto."""
     import eval.denoise as ED
+    import restore.restorers.denoise as RD
 
     m = _randomised(FFDNet(width=8, depth=3))
     W.save(tmp_path / "c", m, {"task": "denoise", "corruption": "gaussian:sigma=0-60", "noise_conditioned": True})
     seen = []
-    monkeypatch.setattr(ED, "estimate_sigma", lambda x: seen.append("est") or torch.tensor([0.05]))
+    monkeypatch.setattr(RD, "estimate_sigma", lambda x: seen.append("est") or torch.tensor([0.05]))
     method = ED._conditioned_method(str(tmp_path / "c.safetensors"), level, "cpu", "none")
     x = torch.rand(3, 12, 16)
     out = method.fn(x, {"sigma": 25.0})
     want = 25.0 / 255 if level == "true" else 0.05
-    with torch.no_grad():
+    with torch.no_grad():  # no gate table in this card: g = 1 for sigma > 0
         torch.testing.assert_close(out, m(x[None], torch.tensor([want]))[0].clamp(0, 1))
     assert (seen == ["est"]) == (level == "auto") and method.name.endswith("@auto") == (level == "auto")
+
+
+# --------------------------------------------------------------------------- strength gate, noise floor
+
+GATE = {"sigma": [0, 2, 10, 30], "gain": [0, 0.4, 0.9, 1.0]}
+
+
+def _gated_card(tmp_path: Path, gate: dict | None = GATE, name: str = "gated") -> Path:
+    """A tiny randomised (not identity) CondUNet saved with a strength gate table."""
+    m = _randomised(CondUNet(**TINY_UNET))
+    card = {"task": "denoise", "corruption": "gaussian:sigma=0-60", "noise_conditioned": True}
+    if gate is not None:
+        card[STRENGTH_KEY] = gate
+    W.save(tmp_path / name, m, card)
+    return tmp_path / f"{name}.safetensors"
+
+
+def _pipeline(path: Path) -> Pipeline:
+    model, card = W.load(path)
+    return Pipeline(model, card, device="cpu")
+
+
+def test_strength_gate_interpolates_and_is_zero_at_zero() -> None:
+    gate = StrengthGate(tuple(map(float, GATE["sigma"])), tuple(map(float, GATE["gain"])))
+    s = torch.tensor([0.0, 1.0, 2.0, 6.0, 30.0, 60.0, 1e-6]) / 255
+    got = gate.gain(s)
+    torch.testing.assert_close(got[:6], torch.tensor([0.0, 0.2, 0.4, 0.65, 1.0, 1.0]))
+    assert got[0] == 0.0 and 0 < got[6] < 1e-5
+    assert StrengthGate.from_card({}).gain(torch.tensor([0.0, 0.1])).tolist() == [0.0, 1.0]  # no table: g = 1
+
+
+@pytest.mark.parametrize("table,match", [
+    ({"sigma": [0, 5], "gain": [0.1, 1]}, "start at sigma 0 with gain 0"),
+    ({"sigma": [0, 5, 3], "gain": [0, 1, 1]}, "must increase"),
+    ({"sigma": [0, 5, 10], "gain": [0, 1, 0.5]}, "must not decrease"),
+    ({"sigma": [0, 5], "gain": [0]}, "same"),
+    ({"sigma": [0, 5], "gain": [0, 1.2]}, "within 0-1"),
+    ({"gain": [0, 1]}, "must be"),
+])
+def test_a_bad_strength_table_is_refused_naming_the_card(table: dict, match: str) -> None:
+    with pytest.raises(StrengthError, match=match) as e:
+        StrengthGate.from_card({"name": "bad-card", STRENGTH_KEY: table})
+    assert "bad-card" in str(e.value) and isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 2.0, 7.0, 25.0, 45.0])
+def test_restore_applies_the_gate_to_the_networks_change(tmp_path: Path, sigma: float) -> None:
+    """y = x + g(sigma) * (f(x, sigma) - x), on whole images and in overlap-blended tiles."""
+    path = _gated_card(tmp_path)
+    pipe = _pipeline(path)
+    model = pipe.model
+    x = (_smooth(40, 48) + 0.05 * torch.randn(1, 3, 40, 48, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    g = float(StrengthGate.from_card(pipe.card).gain(torch.tensor([sigma / 255]))[0])
+    with torch.no_grad():
+        want = (x + g * (model(x, sigma / 255) - x)).clamp(0, 1)
+    torch.testing.assert_close(pipe.run(x, sigma=sigma, tile=0).image, want, atol=1e-6, rtol=0)
+    # tiles: the same model without the table (g = 1) gives the tiled f; the gate scales its change
+    ungated = Pipeline(model, {k: v for k, v in pipe.card.items() if k != STRENGTH_KEY}, device="cpu")
+    f = ungated.run(x, sigma=sigma, tile=32, tile_overlap=8).image
+    got = pipe.run(x, sigma=sigma, tile=32, tile_overlap=8).image
+    inside = (f > 0) & (f < 1)  # where the final clamp did not cut f
+    assert inside.float().mean() > 0.9
+    torch.testing.assert_close(got[inside], (x + g * (f - x))[inside], atol=1e-5, rtol=0)
+
+
+def test_lower_sigma_denoises_more_lightly(tmp_path: Path) -> None:
+    pipe = _pipeline(_gated_card(tmp_path))
+    x = _smooth(32, 32)
+    change = [float((pipe.run(x, sigma=s).image - x).abs().mean()) for s in (0, 1, 2, 5)]
+    assert change[0] == 0.0 and change[0] < change[1] < change[2] < change[3], change
+
+
+@pytest.mark.parametrize("gate", [GATE, None])
+def test_sigma_zero_returns_the_image_unchanged_without_running_the_network(tmp_path: Path, gate: dict | None,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe = _pipeline(_gated_card(tmp_path, gate))
+    calls = []
+    forward = pipe.model.forward
+    monkeypatch.setattr(pipe.model, "forward", lambda *a: calls.append(1) or forward(*a))
+    x = torch.rand(2, 3, 20, 24)
+    before = x.clone()
+    out = pipe.run(x, sigma="0").image
+    assert torch.equal(out, x) and torch.equal(x, before) and out.data_ptr() != x.data_ptr() and not calls
+    gray = torch.rand(1, 1, 20, 24)
+    assert torch.equal(pipe.run(gray, sigma=0).image, gray) and not calls
+    pipe.run(x, sigma=5)
+    assert calls  # a non-zero sigma does run it
+
+
+def test_auto_calls_an_estimate_below_the_noise_floor_clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import restore.restorers.denoise as RD
+
+    pipe = _pipeline(_gated_card(tmp_path))
+    x = _smooth(32, 40)
+    levels = iter([NOISE_FLOOR * 0.99, NOISE_FLOOR * 1.01])
+    monkeypatch.setattr(RD, "estimate_sigma", lambda img: torch.tensor([next(levels) / 255]))
+    assert torch.equal(pipe.run(x).image, x)            # just below the floor: clean, unchanged
+    assert not torch.equal(pipe.run(x).image, x)        # just above: denoised (lightly)
+    sigma, gain = pipe.restorer.noise_levels(x, pipe.options(sigma="3"))
+    assert sigma.tolist() == [pytest.approx(3 / 255)] and gain.tolist() == [pytest.approx(0.4625)]
+
+
+def test_cli_returns_a_clean_photo_byte_identical_with_sigma_0_and_auto(tmp_path: Path) -> None:
+    """The command line (same restorer as the API and the app): a clean 8-bit photo comes back pixel for pixel,
+    with --sigma 0 and with --sigma auto (the estimator reads it as below its noise floor); noise is removed."""
+    from restore import cli
+
+    path = _gated_card(tmp_path)
+    clean = (_smooth(48, 64)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(clean).save(src / "clean.png")
+    assert float(estimate_sigma(torch.from_numpy(clean).permute(2, 0, 1)[None].float() / 255)[0]) * 255 < NOISE_FLOOR
+    for sigma in ("0", "auto"):
+        out = tmp_path / f"out-{sigma}"
+        assert cli.main(["denoise", str(src), str(out), "--weights", str(path), "--sigma", sigma,
+                         "--device", "cpu"]) == 0
+        assert np.array_equal(np.asarray(Image.open(out / "clean.png")), clean), sigma
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 20, clean.shape), 0, 255).round().astype(np.uint8)
+    Image.fromarray(noisy).save(src / "clean.png")
+    assert cli.main(["denoise", str(src), str(tmp_path / "out-noisy"), "--weights", str(path),
+                     "--device", "cpu"]) == 0
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "out-noisy" / "clean.png")), noisy)
+
+
+def test_fit_strength_finds_the_psnr_optimal_gain_and_refuses_held_out_photos() -> None:
+    import eval.denoise as ED
+
+    # r = 0.5 * (t - x) on every image: half the noise removed; the best gain is 2 (capped by the grid at 1.5)
+    # and with r = 2 * (t - x) it is 0.5
+    e2 = [4.0, 9.0, 1.0]
+    for k, best in ((2.0, 0.5), (0.5, 1.5)):
+        stats = [(a, k * a, k * k * a, 100) for a in e2]
+        g, p_in, p_one, p_best = ED.best_gain(stats)
+        assert g == pytest.approx(best) and p_best >= max(p_in, p_one)
+    assert ED.main(["--weights", "denoise-gaussian-cond-l1", "--fit-strength", "--set", "photos-eval"]) == 1
