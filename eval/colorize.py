@@ -31,6 +31,9 @@ import torch  # noqa: E402
 
 from eval import baselines as B  # noqa: E402
 from eval import report, runner, sets  # noqa: E402
+from restore import weights as W  # noqa: E402
+from restore.options import OptionError  # noqa: E402
+from restore.pipeline import Pipeline  # noqa: E402
 
 
 def colour_metrics(out: torch.Tensor, s: sets.Sample) -> dict:
@@ -133,8 +136,33 @@ def worst_grid(args: argparse.Namespace, method: runner.Method, worst: list[dict
     return [found[e["image"]] for e in worst if e["image"] in found]
 
 
+def model_method(args: argparse.Namespace) -> runner.Method:
+    """The model as `runner.model_method` runs it, or with ``--saturation`` (restore colorize's option) applied.
+
+    Scaling the predicted a/b is how two colorizers are compared at equal colourfulness (issue 22): the
+    method is then named ``<model>+sat<F>`` so its rows never mix with the model's own.
+    """
+    if args.saturation == 1.0:
+        return runner.model_method("colorize", args.weights, args.device, args.ensemble)
+    try:
+        model, card = W.load(args.weights, device=args.device)
+        pipeline = Pipeline(model, card, task="colorize", device=args.device)
+        opts = pipeline.options(saturation=args.saturation, ensemble=args.ensemble)
+    except (W.WeightsError, FileNotFoundError, OptionError) as e:
+        raise runner.EvalError(f"--weights {args.weights} --saturation {args.saturation}: {e}") from e
+
+    def run(x: torch.Tensor, info: dict) -> torch.Tensor:
+        return pipeline.run(x.unsqueeze(0), None, opts).image[0]
+
+    name = f"{card.get('name') or Path(args.weights).stem}+sat{args.saturation:g}"
+    return runner.Method(name, f"{name} (model, a/b x {args.saturation:g})", run, kind="model")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = runner.script_parser(__doc__, "colorize", "photos-eval", "gray")
+    p.add_argument("--saturation", type=float, default=1.0, metavar="F",
+                   help="multiply the model's a/b by F (restore colorize --saturation), to compare colorizers at "
+                        "equal colourfulness (default 1: as predicted)")
     p.add_argument("--update-card", action="store_true",
                    help="record the model's and the grayscale baseline's figures (and this command) in the "
                         "shipped model card given by --weights")
@@ -171,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.baselines_only and not args.weights:
         p.error("give --weights NAME|FILE, or --baselines-only to score the grayscale baseline alone")
     runner.check_update_card(p, args)
+    if not args.saturation >= 0:
+        p.error(f"--saturation: must be >= 0, got {args.saturation}")
+    if args.update_card and args.saturation != 1.0:
+        p.error("--update-card records the model as it ships: leave --saturation at 1")
     args.command = report.command_line(argv, script=__file__)
     try:
         if args.set not in sets.PHOTO_SETS:
@@ -178,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         names = args.baselines.split(",") if args.baselines else B.default_baselines(args.spec)
         methods = runner.baseline_methods(names)
         if args.weights and not args.baselines_only:
-            methods.append(runner.model_method("colorize", args.weights, args.device, args.ensemble))
+            methods.append(model_method(args))
         n, samples = runner.photo_samples(args, args.spec)
         out = args.out or Path("eval/results/colorize") / f"{args.set}-{sets.spec_slug(args.spec)}"
         lp = report.LpipsScorer(enabled=not args.no_lpips, device=args.device)
