@@ -156,3 +156,14 @@ def test_eval_worst_images_ranks_by_psnr_gain_over_gray():
     worst = worst_images(rows, "model", k=2)
     assert [e["image"] for e in worst] == ["b", "c"] and worst[0]["gain_db"] == pytest.approx(-2.0)
     assert len(worst_images(rows, "model")) == 4
+
+
+def test_eval_saturation_option_is_checked(capsys):
+    from eval.colorize import main
+
+    with pytest.raises(SystemExit):
+        main(["--weights", "colorize-squeezenet", "--saturation", "0.9", "--update-card"])
+    assert "leave --saturation at 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--weights", "colorize-squeezenet", "--saturation", "-1"])
+    assert "--saturation: must be >= 0" in capsys.readouterr().err
