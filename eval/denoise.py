@@ -50,7 +50,7 @@ from eval import baselines as B  # noqa: E402
 from eval import report, runner, sets  # noqa: E402
 from restore import corrupt  # noqa: E402
 from restore import weights as W  # noqa: E402
-from restore.io import atomic_output  # noqa: E402
+from restore.io.atomic import atomic_output  # noqa: E402
 from restore.metrics import psnr, ssim  # noqa: E402
 from restore.noise import estimate_sigma  # noqa: E402
 from restore.pipeline import Pipeline  # noqa: E402
@@ -278,7 +278,8 @@ def _photos(args: argparse.Namespace, spec: str, models: list[runner.Method], we
 
 
 def _out_dir(args: argparse.Namespace, spec: str) -> Path:
-    base = Path("eval/results/denoise") / f"{args.set}-{sets.spec_slug(spec)}-{args.protocol}"
+    auto = "-auto" if getattr(args, "noise_level", "true") == "auto" else ""  # never over the true-sigma report
+    base = Path("eval/results/denoise") / f"{args.set}-{sets.spec_slug(spec)}-{args.protocol}{auto}"
     if args.out is None:
         return base
     return args.out / base.name if args.sigmas else args.out
