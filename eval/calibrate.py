@@ -68,7 +68,7 @@ from eval.common import eval_parser  # noqa: E402
 from restore import corrupt, io  # noqa: E402
 from restore import weights as W  # noqa: E402
 from restore.data import IdxError, load_idx_split  # noqa: E402
-from restore.io import atomic_output  # noqa: E402
+from restore.io.atomic import atomic_output  # noqa: E402
 from restore.metrics import psnr, ssim  # noqa: E402
 from restore.options import OptionError  # noqa: E402
 from restore.pipeline import Pipeline  # noqa: E402

@@ -39,7 +39,7 @@ from torch import Tensor  # noqa: E402
 
 from eval.common import eval_parser  # noqa: E402
 from restore.data import IdxError, load_idx_tensors  # noqa: E402
-from restore.io import atomic_output  # noqa: E402
+from restore.io.atomic import atomic_output  # noqa: E402
 
 __all__ = [
     "CACHE_FORMAT",

@@ -27,7 +27,7 @@ from eval.common import eval_parser
 from eval.report import LpipsScorer, detail_ratio, psnr_ssim
 from eval.sets import Sample, quantize8
 from restore import weights as W
-from restore.io import atomic_output
+from restore.io.atomic import atomic_output
 from restore.options import OptionError
 from restore.pipeline import Pipeline
 from restore.tiling import ENSEMBLES

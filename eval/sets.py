@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # run as `python eval/sets.py`
 from eval.common import eval_parser  # noqa: E402
 from restore import corrupt  # noqa: E402
 from restore.data import default_idx_root, load_idx_tensors  # noqa: E402
-from restore.io import atomic_output  # noqa: E402
+from restore.io.atomic import atomic_output  # noqa: E402
 
 EVAL_DIR = Path(__file__).resolve().parent
 MANIFEST_DIR = EVAL_DIR / "manifests"

@@ -961,7 +961,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def write_reports(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> dict[str, Path]:
     """speed.md, speed.csv (COLUMNS), speed.json (meta + rows); written atomically."""
-    from restore.io import atomic_output
+    from restore.io.atomic import atomic_output
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "speed.md", "csv": out / "speed.csv", "json": out / "speed.json"}

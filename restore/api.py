@@ -21,7 +21,8 @@ from torch import Tensor
 
 from restore import backends
 from restore import weights as W
-from restore.io import pil_to_array, quantize
+from restore.io.read import pil_to_array
+from restore.io.write import quantize
 from restore.options import Options, OptionError
 from restore.pipeline import Pipeline, Restored
 

@@ -21,7 +21,9 @@ from typing import Any, Generic, TypeVar
 
 from tqdm import tqdm
 
-from restore.io import IMAGE_EXTENSIONS, on_commit, scan_images, stale_temporaries
+from restore.io.atomic import on_commit, stale_temporaries
+from restore.io.common import IMAGE_EXTENSIONS
+from restore.io.folders import scan_images
 from restore.signals import signal_name
 from restore.tiling import TILE_PROGRESS
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from restore import memory
-from restore.io import LoadedImage
+from restore.io.read import LoadedImage
 from restore.options import Options, OptionError
 from restore.tiling import self_ensemble, tiled_on_grid
 

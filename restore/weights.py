@@ -30,7 +30,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save_file
 
 from restore import cards, models
-from restore.io import atomic_output
+from restore.io.atomic import atomic_output
 
 __all__ = [
     "WEIGHTS_DIR",

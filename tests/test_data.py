@@ -224,7 +224,7 @@ def test_patches_grayscale_and_skip_small(photo_dir: Path) -> None:
 
 def test_patches_resampled_shares_cache(photo_dir: Path, monkeypatch) -> None:
     """A validation view of a cached dataset decodes nothing and crops exactly as a fresh one would."""
-    import restore.io as io_mod
+    import restore.io as io_mod  # restore.data calls rio.read_image on the package: patch it there
 
     fresh = D.ImageFolderPatches(photo_dir, patch_size=16, patches_per_image=3, augment=False, seed=4)
     expected = [fresh[i]["target"] for i in range(len(fresh))]
@@ -237,6 +237,8 @@ def test_patches_resampled_shares_cache(photo_dir: Path, monkeypatch) -> None:
     for i in range(len(val)):
         torch.testing.assert_close(val[i]["target"], expected[i])
     assert reads == []
+    fresh[0]  # uncached: decodes, so the spy is known to see reads (an empty list above means something)
+    assert len(reads) == 1
     assert train.patch_size == 8 and train[0]["target"].shape == (3, 8, 8)  # the original is untouched
     with pytest.raises(ValueError, match="patch_size"):
         train.resampled(0, 3, augment=False, seed=0)

@@ -343,7 +343,7 @@ def test_resume_with_loader_workers_is_exact(photo_dir: Path, tmp_path: Path) ->
 
 
 def test_validation_split_holds_back_photos(photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import restore.io as io_mod
+    import restore.io as io_mod  # restore.data and restore.tasks.common call rio.read_image on the package
 
     reads: list[str] = []
     real = io_mod.read_image

@@ -1,4 +1,4 @@
-"""Tests for restore.io: every format / depth / mode, bad files, atomic writes, walking.
+"""Tests for restore.io (read, write, atomic, folders): every format / depth / mode, bad files, atomic writes, walking.
 
 All images are generated in tmp_path; they are tiny so the file runs in seconds.
 """
@@ -21,6 +21,9 @@ import torch
 from PIL import Image, ImageOps
 
 from restore import io as rio
+from restore.io import atomic as io_atomic
+from restore.io import read as io_read
+from restore.io import write as io_write
 from restore.io import ImageReadError, LoadedImage, list_images, read_image, write_image
 
 RNG = np.random.default_rng(1234)
@@ -312,7 +315,7 @@ def test_all_orientations_match_pillow_and_the_spec(tmp_path: Path, orientation:
 def test_orientation_applied_to_16bit_colour_and_alpha(tmp_path: Path) -> None:
     # 16-bit RGBA goes through OpenCV, which ignores EXIF: check we still rotate.
     pixels = _rand((2, 3, 4), np.uint16)
-    png = rio._encode_png16(pixels)
+    png = io_write._encode_png16(pixels)
     path = tmp_path / "rot.png"
     path.write_bytes(_png_with_exif(png, 6))
     loaded = read_image(path)
@@ -411,14 +414,14 @@ def test_filesystem_problems_raise_image_read_error(tmp_path: Path, monkeypatch:
 
 
 def test_pixel_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert rio.MAX_PIXELS >= 6000 * 4000 * 4  # large photos and scans must load
-    assert Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS >= rio.MAX_PIXELS
+    assert io_read.MAX_PIXELS >= 6000 * 4000 * 4  # large photos and scans must load
+    assert Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS >= io_read.MAX_PIXELS
     path = tmp_path / "big.png"
     Image.new("L", (40, 30)).save(path)
-    monkeypatch.setattr(rio, "MAX_PIXELS", 40 * 30 - 1)
+    monkeypatch.setattr(io_read, "MAX_PIXELS", 40 * 30 - 1)
     with pytest.raises(ImageReadError, match="MAX_PIXELS"):
         read_image(path)
-    monkeypatch.setattr(rio, "MAX_PIXELS", 40 * 30)
+    monkeypatch.setattr(io_read, "MAX_PIXELS", 40 * 30)
     assert read_image(path).image.shape == (1, 30, 40)
 
 
@@ -475,7 +478,7 @@ def test_write_unknown_suffix_and_creates_parents(tmp_path: Path) -> None:
     target = tmp_path / "new" / "deep" / "x.png"
     write_image(target, torch.rand(3, 2, 2))
     assert read_image(target).image.shape == (3, 2, 2)
-    assert stat.S_IMODE(target.stat().st_mode) == rio._NEW_FILE_MODE
+    assert stat.S_IMODE(target.stat().st_mode) == io_atomic._NEW_FILE_MODE
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -490,7 +493,7 @@ def test_failed_encode_leaves_target_untouched(tmp_path: Path, monkeypatch: pyte
     def broken_encoder(*args, **kwargs):
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(rio, "_write_png", broken_encoder)  # PNG is encoded while it is written
+    monkeypatch.setattr(io_write, "_write_png", broken_encoder)  # PNG is encoded while it is written
     with pytest.raises(RuntimeError, match="encoder exploded"):
         write_image(target, torch.ones(1, 3, 3))
     assert target.read_bytes() == before
@@ -505,7 +508,7 @@ def test_failure_while_committing_removes_temp_and_keeps_target(tmp_path: Path, 
     def broken_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(rio.os, "fsync", broken_fsync)
+    monkeypatch.setattr(io_atomic.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="Input/output"):
         write_image(target, torch.ones(3, 3, 3))
     monkeypatch.undo()
@@ -833,12 +836,12 @@ def test_pixel_limit_without_pillow_warning(tmp_path: Path, monkeypatch: pytest.
     path = tmp_path / "big.png"
     Image.new("L", (40, 30)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns from 1001 pixels
-    monkeypatch.setattr(rio, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(io_read, "MAX_PIXELS", 1000)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(ImageReadError, match="MAX_PIXELS"):
             read_image(path)
-        monkeypatch.setattr(rio, "MAX_PIXELS", 40 * 30)
+        monkeypatch.setattr(io_read, "MAX_PIXELS", 40 * 30)
         assert read_image(path).image.shape == (1, 30, 40)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
@@ -856,3 +859,21 @@ def test_float_tiff_and_foreign_content_messages(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError) as info:
         read_image(tmp_path / "pic.png")
     assert "GIF" in info.value.reason and ".png" in info.value.reason
+
+
+# --------------------------------------------------------------------------- the package
+
+
+def test_public_names_come_from_one_submodule_each() -> None:
+    """`restore.io` re-exports its submodules' public names, each owned (in ``__all__``) by exactly one of them."""
+    from restore.io import common, folders, masks
+
+    modules = (io_atomic, common, folders, masks, io_read, io_write)
+    for name in rio.__all__:
+        owners = [module for module in modules if name in module.__all__]
+        assert len(owners) == 1, (name, [module.__name__ for module in owners])
+        assert getattr(rio, name) is getattr(owners[0], name), name
+    for module in modules:  # and each submodule's names are its own, not another's re-exported
+        for name in module.__all__:
+            value = getattr(module, name)
+            assert getattr(value, "__module__", module.__name__) == module.__name__, (module.__name__, name)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from restore import io as rio
 from restore import memory, tiling
+from restore.io import write as io_write
 from restore.models.inpaint import InpaintGenerator
 from restore.models.unet import UNet
 from restore.pipeline import Pipeline
@@ -172,8 +173,23 @@ def test_inpaint_in_place_equals_a_copy():
     assert same.data_ptr() == x.data_ptr() and torch.equal(same, copy)
 
 
+def _write_in_bands_of_7(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make `restore.io.write` quantize 7 rows at a time; returns the rows of each band it quantizes, so a
+    test sees that the setting took effect (patching a module the writer does not read would change nothing)."""
+    monkeypatch.setattr(io_write, "WRITE_BAND_ROWS", 7)
+    rows: list[int] = []
+    real = io_write._quantize_band
+
+    def spy(image: torch.Tensor, bit_depth: int) -> np.ndarray:
+        rows.append(image.shape[1])
+        return real(image, bit_depth)
+
+    monkeypatch.setattr(io_write, "_quantize_band", spy)
+    return rows
+
+
 def test_png_is_streamed_with_the_same_pixels(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(rio, "WRITE_BAND_ROWS", 7)  # many bands, the last one short
+    bands = _write_in_bands_of_7(monkeypatch)  # many bands, the last one short
     g = torch.Generator().manual_seed(4)
     for channels, depth, alpha in ((3, 8, None), (1, 8, None), (3, 16, None), (1, 16, "a"), (3, 8, "a")):
         image = torch.rand(channels, 50, 33, generator=g)
@@ -181,7 +197,9 @@ def test_png_is_streamed_with_the_same_pixels(tmp_path: Path, monkeypatch):
         if alpha:
             a = np.random.default_rng(0).integers(0, 2**depth, (50, 33)).astype(np.uint8 if depth == 8 else np.uint16)
         path = tmp_path / f"x{channels}{depth}{alpha}.png"
+        bands.clear()
         rio.write_image(path, image, alpha=a, bit_depth=depth)
+        assert bands == [7] * 7 + [1]
         back = rio.read_image(path)
         assert back.bit_depth == depth
         expected = rio.quantize(image, depth)
@@ -247,7 +265,7 @@ def test_inpaint_of_stored_samples_writes_the_same_file(tmp_path, monkeypatch, c
     from restore.restorers import inpaint as inpaint_restorer
 
     monkeypatch.setattr(inpaint_restorer, "BAND_ROWS", 6)
-    monkeypatch.setattr(rio, "WRITE_BAND_ROWS", 7)
+    bands = _write_in_bands_of_7(monkeypatch)
     rng = np.random.default_rng(channels * depth + work)
     top = 2**depth - 1
     samples = rng.integers(0, top + 1, (61, 83, channels)).astype(np.uint8 if depth == 8 else np.uint16)
@@ -264,7 +282,9 @@ def test_inpaint_of_stored_samples_writes_the_same_file(tmp_path, monkeypatch, c
     assert stored.image.dtype == (torch.uint8 if depth == 8 else torch.uint16)
     (new, _), = pipe.run_images([stored], [hole], pipe.options(work_size=work, tile=0))
     assert new.image.dtype == stored.image.dtype and new.image.data_ptr() == stored.image.data_ptr()  # in place
+    bands.clear()
     rio.write_image(tmp_path / "new.png", new.image, bit_depth=new.bit_depth)
+    assert bands == [7] * 8 + [5]  # 61 rows
     assert (tmp_path / "new.png").read_bytes() == (tmp_path / "old.png").read_bytes()
     known = ~hole.expand(channels, -1, -1).numpy().transpose(1, 2, 0)
     np.testing.assert_array_equal(new.image.numpy().transpose(1, 2, 0)[known], samples[known])

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from restore import cli, io
+from restore.io import atomic as io_atomic
 from restore.folder import OUTPUTS_RECORD, UsageError, process_folder
 
 
@@ -170,7 +171,7 @@ def test_a_chmod_000_folder_is_a_failure(tmp_path):
 
 # --------------------------------------------------------------------------- 3. SIGTERM, SIGHUP, SIGINT
 
-# The child stops inside restore.io.atomic_output, after the temporary file is written (at its fsync),
+# The child stops inside restore.io.atomic.atomic_output, after the temporary file is written (at its fsync),
 # says so, and waits for the test's signal.
 _SLOW_WRITER = """
 import os, signal, sys, time
@@ -214,7 +215,7 @@ def test_a_rerun_removes_the_temporary_files_a_killed_run_left(tmp_path, capsys)
     _png(inp / "a.png", 10)
     _png(inp / "sub" / "b.png", 20)
     (out / "sub").mkdir(parents=True)
-    prefix, suffix = io._temp_name_parts(out / "sub" / "b.png")  # what a SIGKILL during its write leaves
+    prefix, suffix = io_atomic._temp_name_parts(out / "sub" / "b.png")  # what a SIGKILL during its write leaves
     stale = out / "sub" / f"{prefix}x1y2z3_4{suffix}"
     stale.write_bytes(b"half")
     others = [out / ".c.x1y2z3_4.tmp.png", out / ".a.X1Y2Z3_4.tmp.png", out / ".a.x1y2z3_4.tmp.jpg", out / "a.tmp.png"]
@@ -236,7 +237,7 @@ def test_a_rerun_also_removes_the_temporaries_of_recorded_side_files(tmp_path, c
         _copy_job(src, dst)
 
     assert process_folder(inp, out, job).done == 1
-    prefix, suffix = io._temp_name_parts(out / "x.std.png")  # killed while rewriting the side map
+    prefix, suffix = io_atomic._temp_name_parts(out / "x.std.png")  # killed while rewriting the side map
     stale = out / f"{prefix}abcd1234{suffix}"
     stale.write_bytes(b"half")
     assert process_folder(inp, out, job).skipped == 1

@@ -23,7 +23,8 @@ from PIL import Image
 from torch import Tensor
 
 import restore
-from restore.io import ImageReadError, read_image, to_uint8
+from restore.io.read import ImageReadError, read_image
+from restore.io.write import to_uint8
 from restore.metrics import psnr
 from restore.pipeline import match_channels
 

@@ -11,7 +11,8 @@ import torch
 from restore.app.common import SAMPLE_SIDE, SAMPLES, AppContext, UserError, outline, read_upload, sample_photo, \
     save_png, to_array, to_tensor
 from restore.app.ui import image_input, page_header, result_image, sample_buttons, shows_errors
-from restore.io import ImageReadError, read_mask
+from restore.io.masks import read_mask
+from restore.io.read import ImageReadError
 
 __all__ = ["build", "inpaint", "painted_mask"]
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from restore.corrupt import RandomStreams
-from restore.io import atomic_output
+from restore.io.atomic import atomic_output
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{8,})\.pt$")
 

@@ -42,7 +42,7 @@ from restore.engine.logging import RunLogger, run_info
 from restore.engine.schedule import ScheduleError, anneal, build_scheduler, continued, lr_multiplier
 from restore.engine.task import EpochContext, StepContext, Task, check_terms
 from restore.engine.watch import CollapseWatch
-from restore.io import atomic_output
+from restore.io.atomic import atomic_output
 from restore.metrics import psnr, ssim
 from restore.provenance import device_name
 

@@ -41,7 +41,7 @@ from restore import corrupt, metrics, models
 from restore.data import FASHION_MNIST_CLASSES, MNIST_CLASSES, IdxDataset, IdxError
 from restore.engine.config import ConfigError
 from restore.engine.task import EpochContext, StepContext, Task
-from restore.io import atomic_output
+from restore.io.atomic import atomic_output
 from restore.losses import SupConLoss, kl_divergence
 from restore.tasks.common import is_int, is_number
 
