@@ -26,7 +26,7 @@ from torch import Tensor
 from restore import memory
 from restore.io.read import LoadedImage
 from restore.options import Options, OptionError
-from restore.tiling import self_ensemble, tiled_on_grid
+from restore.tiling import sample_max, self_ensemble, tiled_on_grid
 
 __all__ = ["CANONICAL_POSE_DATASETS", "Pipeline", "Restored", "Restorer", "Work", "match_channels",
            "restorer_class"]
@@ -49,7 +49,8 @@ _CHECK_ROWS = 256
 
 @dataclass
 class Work:
-    """What ``prepare`` hands on: the network's input (None: nothing to compute) and the task's state."""
+    """What ``prepare`` hands on: the network's input (None: nothing to compute, the input comes back
+    unchanged without `Restorer.finish`) and the task's state."""
 
     net_input: Tensor | None
     state: dict[str, Any] = field(default_factory=dict)
@@ -125,9 +126,8 @@ class Restorer:
             return tiled_on_grid(run, x, tile=tile, overlap=overlap, multiple=self.multiple, out=out)
         return run(x)
 
-    def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: Any) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    def finish(self, y: Tensor, x: Tensor, work: Work, opts: Any) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Network output -> N x C x H x W image (optionally with a dict of side images)."""
-        assert y is not None
         return y
 
     def demo(self, photo: Tensor, seed: int, opts: Any, run: Any) -> list[tuple[str, Tensor]]:
@@ -241,7 +241,7 @@ class Pipeline:
         # a converted copy is the pipeline's own, free to overwrite
         own = keep or x.dtype != torch.float32 or (inplace and x.device.type == "cpu" and x.is_contiguous())
         if not keep:
-            x = x.float() if x.is_floating_point() else x.float().div_(255.0 if x.dtype == torch.uint8 else 65535.0)
+            x = x.float() if x.is_floating_point() else x.float().div_(sample_max(x.dtype))
             if not _all_finite(x):
                 raise ValueError(f"{self.task}: the image contains NaN or infinite values")
         hole = self._check_mask(mask, x)
@@ -251,8 +251,10 @@ class Pipeline:
         with torch.no_grad():
             work = self.restorer.prepare(x, hole, opts)
             work.inplace, work.integers = own, keep
-            y = self.restorer.network(work, opts) if work.net_input is not None else None
-            out = self.restorer.finish(y, x, work, opts)
+            if work.net_input is None:  # nothing to compute (an empty mask, --sigma 0): the input unchanged
+                out = x if own else x.clone()
+            else:
+                out = self.restorer.finish(self.restorer.network(work, opts), x, work, opts)
         extras: dict[str, Tensor] = {}
         if isinstance(out, tuple):
             out, extras = out

@@ -24,8 +24,35 @@ import torch.nn.functional as F
 #: (one model per thread) reports to its own caller.
 TILE_PROGRESS: ContextVar[Callable[[int, int], None] | None] = ContextVar("restore_tile_progress", default=None)
 
-__all__ = ["ENSEMBLES", "TILE_PROGRESS", "aligned_size", "bilinear_rows", "reflect_pad", "self_ensemble", "tiled",
-           "tiled_on_grid"]
+__all__ = ["ENSEMBLES", "TILE_PROGRESS", "aligned_size", "bilinear_rows", "bilinear_source_rows", "float_rows",
+           "float_type", "reflect_pad", "sample_max", "self_ensemble", "tiled", "tiled_on_grid"]
+
+
+# --------------------------------------------------------------------------- integer samples, a band at a time
+
+
+def sample_max(dtype: torch.dtype) -> float:
+    """The value of white in uint8 (255) or uint16 (65535) samples: [0, 1] floats are samples / this."""
+    if dtype == torch.uint8:
+        return 255.0
+    if dtype == torch.uint16:
+        return 65535.0
+    raise ValueError(f"expected uint8 or uint16 samples, got {dtype}")
+
+
+def float_type(x: torch.Tensor) -> torch.dtype:
+    """The float dtype computations on ``x`` use: its own, or float32 for integer samples."""
+    return x.dtype if x.is_floating_point() else torch.float32
+
+
+def float_rows(x: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    """Rows ``[r0, r1)`` of NCHW ``x`` as float: as they are, or uint8/uint16 samples scaled to [0, 1]
+    exactly as `restore.io.read_image` scales them, so an image kept as stored (a quarter of its float32
+    size) is converted only a band at a time."""
+    band = x[..., r0:r1, :]
+    if band.is_floating_point():
+        return band
+    return band.float().div_(sample_max(band.dtype))
 
 
 # --------------------------------------------------------------------------- tiling
@@ -308,7 +335,24 @@ def tiled_on_grid(
     return _blend(fn, image, rows, cols, (top, h, left, w), t, ov, multiple, out)
 
 
-def bilinear_rows(small: torch.Tensor, size: tuple[int, int] | torch.Size, r0: int, r1: int) -> torch.Tensor:
+def _bilinear_index(small_height: int, height: int, r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For rows ``[r0, r1)`` of a bilinear upscale to ``height`` rows: the two source rows of each and the
+    second one's weight (PyTorch's ``align_corners=False`` formula, float32)."""
+    scale = torch.tensor(small_height / height, dtype=torch.float32)
+    src = ((torch.arange(r0, r1, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min_(0.0)
+    i0 = src.long().clamp_max_(small_height - 1)
+    i1 = torch.where(i0 < small_height - 1, i0 + 1, i0)
+    return i0, i1, (src - i0.float()).clamp_(0.0, 1.0)
+
+
+def bilinear_source_rows(small_height: int, height: int, r0: int, r1: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of a ``small_height``-row image that rows ``[r0, r1)`` of its `bilinear_rows` upscale read."""
+    i0, i1, _ = _bilinear_index(small_height, height, r0, r1)
+    return int(i0.min()), int(i1.max()) + 1
+
+
+def bilinear_rows(small: torch.Tensor, size: tuple[int, int] | torch.Size, r0: int, r1: int, *, top: int = 0,
+                  small_height: int | None = None) -> torch.Tensor:
     """Rows ``[r0, r1)`` of ``F.interpolate(small, size, mode="bilinear", align_corners=False)`` (NCHW).
 
     Bilinear scaling is separable: the band's rows come from a few rows of ``small``, widened
@@ -316,16 +360,16 @@ def bilinear_rows(small: torch.Tensor, size: tuple[int, int] | torch.Size, r0: i
     of PyTorch's formula in float32. Equal to the one-pass result up to float rounding (its kernel
     computes the weights another way), and each row independent of the band it is computed in,
     so a full-size upscale can be consumed band by band (no antialiasing: for upscaling).
+    ``small`` may be only the rows from ``top`` on of a ``small_height``-row image (covering at least
+    `bilinear_source_rows`): the same values, bit for bit, without holding the whole small image.
     """
     height, width = size
-    sh = small.shape[-2]
-    scale = torch.tensor(sh / height, dtype=torch.float32)
-    src = ((torch.arange(r0, r1, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min_(0.0)
-    i0 = src.long().clamp_max_(sh - 1)
-    i1 = torch.where(i0 < sh - 1, i0 + 1, i0)
-    l1 = (src - i0.float()).clamp_(0.0, 1.0).to(small.device)[:, None]
+    sh = small.shape[-2] if small_height is None else small_height
+    i0, i1, l1 = _bilinear_index(sh, height, r0, r1)
+    l1 = l1.to(small.device)[:, None]
     lo, hi = int(i0.min()), int(i1.max()) + 1
-    wide = F.interpolate(small[..., lo:hi, :], size=(hi - lo, width), mode="bilinear", align_corners=False)
+    wide = F.interpolate(small[..., lo - top : hi - top, :], size=(hi - lo, width), mode="bilinear",
+                         align_corners=False)
     i0, i1 = (i0 - lo).to(small.device), (i1 - lo).to(small.device)
     return wide[..., i0, :] * (1.0 - l1) + wide[..., i1, :] * l1
 

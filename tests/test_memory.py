@@ -338,7 +338,7 @@ def test_half_level_rows_pooled_again_equal_the_whole_level():
     """push_pull_rows holds no half-resolution level: each band's rows are pooled again from the image and
     relaxed with a halo, which gives the whole level's values bit for bit (its upscale too)."""
     from restore.models import fill
-    from restore.tiling import bilinear_rows
+    from restore.tiling import bilinear_rows, bilinear_source_rows
 
     g = torch.Generator().manual_seed(6)
     for shape in ((1, 3, 61, 83), (2, 1, 40, 9), (1, 3, 6, 130)):
@@ -357,6 +357,6 @@ def test_half_level_rows_pooled_again_equal_the_whole_level():
         for lo, hi in ((0, hh), (0, 3), (2, 7), (hh - 4, hh), (hh // 2, hh // 2 + 1)):
             assert torch.equal(fill._half_rows(x, hole, quarter, lo, hi, 16), whole[..., lo:hi, :]), (shape, lo, hi)
         for a, b in ((0, h), (3, 20), (h - 5, h)):
-            lo, hi = fill._source_rows(hh, h, a, b)
-            part = fill._bilinear_part(whole[..., lo:hi, :], lo, hh, (h, w), a, b)
+            lo, hi = bilinear_source_rows(hh, h, a, b)
+            part = bilinear_rows(whole[..., lo:hi, :], (h, w), a, b, top=lo, small_height=hh)
             assert torch.equal(part, bilinear_rows(whole, (h, w), a, b))

@@ -22,19 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from restore.tiling import bilinear_rows
+from restore.tiling import bilinear_rows, bilinear_source_rows, float_rows, float_type
 
-__all__ = ["fill_impulses", "float_rows", "impulse_mask", "push_pull_fill", "push_pull_rows"]
-
-
-def float_rows(x: Tensor, r0: int, r1: int) -> Tensor:
-    """Rows ``[r0, r1)`` of NCHW ``x`` as float: as they are, or uint8/uint16 samples scaled to [0, 1]
-    exactly as `restore.io.read_image` scales them, so an image kept as stored (a quarter of its float32
-    size) is converted only a band at a time."""
-    band = x[..., r0:r1, :]
-    if band.is_floating_point():
-        return band
-    return band.float().div_(255.0 if band.dtype == torch.uint8 else 65535.0)
+__all__ = ["fill_impulses", "impulse_mask", "push_pull_fill", "push_pull_rows"]
 
 
 def impulse_mask(x: Tensor, tol: float = 0.5 / 255.0) -> Tensor:
@@ -88,7 +78,7 @@ def push_pull_fill(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
     hole = hole.bool()
     h, w = x.shape[-2:]
     if band_rows is not None or (h == 1 and w == 1):
-        out = add_to if add_to is not None else torch.zeros_like(x, dtype=_float_type(x))
+        out = add_to if add_to is not None else torch.zeros_like(x, dtype=float_type(x))
         for r0, r1, est in push_pull_rows(x, hole, smooth_iters, empty_value, band_rows=band_rows or 2):
             out[..., r0:r1, :].add_(est)
         return out
@@ -134,9 +124,9 @@ def push_pull_rows(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
         r1 = min(h, r0 + rows)
         a, b = max(0, r0 - smooth_iters), min(h, r1 + smooth_iters)
         band_hole = hole[..., a:b, :]
-        lo, hi = _source_rows(hh, h, a, b)
+        lo, hi = bilinear_source_rows(hh, h, a, b)
         part = half[..., lo:hi, :] if half is not None else _half_rows(x, hole, quarter, lo, hi, smooth_iters)
-        up = _bilinear_part(part, lo, hh, (h, w), a, b)
+        up = bilinear_rows(part, (h, w), a, b, top=lo, small_height=hh)
         del part
         est = _relax(torch.where(band_hole, up, float_rows(x, a, b)), band_hole, smooth_iters)
         yield r0, r1, est[..., r0 - a : r1 - a, :]
@@ -146,7 +136,7 @@ def push_pull_rows(x: Tensor, hole: Tensor, smooth_iters: int = 16, empty_value:
 def _pool_rows(x: Tensor, hole: Tensor, r0: int, r1: int) -> tuple[Tensor, Tensor]:
     """Half-resolution known-weighted sums and weights of rows ``[r0, r1)`` (``r0`` even): rows
     ``[r0 // 2, ceil(r1 / 2))`` of the pull's first level, whatever band they are computed in."""
-    valid = (~hole[..., r0:r1, :]).to(_float_type(x))
+    valid = (~hole[..., r0:r1, :]).to(float_type(x))
     sums = F.avg_pool2d(float_rows(x, r0, r1) * valid, 2, ceil_mode=True)
     return sums, F.avg_pool2d(valid, 2, ceil_mode=True)
 
@@ -155,7 +145,7 @@ def _quarter_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: floa
     """The push's estimate at quarter resolution, the one `_half_level` pushes its half level from (the
     half level is not held: pulled ``rows`` rows at a time and pooled again at once)."""
     n, c, h, w = x.shape
-    dtype = _float_type(x)
+    dtype = float_type(x)
     rows = max(4, (rows + 3) // 4 * 4)  # a multiple of 4: whole 2x2 windows on both levels
     qh, qw = (h + 3) // 4, (w + 3) // 4
     sums = x.new_empty(n, c, qh, qw, dtype=dtype)
@@ -181,37 +171,11 @@ def _half_rows(x: Tensor, hole: Tensor, quarter: Tensor, lo: int, hi: int, iters
     return est[..., lo - a : hi - a, :]
 
 
-def _source_rows(small_height: int, height: int, r0: int, r1: int) -> tuple[int, int]:
-    """Rows ``[lo, hi)`` of a ``small_height``-row image that its bilinear upscale's rows ``[r0, r1)`` read
-    (`restore.tiling.bilinear_rows`' formula)."""
-    i0, i1 = _bilinear_index(small_height, height, r0, r1)[:2]
-    return int(i0.min()), int(i1.max()) + 1
-
-
-def _bilinear_index(small_height: int, height: int, r0: int, r1: int) -> tuple[Tensor, Tensor, Tensor]:
-    scale = torch.tensor(small_height / height, dtype=torch.float32)
-    src = ((torch.arange(r0, r1, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min_(0.0)
-    i0 = src.long().clamp_max_(small_height - 1)
-    i1 = torch.where(i0 < small_height - 1, i0 + 1, i0)
-    return i0, i1, (src - i0.float()).clamp_(0.0, 1.0)
-
-
-def _bilinear_part(part: Tensor, top: int, small_height: int, size: tuple[int, int], r0: int, r1: int) -> Tensor:
-    """`restore.tiling.bilinear_rows` of a ``small_height``-row image of which only ``part``, its rows from
-    ``top`` on (at least `_source_rows`), is given: the same values, bit for bit."""
-    i0, i1, l1 = _bilinear_index(small_height, size[0], r0, r1)
-    lo, hi = int(i0.min()), int(i1.max()) + 1
-    wide = F.interpolate(part[..., lo - top : hi - top, :], size=(hi - lo, size[1]), mode="bilinear",
-                         align_corners=False)
-    i0, i1, l1 = (i0 - lo).to(part.device), (i1 - lo).to(part.device), l1.to(part.device)[:, None]
-    return wide[..., i0, :] * (1.0 - l1) + wide[..., i1, :] * l1
-
-
 def _half_level(x: Tensor, hole: Tensor, smooth_iters: int, empty_value: float, rows: int) -> Tensor:
     """The push's estimate at half resolution: pull to one pixel (the first halving ``rows`` rows at a time),
     push back up relaxing every level."""
     n, c, h, w = x.shape
-    dtype = _float_type(x)
+    dtype = float_type(x)
     sums = x.new_empty(n, c, (h + 1) // 2, (w + 1) // 2, dtype=dtype)
     weights = x.new_empty(n, 1, (h + 1) // 2, (w + 1) // 2, dtype=dtype)
     for r0 in range(0, h, rows):
@@ -236,10 +200,6 @@ def _push(sums: Tensor, weights: Tensor, smooth_iters: int, empty_value: float) 
         free = weights <= 0
         est = _relax(torch.where(free, up, sums / weights.clamp_min(1e-12)), free, smooth_iters)
     return est
-
-
-def _float_type(x: Tensor) -> torch.dtype:
-    return x.dtype if x.is_floating_point() else torch.float32
 
 
 def _relax(est: Tensor, free: Tensor, iters: int) -> Tensor:

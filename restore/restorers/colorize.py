@@ -137,8 +137,7 @@ class ColorizeRestorer(Restorer):
         for r0, r1 in _bands(height, width):
             yield r0, r1, bilinear_rows(ab, (height, width), r0, r1)
 
-    def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: ColorizeOptions) -> Tensor:
-        assert y is not None
+    def finish(self, y: Tensor, x: Tensor, work: Work, opts: ColorizeOptions) -> Tensor:
         n, c, height, width = x.shape
         if work.inplace and c == 3 and x.device == self.device:
             lab = x  # its colours are discarded: each band's L is taken before the band is overwritten

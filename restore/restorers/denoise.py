@@ -105,8 +105,7 @@ class StrengthGate:
             xs, ys = torch.tensor(self.sigmas, dtype=torch.float64), torch.tensor(self.gains, dtype=torch.float64)
             i = torch.searchsorted(xs, s.clamp(0, xs[-1]), right=True).clamp(1, len(xs) - 1)
             w = ((s - xs[i - 1]) / (xs[i] - xs[i - 1])).clamp(0, 1)
-            g = ys[i - 1] + w * (ys[i] - ys[i - 1])
-            g = torch.where(s > xs[-1], ys[-1].expand_as(s), g)
+            g = ys[i - 1] + w * (ys[i] - ys[i - 1])  # beyond the last sigma: clamped to it, its gain
         g = torch.where(s <= 0, torch.zeros_like(g), g)  # exactly 0: the network is not even run
         return g.float().to(sigma.device)
 
@@ -173,7 +172,7 @@ class DenoiseRestorer(Restorer):
             return Work(net_input, {"x": x})
         sigma, gain = self.noise_levels(x, opts)
         if not bool((gain != 0).any()):  # every image clean (or --sigma 0): nothing to compute
-            return Work(None, {"x": x, "sigma": sigma, "gain": gain})
+            return Work(None)  # the pipeline returns the input unchanged
         if net_input.shape[0] != x.shape[0]:  # a gray model denoises each colour channel as an image
             k = net_input.shape[0] // x.shape[0]
             sigma, gain = sigma.repeat_interleave(k), gain.repeat_interleave(k)
@@ -204,9 +203,7 @@ class DenoiseRestorer(Restorer):
             out = net_input  # x itself, or (a gray model on colour) a view of its channels as images
         return self.tiled_passes(net_input, opts, forward, post=post, out=out)
 
-    def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: DenoiseOptions) -> Tensor:
-        if y is None:  # every gain 0: the input itself (a copy unless the pipeline owns x)
-            return x if work.inplace else x.clone()
+    def finish(self, y: Tensor, x: Tensor, work: Work, opts: DenoiseOptions) -> Tensor:
         if y.shape != x.shape:
             y = from_model_channels(y, x.shape[1], self.model_channels)
         return y.clamp_(0.0, 1.0)

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from restore.corrupt import freeform_mask, make_generator
-from restore.models.fill import float_rows, push_pull_fill, push_pull_rows
+from restore.models.fill import push_pull_fill, push_pull_rows
 from restore.options import PhotoOptions, option
 from restore.pipeline import Restorer, Work
 from restore.tasks.common import from_model_channels, to_model_channels
 from restore.tasks.inpaint import DEFAULT_WORK_SIZE, InpaintInputError
-from restore.tiling import bilinear_rows
+from restore.tiling import bilinear_rows, float_rows, float_type, sample_max
 
 __all__ = ["DEFAULT_WEIGHTS", "FULL_MASK_HELP", "InpaintOptions", "InpaintRestorer"]
 
@@ -67,7 +67,7 @@ def downscale_known(x: Tensor, hole: Tensor, size: tuple[int, int]) -> tuple[Ten
     ``x`` may hold uint8/uint16 samples (converted a band at a time, `float_rows`).
     """
     n, c, h, _ = x.shape
-    dtype = x.dtype if x.is_floating_point() else torch.float32
+    dtype = float_type(x)
     # preallocated: small results kept between the bands' temporaries would fragment the heap
     nums = x.new_empty(n, c, h, size[1], dtype=dtype)
     dens = x.new_empty(hole.shape[0], 1, h, size[1], dtype=dtype)
@@ -105,7 +105,7 @@ class InpaintRestorer(Restorer):
         if full:
             raise InpaintInputError(FULL_MASK_HELP + (f" (batch item(s) {full})" if n > 1 else ""))
         if int(counts.max()) == 0:
-            return Work(None)  # nothing to fill anywhere: copied through
+            return Work(None)  # nothing to fill anywhere: the pipeline copies the input through
         work = opts.work_size if opts.work_size is not None else int(self.card.get("work_size") or DEFAULT_WORK_SIZE)
         xd, hd = x.to(self.device), mask.to(self.device)
         feed = to_model_channels(xd, self.model_channels, InpaintInputError, "inpainting model")
@@ -127,9 +127,7 @@ class InpaintRestorer(Restorer):
         img, m = t[:, :-1], t[:, -1:]
         return self.model(img.to(self.dtype), (m > 0.5).to(self.dtype))["output"].float()
 
-    def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: InpaintOptions) -> Tensor:
-        if y is None:
-            return x if work.inplace else x.clone()
+    def finish(self, y: Tensor, x: Tensor, work: Work, opts: InpaintOptions) -> Tensor:
         s = work.state
         h, w = x.shape[-2:]
         work.net_input = None
@@ -164,7 +162,7 @@ class InpaintRestorer(Restorer):
         `restore.io.write_image` rounds a float image, so the file written is the same either way."""
         fill = from_model_channels(fill.clamp_(0, 1), out.shape[1], self.model_channels)
         if not out.is_floating_point():
-            fill = fill.mul(255.0 if out.dtype == torch.uint8 else 65535.0).round_().to(out.dtype)
+            fill = fill.mul(sample_max(out.dtype)).round_().to(out.dtype)
         band = out[..., r0:r1, :]
         band.copy_(torch.where(hole[..., r0:r1, :], fill, band))
 

@@ -136,8 +136,7 @@ class VAERestorer(Restorer):
             work.state["std"] = samples.std(0, unbiased=True)
         return samples.mean(0)
 
-    def finish(self, y: Tensor | None, x: Tensor, work: Work, opts: VAEOptions) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        assert y is not None
+    def finish(self, y: Tensor, x: Tensor, work: Work, opts: VAEOptions) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         out = y if x.shape[1] == 1 else y.expand(-1, x.shape[1], -1, -1)
         return (out, {"std": work.state["std"]}) if "std" in work.state else out
 

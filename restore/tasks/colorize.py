@@ -31,7 +31,7 @@ from restore import io as rio
 from restore.engine.config import ConfigError
 from restore.engine.task import LossTerms, StepContext, Task
 from restore.losses import AdversarialLoss, PerceptualLoss, l1_loss
-from restore.models.colorizer import SqueezeColorizer, gamut_bins
+from restore.models.colorizer import SqueezeColorizer
 from restore.models.patchgan import PatchGAN
 from restore.models.unet import UNet
 from restore.tasks.common import (
@@ -554,7 +554,6 @@ class ColorizeTask(Task):
         super().__init__(opts)
         if self.bins_head:
             self.loss_names_G = (*self.loss_names_G, "ce")
-            self.ab_bins = gamut_bins() / AB_SCALE  # the model's buffer: the same function of the same grid
         sm = opts["label_smoothing"]
         sm = tuple(sm) if isinstance(sm, list) else sm
         try:
@@ -599,7 +598,7 @@ class ColorizeTask(Task):
     def forward(self, G: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
         if self.bins_head and ctx.training:
             ab, logits = G(batch["L"], return_logits=True)
-            return {"output": ab, "logits": logits}
+            return {"output": ab, "logits": logits, "bins": G.ab_bins}  # the centres the logits are over
         return {"output": G(batch["L"])}
 
     def pair(self, L: Tensor, ab: Tensor) -> Tensor:
@@ -622,7 +621,7 @@ class ColorizeTask(Task):
         if self.bins_head:
             if "logits" not in out:
                 raise ColorizeError("bins head: the generator's bin logits are missing (forward in training mode)")
-            terms["ce"] = self.options["lambda_ce"] * bins_cross_entropy(out["logits"], batch["ab"], self.ab_bins)
+            terms["ce"] = self.options["lambda_ce"] * bins_cross_entropy(out["logits"], batch["ab"], out["bins"])
         if self.perceptual is not None:
             # what ImageNet features see of the colours: the RGB of the input's L with the predicted a/b
             rgb = model_to_rgb(batch["L"].float(), ab.float())

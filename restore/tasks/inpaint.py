@@ -179,12 +179,12 @@ class InpaintTask(Task):
             names.remove("adv")
             self.loss_names_D = ()
             self.adversarial_term = None
-        self.vgg: nn.Module | None = None
+        self.features: nn.Module | None = None
         self.perceptual: nn.Module | None = None
         self.style: nn.Module | None = None
-        self._vgg_note: str | None = None
+        self._backbone_note: str | None = None
         want_perc, want_style = float(opts["lambda_perc"]) > 0, float(opts["lambda_style"]) > 0
-        if (want_perc or want_style) and not self._build_vgg(want_perc, want_style):
+        if (want_perc or want_style) and not self._build_backbone(want_perc, want_style):
             want_perc = want_style = False
         self.perc_enabled, self.style_enabled = want_perc, want_style
         if not self.perc_enabled:
@@ -250,24 +250,24 @@ class InpaintTask(Task):
             out.append(c)
         return out
 
-    def _build_vgg(self, perc: bool, style: bool) -> bool:
+    def _build_backbone(self, perc: bool, style: bool) -> bool:
         """One shared backbone for both feature losses; False (with a warning) when its weights are absent."""
         o = self.options
         try:
             if o["backbone"] == "squeezenet":
                 # the layers of both losses, each loss with its own measured layer weights
-                self.vgg = SqueezeFeatures({**SQUEEZE_PERCEPTUAL_LAYERS, **SQUEEZE_STYLE_LAYERS},
+                self.features = SqueezeFeatures({**SQUEEZE_PERCEPTUAL_LAYERS, **SQUEEZE_STYLE_LAYERS},
                                            weights_path=o["vgg_weights"], pretrained=bool(o["vgg_pretrained"]))
             else:
-                self.vgg = VGGFeatures(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), weights_path=o["vgg_weights"],
+                self.features = VGGFeatures(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), weights_path=o["vgg_weights"],
                                        pretrained=bool(o["vgg_pretrained"]))
         except (VGGWeightsMissing, SqueezeNetWeightsMissing) as e:
-            self._vgg_note = f"perceptual/style terms requested but switched off: {e}"
+            self._backbone_note = f"perceptual/style terms requested but switched off: {e}"
             log.warning("inpaint: perceptual and style terms switched off (lambda_perc=%g, lambda_style=%g "
                         "ignored): %s", o["lambda_perc"], o["lambda_style"], e)
             return False
-        self.perceptual = PerceptualLoss(features=self.vgg) if perc else None
-        self.style = StyleLoss(features=self.vgg) if style else None
+        self.perceptual = PerceptualLoss(features=self.features) if perc else None
+        self.style = StyleLoss(features=self.features) if style else None
         return True
 
     # ---- construction -------------------------------------------------------------
@@ -352,12 +352,12 @@ class InpaintTask(Task):
             pred = D(self._d_input(out["output"], mask, ctx))
             terms["adv"] = o["lambda_adv"] * self.adv_loss(pred, True, for_discriminator=False)
         if self.perc_enabled or self.style_enabled:
-            follow_device(self.vgg, target.device)
+            follow_device(self.features, target.device)
             # composited output and raw prediction (Liu et al. 2018), one VGG pass for both losses
             x = torch.cat([out["output"], out["refined"]], dim=0).float().clamp(0, 1)
-            fx = self.vgg(x)
+            fx = self.features(x)
             with torch.no_grad():
-                ft = self.vgg(target.float())
+                ft = self.features(target.float())
             fy = {k: torch.cat([v, v], dim=0) for k, v in ft.items()}
             if self.perc_enabled:
                 terms["perc"] = o["lambda_perc"] * self.perceptual.from_features(fx, fy)
@@ -419,6 +419,6 @@ class InpaintTask(Task):
         }
         if getattr(self, "_data_info", None):
             card["data_split"] = self._data_info
-        if self._vgg_note:
-            card["notes"] = [self._vgg_note]
+        if self._backbone_note:
+            card["notes"] = [self._backbone_note]
         return card
